@@ -1,0 +1,150 @@
+//! The broker seam: where a room's history and live feed live.
+//!
+//! A [`Broker`] stores each published message in the room's history and
+//! hands it to the live feed in one atomic step, assigns ids and the `prev`
+//! chain, remembers `cmid`s, and serves range reads. It knows nothing about
+//! connections: the resume algorithm, fan-out and chain repair live above it
+//! (`session`), once for every broker. Brokers never import axum.
+
+mod memory;
+
+use std::sync::{Arc, Weak};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::protocol::{MessageFrameTail, MessageId, RoomName};
+
+pub use memory::MemoryBroker;
+
+/// History retention and idempotency settings shared by every broker.
+#[derive(Debug, Clone, Copy)]
+pub struct RetentionSettings {
+    /// Messages kept per room (trimming may keep a few more).
+    pub history_maxlen: u64,
+    /// A room's history expires this long after its last message.
+    pub history_ttl: std::time::Duration,
+    /// How long a `cmid` is remembered per room.
+    pub idempotency_ttl: std::time::Duration,
+}
+
+/// One message as stored in a room's history and sent on its live feed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Its id in the room's history.
+    pub id: MessageId,
+    /// The id of the message before it in the room (`0-0` for the first).
+    pub prev: MessageId,
+    /// The complete `message` frame, UTF-8 JSON, ready to send.
+    pub frame: Bytes,
+}
+
+/// A publish, as the broker receives it.
+#[derive(Debug, Clone)]
+pub struct PublishRequest {
+    /// Target room.
+    pub room: RoomName,
+    /// Idempotency key, if the publisher gave one.
+    pub cmid: Option<String>,
+    /// The frame after `prev`; the broker composes the rest.
+    pub tail: MessageFrameTail,
+}
+
+/// What a publish did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PublishOutcome {
+    /// The message's id (the original's for a duplicate).
+    pub id: MessageId,
+    /// The id before it.
+    pub prev: MessageId,
+    /// The `cmid` was already committed: nothing was stored or sent.
+    pub duplicate: bool,
+}
+
+/// A slice of a room's history, oldest first.
+#[derive(Debug, Clone, Default)]
+pub struct HistoryPage {
+    /// The messages read.
+    pub messages: Vec<Arc<StoredMessage>>,
+    /// The id of the newest message the history held when it was read;
+    /// `None` when the room has no history at all.
+    pub last_id: Option<MessageId>,
+}
+
+/// A broker failure.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    /// The broker cannot be reached now; retrying later may succeed.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker answered something this node does not understand.
+    #[error("broker protocol error: {0}")]
+    Internal(String),
+}
+
+/// Where a broker hands live messages: the node's room hub.
+pub trait LiveSink: Send + Sync {
+    /// A message arrived on the live feed of a room this node subscribed to.
+    /// Called in feed order; must not block.
+    fn deliver(&self, room: &RoomName, message: Arc<StoredMessage>);
+
+    /// The live feed may have dropped messages (the connection to the broker
+    /// was re-established): every room must be caught up from history.
+    fn resync_all(&self);
+}
+
+/// The contract every broker implements; see the module docs.
+#[async_trait]
+pub trait Broker: Send + Sync + 'static {
+    /// A short name for logs and `/metrics`: `memory` or `redis`.
+    fn kind(&self) -> &'static str;
+
+    /// Connects the live feed to the node's hub. Called once at start.
+    fn set_live_sink(&self, sink: Weak<dyn LiveSink>);
+
+    /// Stores and publishes one message atomically, or returns the original
+    /// for a `cmid` already committed in the idempotency window.
+    ///
+    /// # Errors
+    /// [`BrokerError::Unavailable`] when nothing was committed for sure.
+    async fn publish(&self, request: PublishRequest) -> Result<PublishOutcome, BrokerError>;
+
+    /// Up to `limit` messages with ids strictly after `after`, oldest first.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the history cannot be read.
+    async fn read_after(
+        &self,
+        room: &RoomName,
+        after: MessageId,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError>;
+
+    /// The newest `limit` messages with ids strictly before `before` (or the
+    /// newest of all when `None`), returned oldest first.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the history cannot be read.
+    async fn read_before(
+        &self,
+        room: &RoomName,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError>;
+
+    /// Starts the live feed of a room; returns once the broker confirmed it,
+    /// so that every message published afterwards reaches the sink.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the subscription could not be confirmed.
+    async fn subscribe_live(&self, room: &RoomName) -> Result<(), BrokerError>;
+
+    /// Stops the live feed of a room.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker could not be told.
+    async fn unsubscribe_live(&self, room: &RoomName) -> Result<(), BrokerError>;
+
+    /// Whether the broker is reachable now.
+    async fn is_ready(&self) -> bool;
+}

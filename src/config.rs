@@ -1,0 +1,506 @@
+//! Settings: every one an environment variable and the same-named long flag
+//! (flags win), parsed by clap and validated into [`Settings`] before any
+//! port is bound. No I/O happens here.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use clap::{ArgAction, CommandFactory, Parser, ValueEnum};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable, for a terminal.
+    Pretty,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+/// Authentication mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum AuthMode {
+    /// Every room is open; `from` is the `user` query parameter.
+    None,
+    /// `Authorization: Bearer <JWT>` or `access_token` required.
+    Jwt,
+}
+
+/// chat-relay: a stateless chat relay. Live delivery over Pub/Sub, exact
+/// resume from a per-room history stream.
+///
+/// Every setting is an environment variable and the same-named flag; flags
+/// win. Without REDIS_URL the relay runs on an embedded memory broker.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "chat-relay", version, about, long_about = None, max_term_width = 100)]
+pub struct Cli {
+    /// HTTP and WebSocket listen address (port 0 picks a free port, logged at start)
+    #[arg(long, env = "RELAY_LISTEN", default_value = "0.0.0.0:8080")]
+    pub listen: SocketAddr,
+
+    /// redis:// or rediss:// URL of the Redis or Valkey server; unset: embedded memory broker
+    #[arg(long, env = "REDIS_URL")]
+    pub redis_url: Option<String>,
+
+    /// Treat REDIS_URL as a seed node of a Redis Cluster (sharded Pub/Sub)
+    #[arg(long, env = "RELAY_REDIS_CLUSTER", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
+    pub redis_cluster: bool,
+
+    /// Node id shown in welcome frames, logs and metrics [default: host name + random suffix]
+    #[arg(long, env = "RELAY_NODE_ID")]
+    pub node_id: Option<String>,
+
+    /// Prefix of every Redis key and channel
+    #[arg(long, env = "RELAY_KEY_PREFIX", default_value = "relay")]
+    pub key_prefix: String,
+
+    /// Messages kept per room (approximate trimming)
+    #[arg(long, env = "RELAY_HISTORY_MAXLEN", default_value_t = 10_000)]
+    pub history_maxlen: u64,
+
+    /// A room's history expires this many seconds after its last message
+    #[arg(long, env = "RELAY_HISTORY_TTL_SECS", default_value_t = 604_800)]
+    pub history_ttl_secs: u64,
+
+    /// Most messages sent on one resume or one history page
+    #[arg(long, env = "RELAY_MAX_REPLAY", default_value_t = 1000)]
+    pub max_replay: usize,
+
+    /// Largest message body, serialized, in bytes
+    #[arg(long, env = "RELAY_MAX_MESSAGE_BYTES", default_value_t = 65_536)]
+    pub max_message_bytes: usize,
+
+    /// Hard limit of one WebSocket frame from a client, in bytes; larger closes with 1009 [default: 2 x max-message-bytes]
+    #[arg(long, env = "RELAY_MAX_FRAME_BYTES")]
+    pub max_frame_bytes: Option<usize>,
+
+    /// Publishes per second per connection (burst twice that)
+    #[arg(long, env = "RELAY_PUBLISH_RATE", default_value_t = 50)]
+    pub publish_rate: u32,
+
+    /// Seconds a cmid (client message id) is remembered per room
+    #[arg(long, env = "RELAY_IDEMPOTENCY_TTL_SECS", default_value_t = 600)]
+    pub idempotency_ttl_secs: u64,
+
+    /// Frames queued per connection before it is closed as a slow consumer (4000)
+    #[arg(long, env = "RELAY_OUTBOUND_QUEUE", default_value_t = 1024)]
+    pub outbound_queue: usize,
+
+    /// Invalid frames a connection may send per minute before it is closed with 1008
+    #[arg(long, env = "RELAY_INVALID_FRAME_LIMIT", default_value_t = 20)]
+    pub invalid_frame_limit: u32,
+
+    /// WebSocket ping interval in seconds; two unanswered pings close the connection
+    #[arg(long, env = "RELAY_PING_SECS", default_value_t = 25)]
+    pub ping_secs: u64,
+
+    /// Seconds between SSE keep-alive comment lines
+    #[arg(long, env = "RELAY_SSE_KEEPALIVE_SECS", default_value_t = 15)]
+    pub sse_keepalive_secs: u64,
+
+    /// On SIGTERM, seconds over which clients are told to reconnect
+    #[arg(long, env = "RELAY_DRAIN_SECS", default_value_t = 8)]
+    pub drain_secs: u64,
+
+    /// none or jwt [default: none with the memory broker, jwt with REDIS_URL]
+    #[arg(long, env = "RELAY_AUTH", value_enum)]
+    pub auth: Option<AuthMode>,
+
+    /// HS256 secret for RELAY_AUTH=jwt
+    #[arg(long, env = "RELAY_JWT_SECRET", hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+
+    /// PEM public key file (RS256 or ES256) for RELAY_AUTH=jwt
+    #[arg(long, env = "RELAY_JWT_PUBLIC_KEY_FILE")]
+    pub jwt_public_key_file: Option<std::path::PathBuf>,
+
+    /// Required `iss` claim, checked when set
+    #[arg(long, env = "RELAY_JWT_ISSUER")]
+    pub jwt_issuer: Option<String>,
+
+    /// Required `aud` claim, checked when set
+    #[arg(long, env = "RELAY_JWT_AUDIENCE")]
+    pub jwt_audience: Option<String>,
+
+    /// Comma-separated origins allowed to open WebSockets and granted CORS; * allows any
+    #[arg(long, env = "RELAY_ALLOWED_ORIGINS", default_value = "*")]
+    pub allowed_origins: String,
+
+    /// Log format [default: pretty on a terminal, else json]; level from RUST_LOG
+    #[arg(long, env = "RELAY_LOG_FORMAT", value_enum)]
+    pub log_format: Option<LogFormat>,
+}
+
+/// Which origins may connect.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AllowedOrigins {
+    /// Any origin.
+    Any,
+    /// Only these (exact `scheme://host[:port]`).
+    List(Vec<String>),
+}
+
+impl AllowedOrigins {
+    /// Whether a browser `Origin` may connect.
+    #[must_use]
+    pub fn allows(&self, origin: &str) -> bool {
+        match self {
+            AllowedOrigins::Any => true,
+            AllowedOrigins::List(list) => list
+                .iter()
+                .any(|allowed| allowed.eq_ignore_ascii_case(origin)),
+        }
+    }
+}
+
+/// Validated settings; see [`Cli`] for each one's meaning.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: SocketAddr,
+    pub redis_url: Option<String>,
+    pub redis_cluster: bool,
+    pub node_id: String,
+    pub key_prefix: String,
+    pub history_maxlen: u64,
+    pub history_ttl: Duration,
+    pub max_replay: usize,
+    pub max_message_bytes: usize,
+    pub max_frame_bytes: usize,
+    pub publish_rate: u32,
+    pub idempotency_ttl: Duration,
+    pub outbound_queue: usize,
+    pub invalid_frame_limit: u32,
+    pub ping_interval: Duration,
+    pub sse_keepalive: Duration,
+    pub drain: Duration,
+    pub auth: AuthMode,
+    pub allowed_origins: AllowedOrigins,
+    pub log_format: Option<LogFormat>,
+}
+
+/// A setting that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid setting {variable} (--{flag}): {reason}")]
+pub struct ConfigError {
+    /// Environment variable name.
+    pub variable: &'static str,
+    /// Flag name without dashes.
+    pub flag: &'static str,
+    /// What is wrong and what to do.
+    pub reason: String,
+}
+
+fn invalid(variable: &'static str, flag: &'static str, reason: impl Into<String>) -> ConfigError {
+    ConfigError {
+        variable,
+        flag,
+        reason: reason.into(),
+    }
+}
+
+fn at_least<T: PartialOrd + std::fmt::Display + Copy>(
+    value: T,
+    min: T,
+    variable: &'static str,
+    flag: &'static str,
+) -> Result<T, ConfigError> {
+    if value < min {
+        return Err(invalid(
+            variable,
+            flag,
+            format!("{value} is too small; use at least {min}"),
+        ));
+    }
+    Ok(value)
+}
+
+fn default_node_id() -> String {
+    let host = gethostname::gethostname().to_string_lossy().into_owned();
+    let host: String = host
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
+        .take(48)
+        .collect();
+    let host = if host.is_empty() {
+        "relay".to_owned()
+    } else {
+        host
+    };
+    format!("{host}-{:04x}", fastrand::u16(..))
+}
+
+impl Cli {
+    /// Checks every setting and fills derived defaults.
+    ///
+    /// # Errors
+    /// The first [`ConfigError`] found.
+    pub fn validate(self) -> Result<Settings, ConfigError> {
+        let history_maxlen = at_least(
+            self.history_maxlen,
+            1,
+            "RELAY_HISTORY_MAXLEN",
+            "history-maxlen",
+        )?;
+        let history_ttl_secs = at_least(
+            self.history_ttl_secs,
+            1,
+            "RELAY_HISTORY_TTL_SECS",
+            "history-ttl-secs",
+        )?;
+        let max_replay = at_least(self.max_replay, 1, "RELAY_MAX_REPLAY", "max-replay")?;
+        let max_message_bytes = at_least(
+            self.max_message_bytes,
+            16,
+            "RELAY_MAX_MESSAGE_BYTES",
+            "max-message-bytes",
+        )?;
+        let max_frame_bytes = self
+            .max_frame_bytes
+            .unwrap_or(max_message_bytes.saturating_mul(2));
+        if max_frame_bytes < max_message_bytes.saturating_add(1024) {
+            return Err(invalid(
+                "RELAY_MAX_FRAME_BYTES",
+                "max-frame-bytes",
+                format!(
+                    "{max_frame_bytes} leaves no room for a frame around a {max_message_bytes}-byte body; use at least max-message-bytes + 1024"
+                ),
+            ));
+        }
+        let publish_rate = at_least(self.publish_rate, 1, "RELAY_PUBLISH_RATE", "publish-rate")?;
+        let idempotency_ttl_secs = at_least(
+            self.idempotency_ttl_secs,
+            1,
+            "RELAY_IDEMPOTENCY_TTL_SECS",
+            "idempotency-ttl-secs",
+        )?;
+        let outbound_queue = at_least(
+            self.outbound_queue,
+            1,
+            "RELAY_OUTBOUND_QUEUE",
+            "outbound-queue",
+        )?;
+        let invalid_frame_limit = at_least(
+            self.invalid_frame_limit,
+            1,
+            "RELAY_INVALID_FRAME_LIMIT",
+            "invalid-frame-limit",
+        )?;
+        let ping_secs = at_least(self.ping_secs, 1, "RELAY_PING_SECS", "ping-secs")?;
+        let sse_keepalive_secs = at_least(
+            self.sse_keepalive_secs,
+            1,
+            "RELAY_SSE_KEEPALIVE_SECS",
+            "sse-keepalive-secs",
+        )?;
+        if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}', ' ']) {
+            return Err(invalid(
+                "RELAY_KEY_PREFIX",
+                "key-prefix",
+                "must be non-empty, without braces or spaces",
+            ));
+        }
+        let node_id = match self.node_id {
+            Some(id)
+                if id.is_empty()
+                    || id.len() > 64
+                    || id.chars().any(|c| c.is_control() || c.is_whitespace()) =>
+            {
+                return Err(invalid(
+                    "RELAY_NODE_ID",
+                    "node-id",
+                    "use 1 to 64 printable characters without spaces",
+                ));
+            }
+            Some(id) => id,
+            None => default_node_id(),
+        };
+        if let Some(url) = &self.redis_url {
+            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+                return Err(invalid(
+                    "REDIS_URL",
+                    "redis-url",
+                    "must start with redis:// or rediss://",
+                ));
+            }
+        }
+        let auth = match (self.auth, &self.redis_url) {
+            (Some(mode), _) => mode,
+            (None, None) => AuthMode::None,
+            (None, Some(_)) => AuthMode::Jwt,
+        };
+        if auth == AuthMode::Jwt {
+            return Err(invalid(
+                "RELAY_AUTH",
+                "auth",
+                "jwt authentication is not available in this build yet; set RELAY_AUTH=none to run without authentication",
+            ));
+        }
+        let allowed_origins = parse_origins(&self.allowed_origins)?;
+        Ok(Settings {
+            listen: self.listen,
+            redis_url: self.redis_url,
+            redis_cluster: self.redis_cluster,
+            node_id,
+            key_prefix: self.key_prefix,
+            history_maxlen,
+            history_ttl: Duration::from_secs(history_ttl_secs),
+            max_replay,
+            max_message_bytes,
+            max_frame_bytes,
+            publish_rate,
+            idempotency_ttl: Duration::from_secs(idempotency_ttl_secs),
+            outbound_queue,
+            invalid_frame_limit,
+            ping_interval: Duration::from_secs(ping_secs),
+            sse_keepalive: Duration::from_secs(sse_keepalive_secs),
+            drain: Duration::from_secs(self.drain_secs),
+            auth,
+            allowed_origins,
+            log_format: self.log_format,
+        })
+    }
+}
+
+fn parse_origins(text: &str) -> Result<AllowedOrigins, ConfigError> {
+    let entries: Vec<&str> = text
+        .split(',')
+        .map(str::trim)
+        .filter(|entry| !entry.is_empty())
+        .collect();
+    if entries.is_empty() {
+        return Err(invalid(
+            "RELAY_ALLOWED_ORIGINS",
+            "allowed-origins",
+            "is empty; use * or a list such as https://app.example.com",
+        ));
+    }
+    if entries.contains(&"*") {
+        return Ok(AllowedOrigins::Any);
+    }
+    for entry in &entries {
+        let valid = (entry.starts_with("https://") || entry.starts_with("http://"))
+            && !entry.trim_end_matches('/').ends_with(':')
+            && !entry[8..].contains('/');
+        if !valid {
+            return Err(invalid(
+                "RELAY_ALLOWED_ORIGINS",
+                "allowed-origins",
+                format!(
+                    "{entry:?} is not an origin; use scheme://host[:port] such as https://app.example.com"
+                ),
+            ));
+        }
+    }
+    Ok(AllowedOrigins::List(
+        entries.into_iter().map(str::to_owned).collect(),
+    ))
+}
+
+/// Parses the command line and environment into settings.
+///
+/// # Errors
+/// A clap error for `--help` and `--version` (printed as clap formats them),
+/// or one line naming the bad setting.
+pub fn settings_from<I, T>(args: I) -> Result<Settings, SettingsFailure>
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    let cli = Cli::try_parse_from(args).map_err(|error| match error.kind() {
+        clap::error::ErrorKind::DisplayHelp | clap::error::ErrorKind::DisplayVersion => {
+            SettingsFailure::Display(error.to_string())
+        }
+        _ => SettingsFailure::Invalid(one_line_clap_error(&error)),
+    })?;
+    cli.validate()
+        .map_err(|error| SettingsFailure::Invalid(error.to_string()))
+}
+
+/// Why settings could not be produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SettingsFailure {
+    /// Help or version was asked for: print it and exit 0.
+    Display(String),
+    /// A setting is wrong: print this one line and exit non-zero.
+    Invalid(String),
+}
+
+/// Turns clap's multi-line error into one line naming the variable and flag.
+fn one_line_clap_error(error: &clap::Error) -> String {
+    use clap::error::{ContextKind, ContextValue};
+    let argument = match error.get(ContextKind::InvalidArg) {
+        Some(ContextValue::String(argument)) => Some(argument.clone()),
+        _ => None,
+    };
+    let long = argument
+        .as_deref()
+        .and_then(|argument| argument.strip_prefix("--"))
+        .map(|rest| rest.split([' ', '=']).next().unwrap_or(rest).to_owned());
+    let variable = long.as_deref().and_then(|long| {
+        Cli::command()
+            .get_arguments()
+            .find(|arg| arg.get_long() == Some(long))
+            .and_then(|arg| arg.get_env())
+            .map(|env| env.to_string_lossy().into_owned())
+    });
+    let first_line = error
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or("invalid arguments")
+        .trim_start_matches("error: ")
+        .to_owned();
+    match (variable, long) {
+        (Some(variable), Some(long)) => {
+            format!("invalid setting {variable} (--{long}): {first_line}")
+        }
+        _ => format!("{first_line}; see chat-relay --help"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Settings, SettingsFailure> {
+        settings_from(std::iter::once("chat-relay").chain(args.iter().copied()))
+    }
+
+    #[test]
+    fn defaults_follow_the_operations_spec() {
+        let settings = parse(&[]).unwrap();
+        assert_eq!(settings.listen.to_string(), "0.0.0.0:8080");
+        assert_eq!(settings.history_maxlen, 10_000);
+        assert_eq!(settings.max_replay, 1000);
+        assert_eq!(settings.max_message_bytes, 65_536);
+        assert_eq!(settings.max_frame_bytes, 131_072);
+        assert_eq!(settings.publish_rate, 50);
+        assert_eq!(settings.outbound_queue, 1024);
+        assert_eq!(settings.auth, AuthMode::None);
+        assert_eq!(settings.allowed_origins, AllowedOrigins::Any);
+    }
+
+    #[test]
+    fn a_bad_number_names_the_variable_in_one_line() {
+        let SettingsFailure::Invalid(line) = parse(&["--history-maxlen", "lots"]).unwrap_err()
+        else {
+            panic!()
+        };
+        assert!(
+            line.starts_with("invalid setting RELAY_HISTORY_MAXLEN (--history-maxlen)"),
+            "{line}"
+        );
+        assert!(!line.contains('\n'));
+        let SettingsFailure::Invalid(line) = parse(&["--max-replay", "0"]).unwrap_err() else {
+            panic!()
+        };
+        assert!(line.contains("RELAY_MAX_REPLAY"), "{line}");
+    }
+
+    #[test]
+    fn origins_are_validated() {
+        assert!(
+            matches!(parse(&["--allowed-origins", "https://a.example, http://b.example:8080"]).unwrap().allowed_origins, AllowedOrigins::List(list) if list.len() == 2)
+        );
+        assert!(parse(&["--allowed-origins", "a.example"]).is_err());
+    }
+}

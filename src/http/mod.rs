@@ -1,0 +1,175 @@
+//! The HTTP listener: one axum router for WebSocket, SSE, REST, health,
+//! readiness and metrics, with CORS on the `/v1/` endpoints.
+
+mod error;
+mod rest;
+mod sse;
+mod ws;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderName, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+pub use error::ApiError;
+
+use crate::auth::{Credentials, Identity};
+use crate::config::AllowedOrigins;
+use crate::node::Node;
+use crate::protocol::{ErrorCode, RoomName};
+
+/// Builds the router of a node.
+pub fn router(node: Arc<Node>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/ws", get(ws::upgrade))
+        .route("/v1/rooms/{room}/events", get(sse::events))
+        .route(
+            "/v1/rooms/{room}/messages",
+            get(rest::history).post(rest::publish),
+        )
+        .layer(cors(&node.settings.allowed_origins));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(node)
+}
+
+fn cors(origins: &AllowedOrigins) -> CorsLayer {
+    let allow_origin = match origins {
+        AllowedOrigins::Any => AllowOrigin::any(),
+        AllowedOrigins::List(list) => {
+            AllowOrigin::list(list.iter().filter_map(|origin| origin.parse().ok()))
+        }
+    };
+    CorsLayer::new()
+        .allow_origin(allow_origin)
+        .allow_methods([Method::GET, Method::POST])
+        .allow_headers([
+            header::AUTHORIZATION,
+            header::CONTENT_TYPE,
+            HeaderName::from_static("idempotency-key"),
+            HeaderName::from_static("last-event-id"),
+        ])
+        .expose_headers([header::RETRY_AFTER])
+        .max_age(Duration::from_secs(600))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(node): State<Arc<Node>>) -> Response {
+    if node.is_draining() {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
+    }
+    if !node.broker.is_ready().await {
+        return (StatusCode::SERVICE_UNAVAILABLE, "broker unreachable\n").into_response();
+    }
+    "ready\n".into_response()
+}
+
+async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        node.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        ErrorCode::NotFound,
+        format!(
+            "no endpoint at {}; see docs/protocol.md for the endpoints",
+            request.uri().path()
+        ),
+    )
+}
+
+async fn method_not_allowed(request: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        ErrorCode::MethodNotAllowed,
+        format!(
+            "{} is not supported on {}",
+            request.method(),
+            request.uri().path()
+        ),
+    )
+}
+
+/// Query parameters every `/v1/` endpoint may carry.
+#[derive(Debug, Default, serde::Deserialize)]
+pub(crate) struct AuthQuery {
+    pub(crate) access_token: Option<String>,
+    pub(crate) user: Option<String>,
+}
+
+/// Authenticates a request from its headers and query.
+pub(crate) fn identify(
+    node: &Node,
+    headers: &HeaderMap,
+    query: &AuthQuery,
+) -> Result<Identity, ApiError> {
+    let bearer = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| {
+            value
+                .strip_prefix("Bearer ")
+                .or_else(|| value.strip_prefix("bearer "))
+        });
+    let credentials = Credentials {
+        bearer,
+        access_token: query.access_token.as_deref(),
+        user: query.user.as_deref(),
+    };
+    node.authenticator
+        .authenticate(&credentials)
+        .map_err(|error| {
+            ApiError::new(
+                StatusCode::UNAUTHORIZED,
+                ErrorCode::Unauthorized,
+                error.to_string(),
+            )
+        })
+}
+
+/// Validates the `{room}` path segment.
+pub(crate) fn room_from_path(room: &str) -> Result<RoomName, ApiError> {
+    RoomName::parse(room).map_err(|error| ApiError::invalid_room(error.to_string()))
+}
+
+/// Maps axum's query rejection to a JSON error.
+pub(crate) fn bad_query(rejection: &axum::extract::rejection::QueryRejection) -> ApiError {
+    ApiError::bad_request(format!("bad query string: {}", rejection.body_text()))
+}
+
+/// Holds a gauge up while a connection lives.
+pub(crate) struct GaugeGuard(prometheus_client::metrics::gauge::Gauge);
+
+impl GaugeGuard {
+    pub(crate) fn inc(gauge: prometheus_client::metrics::gauge::Gauge) -> Self {
+        gauge.inc();
+        Self(gauge)
+    }
+}
+
+impl Drop for GaugeGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}

@@ -1,0 +1,200 @@
+//! `GET /v1/rooms/{room}/events`: Server-Sent Events, receive only.
+//!
+//! The same resume algorithm and queues as WebSockets; the body is the
+//! connection's writer. `Last-Event-ID` wins over `since`, and either wins
+//! over `last`, because a browser's `EventSource` reconnects to the same URL
+//! with `Last-Event-ID` added.
+
+use axum::body::Body;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use bytes::{Bytes, BytesMut};
+use futures_util::stream;
+use std::sync::Arc;
+
+use super::{ApiError, AuthQuery, GaugeGuard, bad_query, identify, room_from_path};
+use crate::node::Node;
+use crate::protocol::{ErrorCode, MessageId, ReplayRequest, server_frame};
+use crate::session::{
+    ConnectionHandle, ConnectionQueues, Outbound, ResumeError, ResumeTarget, subscribe_and_resume,
+};
+use crate::telemetry::TransportLabel;
+
+/// Query of the events endpoint.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct EventsQuery {
+    since: Option<String>,
+    last: Option<String>,
+    #[serde(flatten)]
+    auth: AuthQuery,
+}
+
+/// Opens an event stream.
+pub async fn events(
+    State(node): State<Arc<Node>>,
+    room: Result<Path<String>, PathRejection>,
+    headers: HeaderMap,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Response {
+    match open_stream(node, room, &headers, query).await {
+        Ok(response) => response,
+        Err(error) => error.into_response(),
+    }
+}
+
+async fn open_stream(
+    node: Arc<Node>,
+    room: Result<Path<String>, PathRejection>,
+    headers: &HeaderMap,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    if node.is_draining() {
+        return Err(ApiError::draining());
+    }
+    let Path(room) = room.map_err(|rejection| ApiError::bad_request(rejection.body_text()))?;
+    let room = room_from_path(&room)?;
+    let Query(query) = query.map_err(|rejection| bad_query(&rejection))?;
+    let identity = identify(&node, headers, &query.auth)?;
+    if !identity.may_subscribe(&room) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!("your token does not allow reading {room}"),
+        ));
+    }
+    let last_event_id = headers
+        .get("last-event-id")
+        .and_then(|value| value.to_str().ok())
+        .filter(|value| !value.is_empty());
+    let replay = match (
+        last_event_id.or(query.since.as_deref()),
+        query.last.as_deref(),
+    ) {
+        (Some(since), _) => {
+            ReplayRequest::Since(since.parse::<MessageId>().map_err(|error| {
+                ApiError::bad_request(format!("since / Last-Event-ID: {error}"))
+            })?)
+        }
+        (None, Some(last)) => {
+            let max = node.settings.max_replay;
+            let last = last
+                .parse::<usize>()
+                .ok()
+                .filter(|last| *last <= max)
+                .ok_or_else(|| {
+                    ApiError::bad_request(format!(
+                        "last must be an integer from 0 to {max} (max_replay)"
+                    ))
+                })?;
+            ReplayRequest::Last(last)
+        }
+        (None, None) => ReplayRequest::None,
+    };
+
+    let (connection, replies, queues) = ConnectionHandle::new(node.settings.outbound_queue);
+    let resume_node = node.clone();
+    node.connections.spawn(async move {
+        let target = ResumeTarget { replies: &replies, connection, req: None };
+        match subscribe_and_resume(&resume_node.hub, &room, replay, resume_node.settings.max_replay, target).await {
+            Ok(resumed) => {
+                resume_node.metrics.messages_delivered.inc_by(u64::try_from(resumed.replayed).unwrap_or(u64::MAX));
+                // Stay subscribed until the stream is dropped.
+                replies.closed().await;
+                drop(resumed.subscription);
+            }
+            Err(ResumeError::ConnectionClosed) => {}
+            Err(ResumeError::Broker(error)) => {
+                tracing::warn!(%room, %error, "event stream failed to subscribe: broker unavailable");
+                let _ = replies.send(Outbound::Close { code: 1011, reason: "broker unavailable" }).await;
+            }
+        }
+    });
+
+    // A comment line this often keeps proxies from closing an idle stream.
+    let keepalive = node.settings.sse_keepalive;
+    let gauge = node
+        .metrics
+        .connections
+        .get_or_create(&TransportLabel { transport: "sse" })
+        .clone();
+    let state = StreamState {
+        guard: GaugeGuard::inc(gauge),
+        node,
+        queues,
+        keepalive: tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive),
+        started: false,
+        done: false,
+    };
+    let body = Body::from_stream(stream::unfold(state, next_chunk));
+    let mut response = (StatusCode::OK, body).into_response();
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/event-stream"),
+    );
+    headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(response)
+}
+
+struct StreamState {
+    node: Arc<Node>,
+    queues: ConnectionQueues,
+    keepalive: tokio::time::Interval,
+    started: bool,
+    done: bool,
+    #[allow(dead_code, reason = "held for its Drop: the connection gauge")]
+    guard: GaugeGuard,
+}
+
+fn control_event(event: &str, json: &str) -> Bytes {
+    let mut chunk = BytesMut::with_capacity(json.len() + event.len() + 16);
+    chunk.extend_from_slice(b"event: ");
+    chunk.extend_from_slice(event.as_bytes());
+    chunk.extend_from_slice(b"\ndata: ");
+    chunk.extend_from_slice(json.as_bytes());
+    chunk.extend_from_slice(b"\n\n");
+    chunk.freeze()
+}
+
+type Chunk = Result<Bytes, std::convert::Infallible>;
+
+async fn next_chunk(mut state: StreamState) -> Option<(Chunk, StreamState)> {
+    if state.done {
+        return None;
+    }
+    if !state.started {
+        state.started = true;
+        return Some((Ok(Bytes::from_static(b"retry: 1000\n\n")), state));
+    }
+    loop {
+        let item = tokio::select! {
+            biased;
+            () = state.queues.slow.cancelled() => {
+                state.node.metrics.slow_consumer_closes.inc();
+                return None;
+            }
+            () = state.node.draining.cancelled() => {
+                state.done = true;
+                let window_ms = u64::try_from(state.node.settings.drain.as_millis()).unwrap_or(u64::MAX).max(1);
+                let event = control_event("reconnect", &server_frame::reconnect("draining", fastrand::u64(0..window_ms)));
+                return Some((Ok(event), state));
+            }
+            item = state.queues.replies.recv() => item,
+            item = state.queues.live.recv() => item,
+            _ = state.keepalive.tick() => return Some((Ok(Bytes::from_static(b": keepalive\n\n")), state)),
+        };
+        match item {
+            Some(Outbound::Message(message)) => return Some((Ok(message.sse_event()), state)),
+            Some(Outbound::Control { event, text }) => {
+                return Some((Ok(control_event(event, &text)), state));
+            }
+            Some(Outbound::Barrier(reached)) => {
+                let _ = reached.send(());
+            }
+            Some(Outbound::Close { .. }) | None => return None,
+        }
+    }
+}

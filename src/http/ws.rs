@@ -1,0 +1,338 @@
+//! `GET /v1/ws`: the WebSocket transport. Drives one socket with two futures
+//! in one task: a reader that hands text frames to the [`ClientSession`], and
+//! a writer that drains the connection's queues, batching up to
+//! [`WRITE_BATCH`] frames per flush, sends pings, and closes slow consumers
+//! (4000) and draining connections (`reconnect`, then 1012).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+
+use super::{ApiError, AuthQuery, GaugeGuard, bad_query, identify};
+use crate::auth::Identity;
+use crate::node::Node;
+use crate::protocol::{ErrorCode, close_code, server_frame};
+use crate::session::{ClientSession, ConnectionHandle, ConnectionQueues, Outbound, SessionVerdict};
+use crate::telemetry::TransportLabel;
+
+/// Frames written per flush at most.
+pub const WRITE_BATCH: usize = 64;
+/// Bytes the reader buffers per connection (grows for a larger frame).
+const READ_BUFFER_BYTES: usize = 2048;
+/// Bytes the writer collects before writing to the socket.
+const WRITE_BUFFER_BYTES: usize = 8192;
+/// How long a closing connection may take to flush its last frames.
+const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// Handles the upgrade: draining, origin and credentials are checked first.
+pub async fn upgrade(
+    State(node): State<Arc<Node>>,
+    headers: HeaderMap,
+    query: Result<Query<AuthQuery>, QueryRejection>,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if node.is_draining() {
+        return ApiError::draining().into_response();
+    }
+    if let Some(origin) = headers
+        .get(header::ORIGIN)
+        .and_then(|value| value.to_str().ok())
+    {
+        if !node.settings.allowed_origins.allows(origin) {
+            return ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Forbidden,
+                format!("origin {origin} may not open WebSockets here (RELAY_ALLOWED_ORIGINS)"),
+            )
+            .into_response();
+        }
+    }
+    let query = match query {
+        Ok(Query(query)) => query,
+        Err(rejection) => return bad_query(&rejection).into_response(),
+    };
+    let identity = match identify(&node, &headers, &query) {
+        Ok(identity) => identity,
+        Err(error) => return error.into_response(),
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => {
+            return ApiError::bad_request(format!(
+                "{}; connect with a WebSocket client",
+                rejection.body_text()
+            ))
+            .into_response();
+        }
+    };
+    let settings = &node.settings;
+    let tracker = node.connections.clone();
+    upgrade
+        .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
+        .max_write_buffer_size(
+            WRITE_BUFFER_BYTES
+                + settings
+                    .max_frame_bytes
+                    .max(settings.max_message_bytes + 4096)
+                    * 2,
+        )
+        .max_message_size(settings.max_frame_bytes)
+        .max_frame_size(settings.max_frame_bytes)
+        .on_upgrade(move |socket| tracker.track_future(serve_socket(node, identity, socket)))
+}
+
+enum ReadEnd {
+    ClientClosed,
+    Close { code: u16, reason: &'static str },
+}
+
+async fn serve_socket(node: Arc<Node>, identity: Identity, socket: WebSocket) {
+    let _open = GaugeGuard::inc(
+        node.metrics
+            .connections
+            .get_or_create(&TransportLabel { transport: "ws" })
+            .clone(),
+    );
+    let (connection, replies, queues) = ConnectionHandle::new(node.settings.outbound_queue);
+    let mut session = ClientSession::new(node.clone(), identity, connection, replies.clone());
+    if replies.send(session.welcome()).await.is_err() {
+        return;
+    }
+    let (sink, stream) = socket.split();
+    let missed_pongs = AtomicU32::new(0);
+    let writer = write_socket(&node, sink, queues, &missed_pongs);
+    tokio::pin!(writer);
+    let end = tokio::select! {
+        end = read_socket(stream, &mut session, &missed_pongs) => end,
+        () = &mut writer => return,
+    };
+    // Leave every room before the socket goes.
+    drop(session);
+    if let ReadEnd::Close { code, reason } = end {
+        node.metrics.count_close(code);
+        let _ = replies.send(Outbound::Close { code, reason }).await;
+    }
+    drop(replies);
+    let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
+}
+
+async fn read_socket(
+    mut stream: SplitStream<WebSocket>,
+    session: &mut ClientSession,
+    missed_pongs: &AtomicU32,
+) -> ReadEnd {
+    while let Some(received) = stream.next().await {
+        match received {
+            Ok(Message::Text(text)) => {
+                if let SessionVerdict::Close { code, reason } = session.handle_text(&text).await {
+                    return ReadEnd::Close { code, reason };
+                }
+            }
+            Ok(Message::Binary(_)) => {
+                return ReadEnd::Close {
+                    code: close_code::UNSUPPORTED_DATA,
+                    reason: "binary frames are not supported; send JSON text frames",
+                };
+            }
+            Ok(Message::Pong(_)) => missed_pongs.store(0, Ordering::Relaxed),
+            // tungstenite answers pings by itself.
+            Ok(Message::Ping(_)) => {}
+            Ok(Message::Close(_)) => return ReadEnd::ClientClosed,
+            Err(error) => return classify_read_error(error),
+        }
+    }
+    ReadEnd::ClientClosed
+}
+
+fn classify_read_error(error: axum::Error) -> ReadEnd {
+    let inner = error.into_inner();
+    match inner.downcast_ref::<tungstenite::Error>() {
+        Some(tungstenite::Error::Capacity(_)) => ReadEnd::Close {
+            code: close_code::TOO_BIG,
+            reason: "frame over the size limit; keep bodies under max_message_bytes",
+        },
+        Some(tungstenite::Error::Utf8(_)) => ReadEnd::Close {
+            code: close_code::INVALID_PAYLOAD,
+            reason: "text frame is not valid UTF-8",
+        },
+        Some(tungstenite::Error::Protocol(_)) => ReadEnd::Close {
+            code: 1002,
+            reason: "WebSocket protocol violation",
+        },
+        _ => ReadEnd::ClientClosed,
+    }
+}
+
+enum WriteStop {
+    Slow,
+    Stalled,
+    Broken,
+}
+
+async fn guarded<F>(io: F, queues: &ConnectionQueues, stall: Duration) -> Result<(), WriteStop>
+where
+    F: Future<Output = Result<(), axum::Error>>,
+{
+    tokio::select! {
+        biased;
+        result = io => result.map_err(|_| WriteStop::Broken),
+        () = queues.slow.cancelled() => Err(WriteStop::Slow),
+        () = tokio::time::sleep(stall) => Err(WriteStop::Stalled),
+    }
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+/// What writing one item asks of the loop.
+enum Step {
+    Continue,
+    Finish,
+}
+
+async fn write_socket(
+    node: &Node,
+    mut sink: Sink,
+    mut queues: ConnectionQueues,
+    missed_pongs: &AtomicU32,
+) {
+    let ping_interval = node.settings.ping_interval;
+    let stall = ping_interval * 2;
+    let mut pings =
+        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let (mut replies_open, mut live_open) = (true, true);
+    loop {
+        if !replies_open && !live_open {
+            let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+            return;
+        }
+        let first = tokio::select! {
+            biased;
+            () = queues.slow.cancelled() => return close_slow_consumer(node, &mut sink, &mut queues).await,
+            () = node.draining.cancelled() => return tell_to_reconnect(node, &mut sink).await,
+            item = queues.replies.recv(), if replies_open => match item {
+                Some(item) => item,
+                None => { replies_open = false; continue; }
+            },
+            item = queues.live.recv(), if live_open => match item {
+                Some(item) => item,
+                None => { live_open = false; continue; }
+            },
+            _ = pings.tick() => {
+                if missed_pongs.fetch_add(1, Ordering::Relaxed) >= 2 {
+                    tracing::debug!("closing a connection that answered no ping twice");
+                    return;
+                }
+                match guarded(sink.send(Message::Ping(bytes::Bytes::new())), &queues, stall).await {
+                    Ok(()) => continue,
+                    Err(WriteStop::Slow) => return close_slow_consumer(node, &mut sink, &mut queues).await,
+                    Err(WriteStop::Stalled | WriteStop::Broken) => return,
+                }
+            }
+        };
+        let mut step = feed(&mut sink, first, &queues, stall).await;
+        let mut written = 1;
+        while matches!(step, Ok(Step::Continue)) && written < WRITE_BATCH {
+            let next = match queues.replies.try_recv() {
+                Ok(item) => item,
+                Err(_) => match queues.live.try_recv() {
+                    Ok(item) => item,
+                    Err(_) => break,
+                },
+            };
+            step = feed(&mut sink, next, &queues, stall).await;
+            written += 1;
+        }
+        let outcome = match step {
+            Ok(step) => guarded(sink.flush(), &queues, stall).await.map(|()| step),
+            Err(stop) => Err(stop),
+        };
+        match outcome {
+            Ok(Step::Continue) => {}
+            Ok(Step::Finish) | Err(WriteStop::Stalled | WriteStop::Broken) => return,
+            Err(WriteStop::Slow) => return close_slow_consumer(node, &mut sink, &mut queues).await,
+        }
+    }
+}
+
+async fn feed(
+    sink: &mut Sink,
+    item: Outbound,
+    queues: &ConnectionQueues,
+    stall: Duration,
+) -> Result<Step, WriteStop> {
+    let message = match item {
+        Outbound::Message(message) => Message::Text(message.text.clone()),
+        Outbound::Control { text, .. } => Message::Text(text),
+        Outbound::Barrier(reached) => {
+            let _ = reached.send(());
+            return Ok(Step::Continue);
+        }
+        Outbound::Close { code, reason } => {
+            guarded(
+                sink.feed(Message::Close(Some(CloseFrame {
+                    code,
+                    reason: reason.into(),
+                }))),
+                queues,
+                stall,
+            )
+            .await?;
+            return Ok(Step::Finish);
+        }
+    };
+    guarded(sink.feed(message), queues, stall).await?;
+    Ok(Step::Continue)
+}
+
+/// Drops what was queued, puts the 4000 close behind what the socket
+/// already holds, and gives the client a moment to read it.
+async fn close_slow_consumer(node: &Node, sink: &mut Sink, queues: &mut ConnectionQueues) {
+    node.metrics.slow_consumer_closes.inc();
+    node.metrics.count_close(close_code::SLOW_CONSUMER);
+    queues.live.close();
+    queues.replies.close();
+    while queues.live.try_recv().is_ok() || queues.replies.try_recv().is_ok() {}
+    let close = Message::Close(Some(CloseFrame {
+        code: close_code::SLOW_CONSUMER,
+        reason: "slow consumer: reconnect and resume with since".into(),
+    }));
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        sink.feed(close).await?;
+        sink.flush().await
+    })
+    .await;
+}
+
+/// Draining: `reconnect` with a delay jittered over the drain window, then
+/// close 1012.
+async fn tell_to_reconnect(node: &Node, sink: &mut Sink) {
+    let window_ms = u64::try_from(node.settings.drain.as_millis())
+        .unwrap_or(u64::MAX)
+        .max(1);
+    let delay_ms = fastrand::u64(0..window_ms);
+    node.metrics.count_close(close_code::RESTARTING);
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        sink.feed(Message::Text(
+            server_frame::reconnect("draining", delay_ms).into(),
+        ))
+        .await?;
+        sink.feed(Message::Close(Some(CloseFrame {
+            code: close_code::RESTARTING,
+            reason: "node draining: reconnect and resume".into(),
+        })))
+        .await?;
+        sink.flush().await
+    })
+    .await;
+}

@@ -1,0 +1,156 @@
+//! chat-relay: a stateless, horizontally scalable chat relay.
+//!
+//! Map of the crate (dependencies point inward: `http` and `session` use
+//! `broker` and `protocol`; `broker` and `protocol` never import axum):
+//! - [`config`]: settings from flags and environment, validated, no I/O.
+//! - [`protocol`]: wire types, ids, room names, frame decoding and encoding.
+//! - [`broker`]: the [`broker::Broker`] seam and the embedded memory broker.
+//! - [`session`]: room hub (fan-out, live-feed repair), resume, queues,
+//!   rate limits, per-connection frame handling.
+//! - [`http`]: the axum router: WebSocket, SSE, REST, health, metrics.
+//! - [`auth`]: credentials to identity and room grants.
+//! - [`node`]: what a node shares between connections.
+//! - [`telemetry`]: logging set-up and metrics.
+//! - [`shutdown`]: signal handling and drain.
+
+#![forbid(unsafe_code)]
+
+pub mod auth;
+pub mod broker;
+pub mod config;
+pub mod http;
+pub mod node;
+pub mod protocol;
+pub mod session;
+pub mod shutdown;
+pub mod telemetry;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::Authenticator;
+use crate::broker::{Broker, MemoryBroker, RetentionSettings};
+use crate::config::{AuthMode, Settings};
+use crate::node::Node;
+
+/// Why a node could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The listen address could not be bound.
+    #[error("cannot listen on {address} (RELAY_LISTEN): {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// The cause.
+        source: std::io::Error,
+    },
+    /// The configured broker cannot be used.
+    #[error("{0}")]
+    Broker(String),
+}
+
+/// A node that serves on its listener until drained.
+pub struct RunningNode {
+    /// The bound address (with the chosen port when 0 was asked for).
+    pub local_addr: SocketAddr,
+    /// The node's shared state.
+    pub node: Arc<Node>,
+    stop_server: CancellationToken,
+    server: JoinHandle<()>,
+}
+
+impl RunningNode {
+    /// Drains (clients told to reconnect), waits for connections at most the
+    /// drain window plus [`shutdown::DRAIN_MARGIN`], then stops the server.
+    pub async fn drain(self) {
+        self.node.draining.cancel();
+        self.node.connections.close();
+        let deadline = self.node.settings.drain + shutdown::DRAIN_MARGIN;
+        if tokio::time::timeout(deadline, self.node.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain window over with connections still open; closing them");
+        }
+        self.stop_server.cancel();
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.server).await;
+    }
+}
+
+fn build_broker(settings: &Settings) -> Result<Arc<dyn Broker>, StartError> {
+    if settings.redis_url.is_some() {
+        return Err(StartError::Broker(
+            "REDIS_URL is set, but this build has only the embedded memory broker; unset REDIS_URL to run on it".to_owned(),
+        ));
+    }
+    Ok(MemoryBroker::new(RetentionSettings {
+        history_maxlen: settings.history_maxlen,
+        history_ttl: settings.history_ttl,
+        idempotency_ttl: settings.idempotency_ttl,
+    }))
+}
+
+/// Builds the node, binds the listener and starts serving in the background.
+/// Logs the one start-up line.
+///
+/// # Errors
+/// [`StartError`] when the broker or the listener cannot be set up.
+pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
+    let broker = build_broker(&settings)?;
+    let authenticator = match settings.auth {
+        AuthMode::None => Authenticator::Open,
+        AuthMode::Jwt => {
+            return Err(StartError::Broker(
+                "RELAY_AUTH=jwt is not available in this build".to_owned(),
+            ));
+        }
+    };
+    let address = settings.listen;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| StartError::Listen { address, source })?;
+    let local_addr = listener
+        .local_addr()
+        .map_err(|source| StartError::Listen { address, source })?;
+    let node = Node::new(settings, broker, authenticator);
+    tracing::info!(
+        listen = %local_addr,
+        broker = node.broker.kind(),
+        auth = node.authenticator.mode(),
+        node = %node.settings.node_id,
+        version = env!("CARGO_PKG_VERSION"),
+        "chat-relay listening"
+    );
+    let stop_server = CancellationToken::new();
+    let app = http::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
+    let stop = stop_server.clone();
+    let server = tokio::spawn(async move {
+        let served = axum::serve(listener, app)
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(error) = served {
+            tracing::error!(%error, "http server stopped with an error");
+        }
+    });
+    let sweeper_node = node.clone();
+    let sweeper_stop = stop_server.clone();
+    tokio::spawn(async move {
+        let mut ticks = tokio::time::interval(Duration::from_secs(60));
+        loop {
+            tokio::select! {
+                () = sweeper_stop.cancelled() => return,
+                _ = ticks.tick() => sweeper_node.http_publish_limiter.forget_idle(),
+            }
+        }
+    });
+    Ok(RunningNode {
+        local_addr,
+        node,
+        stop_server,
+        server,
+    })
+}

@@ -1,0 +1,134 @@
+//! What one relay node shares between its connections: settings, broker,
+//! room hub, metrics, authenticator, and the drain signal.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::Authenticator;
+use crate::broker::{Broker, BrokerError, PublishOutcome, PublishRequest};
+use crate::config::Settings;
+use crate::protocol::{DecodeLimits, MessageFrameTail, RoomName, server_frame::AnnouncedLimits};
+use crate::session::{AddressRateLimiter, RoomHub};
+use crate::telemetry::Metrics;
+
+/// The shared state of a node.
+pub struct Node {
+    /// Validated settings.
+    pub settings: Settings,
+    /// The broker (memory or Redis).
+    pub broker: Arc<dyn Broker>,
+    /// Local rooms and fan-out.
+    pub hub: Arc<RoomHub>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Credentials to identity.
+    pub authenticator: Authenticator,
+    /// HTTP publish limits per client address.
+    pub http_publish_limiter: AddressRateLimiter,
+    /// Cancelled when the node starts draining.
+    pub draining: CancellationToken,
+    /// Every connection task, so shutdown can wait for them.
+    pub connections: TaskTracker,
+    last_ts_ms: AtomicU64,
+}
+
+impl Node {
+    /// Assembles a node around a broker.
+    #[must_use]
+    pub fn new(
+        settings: Settings,
+        broker: Arc<dyn Broker>,
+        authenticator: Authenticator,
+    ) -> Arc<Self> {
+        let metrics = Arc::new(Metrics::new(&settings.node_id, broker.kind()));
+        let hub = RoomHub::new(broker.clone(), metrics.clone(), settings.outbound_queue);
+        let http_publish_limiter = AddressRateLimiter::new(settings.publish_rate);
+        Arc::new(Self {
+            settings,
+            broker,
+            hub,
+            metrics,
+            authenticator,
+            http_publish_limiter,
+            draining: CancellationToken::new(),
+            connections: TaskTracker::new(),
+            last_ts_ms: AtomicU64::new(0),
+        })
+    }
+
+    /// The limits a client decoder checks.
+    #[must_use]
+    pub fn decode_limits(&self) -> DecodeLimits {
+        DecodeLimits {
+            max_message_bytes: self.settings.max_message_bytes,
+            max_replay: self.settings.max_replay,
+        }
+    }
+
+    /// The limits announced in `welcome`.
+    #[must_use]
+    pub fn announced_limits(&self) -> AnnouncedLimits {
+        AnnouncedLimits {
+            max_message_bytes: self.settings.max_message_bytes,
+            max_replay: self.settings.max_replay,
+            publish_rate: self.settings.publish_rate,
+        }
+    }
+
+    /// Whether the node is draining.
+    #[must_use]
+    pub fn is_draining(&self) -> bool {
+        self.draining.is_cancelled()
+    }
+
+    /// Server time for a message's `ts`: wall-clock milliseconds, never
+    /// going backwards on this node.
+    fn message_ts_ms(&self) -> u64 {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |elapsed| {
+                u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+            });
+        let previous = self.last_ts_ms.fetch_max(now, Ordering::Relaxed);
+        now.max(previous)
+    }
+
+    /// Publishes a validated body to a room through the broker, with the
+    /// publish metrics. Shared by the WebSocket and HTTP endpoints.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker did not commit the message.
+    pub async fn publish(
+        &self,
+        room: RoomName,
+        from: Option<&str>,
+        cmid: Option<String>,
+        body: &str,
+    ) -> Result<PublishOutcome, BrokerError> {
+        let started = std::time::Instant::now();
+        let tail = MessageFrameTail::new(from, self.message_ts_ms(), cmid.as_deref(), body);
+        let outcome = self
+            .broker
+            .publish(PublishRequest { room, cmid, tail })
+            .await?;
+        self.metrics
+            .publish_duration
+            .observe(started.elapsed().as_secs_f64());
+        let outcome_label = if outcome.duplicate {
+            "duplicate"
+        } else {
+            "stored"
+        };
+        self.metrics
+            .messages_published
+            .get_or_create(&crate::telemetry::OutcomeLabel {
+                outcome: outcome_label,
+            })
+            .inc();
+        Ok(outcome)
+    }
+}

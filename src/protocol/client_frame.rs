@@ -1,0 +1,533 @@
+//! Decoding of client-to-server WebSocket frames.
+//!
+//! Every failure becomes a [`FrameRejection`] with the protocol error code and
+//! a sentence saying what was wrong and what to send instead. Nothing here can
+//! panic on client input; fuzz and property tests feed it arbitrary bytes.
+
+use std::borrow::Cow;
+
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use super::{ErrorCode, MessageId, RoomName};
+
+/// Longest `req`, in bytes (a string's text, or a number's digits).
+pub const MAX_REQ_BYTES: usize = 64;
+/// Longest `cmid`, in bytes.
+pub const MAX_CMID_BYTES: usize = 64;
+
+/// The limits a decoder checks that depend on configuration.
+#[derive(Debug, Clone, Copy)]
+pub struct DecodeLimits {
+    /// Largest serialized `body` of a publish.
+    pub max_message_bytes: usize,
+    /// Largest `last` of a subscribe.
+    pub max_replay: usize,
+}
+
+/// The client's `req` tag, kept as raw JSON (a string or a number) so it is
+/// echoed byte for byte.
+#[derive(Debug, Clone)]
+pub struct RequestTag(Box<RawValue>);
+
+impl RequestTag {
+    /// The tag as raw JSON.
+    #[must_use]
+    pub fn as_raw(&self) -> &RawValue {
+        &self.0
+    }
+}
+
+/// What a subscribe asks to be replayed before live messages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplayRequest {
+    /// Live messages only.
+    None,
+    /// Everything after this id (resume).
+    Since(MessageId),
+    /// The last N messages of the history.
+    Last(usize),
+}
+
+/// A decoded, validated client frame.
+#[derive(Debug, Clone)]
+pub enum ClientRequest {
+    /// `subscribe`.
+    Subscribe {
+        /// Room to join.
+        room: RoomName,
+        /// History to deliver first.
+        replay: ReplayRequest,
+    },
+    /// `unsubscribe`.
+    Unsubscribe {
+        /// Room to leave.
+        room: RoomName,
+    },
+    /// `publish`.
+    Publish {
+        /// Target room.
+        room: RoomName,
+        /// The body as compact JSON text (no whitespace outside strings).
+        body: String,
+        /// Client message id (idempotency key), 1 to 64 bytes.
+        cmid: Option<String>,
+    },
+    /// `ping`.
+    Ping,
+    /// `refresh`.
+    Refresh {
+        /// The new token.
+        token: String,
+    },
+}
+
+/// A decoded frame with its `req` tag.
+#[derive(Debug, Clone)]
+pub struct ClientFrame {
+    /// The `req` to echo in the reply.
+    pub req: Option<RequestTag>,
+    /// What the client asks for.
+    pub request: ClientRequest,
+}
+
+/// Why a frame was refused; becomes an `error` frame.
+#[derive(Debug, Clone)]
+pub struct FrameRejection {
+    /// The frame's `req`, when it had a valid one.
+    pub req: Option<RequestTag>,
+    /// Protocol error code.
+    pub code: ErrorCode,
+    /// What was wrong and what to do, for humans.
+    pub message: String,
+    /// The room the frame named, when it was a valid name.
+    pub room: Option<RoomName>,
+}
+
+#[derive(Deserialize)]
+struct WireFrame<'a> {
+    #[serde(rename = "type", default, borrow, deserialize_with = "present")]
+    kind: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    req: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    room: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    since: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    last: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    body: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    cmid: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    token: Option<&'a RawValue>,
+}
+
+/// A field that is present, even as `null`, is `Some`.
+fn present<'de, D>(deserializer: D) -> Result<Option<&'de RawValue>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    <&RawValue as Deserialize>::deserialize(deserializer).map(Some)
+}
+
+struct Rejector {
+    req: Option<RequestTag>,
+    room: Option<RoomName>,
+}
+
+impl Rejector {
+    fn reject(&self, code: ErrorCode, message: impl Into<String>) -> FrameRejection {
+        FrameRejection {
+            req: self.req.clone(),
+            code,
+            message: message.into(),
+            room: self.room.clone(),
+        }
+    }
+
+    fn bad_request(&self, message: impl Into<String>) -> FrameRejection {
+        self.reject(ErrorCode::BadRequest, message)
+    }
+}
+
+/// Decodes one text frame.
+///
+/// # Errors
+/// A [`FrameRejection`] for anything that is not a valid v1 client frame.
+pub fn decode_client_frame(
+    text: &str,
+    limits: DecodeLimits,
+) -> Result<ClientFrame, FrameRejection> {
+    let mut rejector = Rejector {
+        req: None,
+        room: None,
+    };
+    // serde would accept a JSON array as a struct's fields in order.
+    if !text.trim_start().starts_with('{') {
+        return Err(rejector.bad_request("frame must be a JSON object such as {\"type\":\"ping\"}"));
+    }
+    let wire: WireFrame<'_> = serde_json::from_str(text)
+        .map_err(|error| rejector.bad_request(format!("frame is not valid JSON: {error}")))?;
+
+    if let Some(raw) = wire.req {
+        rejector.req = Some(decode_req(raw).map_err(|message| rejector.bad_request(message))?);
+    }
+    let kind = match wire.kind {
+        None => {
+            return Err(rejector
+                .bad_request("frame has no `type`; e.g. \"subscribe\", \"publish\", \"ping\""));
+        }
+        Some(raw) => serde_json::from_str::<Cow<'_, str>>(raw.get())
+            .map_err(|_| rejector.bad_request("`type` must be a string"))?,
+    };
+
+    let request = match kind.as_ref() {
+        "subscribe" => {
+            let room = required_room(&wire, &mut rejector)?;
+            let since = wire
+                .since
+                .map(|raw| decode_since(raw).map_err(|message| rejector.bad_request(message)))
+                .transpose()?;
+            let last = wire
+                .last
+                .map(|raw| {
+                    decode_last(raw, limits.max_replay)
+                        .map_err(|message| rejector.bad_request(message))
+                })
+                .transpose()?;
+            let replay = match (since, last) {
+                (Some(_), Some(_)) => {
+                    return Err(rejector.bad_request(
+                        "`last` is only allowed without `since`; send one or the other",
+                    ));
+                }
+                (Some(since), None) => ReplayRequest::Since(since),
+                (None, Some(last)) => ReplayRequest::Last(last),
+                (None, None) => ReplayRequest::None,
+            };
+            ClientRequest::Subscribe { room, replay }
+        }
+        "unsubscribe" => ClientRequest::Unsubscribe {
+            room: required_room(&wire, &mut rejector)?,
+        },
+        "publish" => {
+            let room = required_room(&wire, &mut rejector)?;
+            let cmid = wire
+                .cmid
+                .map(|raw| decode_cmid(raw).map_err(|message| rejector.bad_request(message)))
+                .transpose()?;
+            let raw_body = wire
+                .body
+                .ok_or_else(|| rejector.bad_request("publish needs a `body` (any JSON value)"))?;
+            let body = compact_json(raw_body.get());
+            if body.len() > limits.max_message_bytes {
+                return Err(rejector.reject(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "body is {} bytes serialized; the limit is {} (max_message_bytes)",
+                        body.len(),
+                        limits.max_message_bytes
+                    ),
+                ));
+            }
+            ClientRequest::Publish {
+                room,
+                body: body.into_owned(),
+                cmid,
+            }
+        }
+        "ping" => ClientRequest::Ping,
+        "refresh" => {
+            let token = wire
+                .token
+                .ok_or_else(|| rejector.bad_request("refresh needs a `token` (a JWT string)"))?;
+            let token = serde_json::from_str::<String>(token.get())
+                .map_err(|_| rejector.bad_request("`token` must be a string"))?;
+            ClientRequest::Refresh { token }
+        }
+        other => {
+            let shown: String = other.chars().take(32).collect();
+            return Err(rejector.bad_request(format!(
+                "unknown frame type {shown:?}; expected subscribe, unsubscribe, publish, ping or refresh"
+            )));
+        }
+    };
+    Ok(ClientFrame {
+        req: rejector.req,
+        request,
+    })
+}
+
+fn decode_req(raw: &RawValue) -> Result<RequestTag, String> {
+    let text = raw.get();
+    let length = if text.starts_with('"') {
+        serde_json::from_str::<Cow<'_, str>>(text)
+            .map_err(|_| "`req` must be a string or a number".to_owned())?
+            .len()
+    } else if serde_json::from_str::<serde_json::Number>(text).is_ok() {
+        text.len()
+    } else {
+        return Err("`req` must be a string or a number".to_owned());
+    };
+    if length > MAX_REQ_BYTES {
+        return Err(format!(
+            "`req` is {length} bytes; the limit is {MAX_REQ_BYTES}"
+        ));
+    }
+    Ok(RequestTag(raw.to_owned()))
+}
+
+fn required_room(
+    wire: &WireFrame<'_>,
+    rejector: &mut Rejector,
+) -> Result<RoomName, FrameRejection> {
+    let raw = wire
+        .room
+        .ok_or_else(|| rejector.bad_request("frame needs a `room` (a room name string)"))?;
+    let text = serde_json::from_str::<Cow<'_, str>>(raw.get())
+        .map_err(|_| rejector.bad_request("`room` must be a string"))?;
+    let room = RoomName::parse(&text)
+        .map_err(|error| rejector.reject(ErrorCode::InvalidRoom, error.to_string()))?;
+    rejector.room = Some(room.clone());
+    Ok(room)
+}
+
+fn decode_since(raw: &RawValue) -> Result<MessageId, String> {
+    let text = serde_json::from_str::<Cow<'_, str>>(raw.get()).map_err(|_| {
+        "`since` must be a message id string such as \"1732400000123-0\"".to_owned()
+    })?;
+    text.parse::<MessageId>()
+        .map_err(|error| format!("`since`: {error}"))
+}
+
+fn decode_last(raw: &RawValue, max_replay: usize) -> Result<usize, String> {
+    let explain = || format!("`last` must be an integer from 0 to {max_replay} (max_replay)");
+    let number = serde_json::from_str::<serde_json::Number>(raw.get()).map_err(|_| explain())?;
+    let last = number.as_u64().ok_or_else(explain)?;
+    usize::try_from(last)
+        .ok()
+        .filter(|last| *last <= max_replay)
+        .ok_or_else(explain)
+}
+
+fn decode_cmid(raw: &RawValue) -> Result<String, String> {
+    let cmid = serde_json::from_str::<String>(raw.get())
+        .map_err(|_| "`cmid` must be a string of 1 to 64 bytes".to_owned())?;
+    if cmid.is_empty() || cmid.len() > MAX_CMID_BYTES {
+        return Err(format!(
+            "`cmid` is {} bytes; it must be 1 to {MAX_CMID_BYTES}",
+            cmid.len()
+        ));
+    }
+    Ok(cmid)
+}
+
+/// Removes the whitespace outside strings from valid JSON text, so that a
+/// body can sit on one line (SSE `data:`) and its size is measured the same
+/// way whatever the client's formatting. Borrows when there is nothing to do.
+#[must_use]
+pub fn compact_json(json: &str) -> Cow<'_, str> {
+    let is_space = |b: u8| matches!(b, b' ' | b'\n' | b'\r' | b'\t');
+    let mut in_string = false;
+    let mut escaped = false;
+    let mut needs_work = false;
+    for &byte in json.as_bytes() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if byte == b'\\' {
+                escaped = true;
+            } else if byte == b'"' {
+                in_string = false;
+            }
+        } else if byte == b'"' {
+            in_string = true;
+        } else if is_space(byte) {
+            needs_work = true;
+            break;
+        }
+    }
+    if !needs_work {
+        return Cow::Borrowed(json);
+    }
+    let mut out = String::with_capacity(json.len());
+    let (mut in_string, mut escaped) = (false, false);
+    for ch in json.chars() {
+        if in_string {
+            if escaped {
+                escaped = false;
+            } else if ch == '\\' {
+                escaped = true;
+            } else if ch == '"' {
+                in_string = false;
+            }
+            out.push(ch);
+        } else if ch == '"' {
+            in_string = true;
+            out.push(ch);
+        } else if !ch.is_ascii() || !is_space(ch as u8) {
+            out.push(ch);
+        }
+    }
+    Cow::Owned(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const LIMITS: DecodeLimits = DecodeLimits {
+        max_message_bytes: 64,
+        max_replay: 100,
+    };
+
+    fn rejection(text: &str) -> FrameRejection {
+        decode_client_frame(text, LIMITS).expect_err(text)
+    }
+
+    #[test]
+    fn decodes_each_frame_type() {
+        let frame = decode_client_frame(
+            r#"{"type":"subscribe","room":"a","since":"5-1","req":7}"#,
+            LIMITS,
+        )
+        .unwrap();
+        assert_eq!(frame.req.unwrap().as_raw().get(), "7");
+        assert!(
+            matches!(frame.request, ClientRequest::Subscribe { replay: ReplayRequest::Since(id), .. } if id == MessageId::new(5, 1))
+        );
+        let frame =
+            decode_client_frame(r#"{"type":"subscribe","room":"a","last":3}"#, LIMITS).unwrap();
+        assert!(matches!(
+            frame.request,
+            ClientRequest::Subscribe {
+                replay: ReplayRequest::Last(3),
+                ..
+            }
+        ));
+        let frame = decode_client_frame(
+            r#"{"type":"publish","room":"a","body":{ "x" : [1, 2] },"cmid":"c1"}"#,
+            LIMITS,
+        )
+        .unwrap();
+        match frame.request {
+            ClientRequest::Publish { body, cmid, .. } => {
+                assert_eq!(body, r#"{"x":[1,2]}"#);
+                assert_eq!(cmid.as_deref(), Some("c1"));
+            }
+            other => panic!("{other:?}"),
+        }
+        let frame =
+            decode_client_frame(r#"{"type":"publish","room":"a","body":null}"#, LIMITS).unwrap();
+        assert!(matches!(frame.request, ClientRequest::Publish { ref body, .. } if body == "null"));
+        assert!(matches!(
+            decode_client_frame(r#"{"type":"ping","extra":1}"#, LIMITS)
+                .unwrap()
+                .request,
+            ClientRequest::Ping
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_frames_with_the_right_code() {
+        for text in [
+            "nope",
+            "[1,2]",
+            "3",
+            "{}",
+            r#"{"type":1}"#,
+            r#"{"type":"dance"}"#,
+            r#"{"type":"subscribe"}"#,
+            r#"{"type":"subscribe","room":5}"#,
+            r#"{"type":"subscribe","room":"a","since":"x"}"#,
+            r#"{"type":"subscribe","room":"a","since":5}"#,
+            r#"{"type":"subscribe","room":"a","last":-1}"#,
+            r#"{"type":"subscribe","room":"a","last":101}"#,
+            r#"{"type":"subscribe","room":"a","last":1e99}"#,
+            r#"{"type":"subscribe","room":"a","last":1.5}"#,
+            r#"{"type":"subscribe","room":"a","last":1,"since":"1-0"}"#,
+            r#"{"type":"publish","room":"a"}"#,
+            r#"{"type":"publish","room":"a","body":1,"cmid":""}"#,
+            r#"{"type":"publish","room":"a","body":1,"cmid":7}"#,
+            r#"{"type":"ping","req":{"a":1}}"#,
+            r#"{"type":"ping","req":true}"#,
+            r#"{"type":"refresh"}"#,
+            r#"{"type":"ping","type":"ping"}"#,
+        ] {
+            assert_eq!(rejection(text).code, ErrorCode::BadRequest, "{text}");
+        }
+        let long_req = format!(r#"{{"type":"ping","req":"{}"}}"#, "r".repeat(65));
+        let rejected = rejection(&long_req);
+        assert_eq!(rejected.code, ErrorCode::BadRequest);
+        assert!(rejected.req.is_none(), "an invalid req is not echoed");
+        assert_eq!(
+            rejection(r#"{"type":"subscribe","room":"a b","req":"r"}"#).code,
+            ErrorCode::InvalidRoom
+        );
+        let too_large = rejection(&format!(
+            r#"{{"type":"publish","room":"a","body":"{}"}}"#,
+            "x".repeat(63)
+        ));
+        assert_eq!(too_large.code, ErrorCode::TooLarge);
+        assert_eq!(too_large.room.unwrap().as_str(), "a");
+    }
+
+    #[test]
+    fn echoes_req_exactly() {
+        let rejected = rejection(r#"{"type":"nope","req":"abc\u0041"}"#);
+        assert_eq!(rejected.req.unwrap().as_raw().get(), r#""abc\u0041""#);
+    }
+
+    #[test]
+    fn compact_json_keeps_strings_and_drops_other_whitespace() {
+        assert_eq!(
+            compact_json(r#"{ "a b" : "c\" d" , "e":[ 1 ,2 ] }"#),
+            r#"{"a b":"c\" d","e":[1,2]}"#
+        );
+        assert!(matches!(compact_json(r#"{"a":"x y"}"#), Cow::Borrowed(_)));
+        assert_eq!(compact_json("\"\\\\\" "), "\"\\\\\"");
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_text_is_decoded_or_refused_never_a_panic(text in "\\PC{0,200}") {
+            let _ = decode_client_frame(&text, LIMITS);
+        }
+
+        #[test]
+        fn arbitrary_json_objects_are_decoded_or_refused(
+            kind in prop_oneof![Just("subscribe".to_owned()), Just("publish".to_owned()), Just("unsubscribe".to_owned()), Just("ping".to_owned()), Just("refresh".to_owned()), "[a-z]{0,8}"],
+            room in "\\PC{0,10}", value in any::<i64>(), text in "\\PC{0,20}",
+        ) {
+            let frame = serde_json::json!({"type": kind, "room": room, "since": text, "last": value, "body": {"t": text}, "cmid": text, "req": value, "token": text});
+            let _ = decode_client_frame(&frame.to_string(), LIMITS);
+        }
+
+        #[test]
+        fn compacted_json_parses_to_the_same_value(value in arbitrary_json()) {
+            let pretty = serde_json::to_string_pretty(&value).unwrap();
+            let compact = compact_json(&pretty);
+            prop_assert_eq!(serde_json::from_str::<serde_json::Value>(&compact).unwrap(), value.clone());
+            prop_assert_eq!(compact.as_ref(), serde_json::to_string(&value).unwrap());
+        }
+    }
+
+    fn arbitrary_json() -> impl Strategy<Value = serde_json::Value> {
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i32>().prop_map(serde_json::Value::from),
+            "\\PC{0,12}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(3, 24, 4, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::btree_map("[a-z ]{0,4}", inner, 0..4)
+                    .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
+            ]
+        })
+    }
+}

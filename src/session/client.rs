@@ -1,0 +1,334 @@
+//! One client's protocol session over a message-oriented transport: decodes
+//! frames, enforces rooms, limits and the invalid-frame budget, and queues
+//! replies. The socket itself is driven by `http::ws`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::mpsc;
+
+use super::hub::Subscription;
+use super::outbound::{ConnectionHandle, Outbound};
+use super::rate_limit::{InvalidFrameBudget, PublishRateLimiter};
+use super::resume::{ResumeError, ResumeTarget, subscribe_and_resume};
+use crate::auth::Identity;
+use crate::node::Node;
+use crate::protocol::{
+    ClientFrame, ClientRequest, ErrorCode, ReplayRequest, RequestTag, RoomName, close_code,
+    decode_client_frame, server_frame,
+};
+
+/// What the transport should do after a frame.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionVerdict {
+    /// Keep reading.
+    Continue,
+    /// Close with this code and reason after the queued frames.
+    Close {
+        /// WebSocket close code.
+        code: u16,
+        /// Reason for humans.
+        reason: &'static str,
+    },
+}
+
+/// See the module docs.
+pub struct ClientSession {
+    node: Arc<Node>,
+    identity: Identity,
+    connection: ConnectionHandle,
+    replies: mpsc::Sender<Outbound>,
+    subscriptions: HashMap<RoomName, Subscription>,
+    publish_limiter: PublishRateLimiter,
+    invalid_frames: InvalidFrameBudget,
+}
+
+struct Refusal<'a> {
+    req: Option<&'a RequestTag>,
+    code: ErrorCode,
+    message: &'a str,
+    room: Option<&'a RoomName>,
+    retry_after_ms: Option<u64>,
+}
+
+impl ClientSession {
+    /// A session for an authenticated connection.
+    #[must_use]
+    pub fn new(
+        node: Arc<Node>,
+        identity: Identity,
+        connection: ConnectionHandle,
+        replies: mpsc::Sender<Outbound>,
+    ) -> Self {
+        let publish_limiter = PublishRateLimiter::new(node.settings.publish_rate);
+        let invalid_frames = InvalidFrameBudget::new(node.settings.invalid_frame_limit);
+        Self {
+            node,
+            identity,
+            connection,
+            replies,
+            subscriptions: HashMap::new(),
+            publish_limiter,
+            invalid_frames,
+        }
+    }
+
+    /// The `welcome` frame for this session.
+    #[must_use]
+    pub fn welcome(&self) -> Outbound {
+        Outbound::control(
+            "welcome",
+            server_frame::welcome(
+                &self.node.settings.node_id,
+                self.identity.subject(),
+                self.node.announced_limits(),
+            ),
+        )
+    }
+
+    async fn reply(&self, json: String) -> bool {
+        self.replies
+            .send(Outbound::control("reply", json))
+            .await
+            .is_ok()
+    }
+
+    async fn refuse(&self, refusal: Refusal<'_>) -> bool {
+        self.node.metrics.count_error(refusal.code);
+        self.reply(server_frame::error(&server_frame::ErrorFrame {
+            req: refusal.req,
+            code: refusal.code,
+            message: refusal.message,
+            room: refusal.room,
+            retry_after_ms: refusal.retry_after_ms,
+        }))
+        .await
+    }
+
+    /// Handles one text frame.
+    pub async fn handle_text(&mut self, text: &str) -> SessionVerdict {
+        match decode_client_frame(text, self.node.decode_limits()) {
+            Ok(frame) => self.handle_frame(frame).await,
+            Err(rejection) => {
+                let delivered = self
+                    .refuse(Refusal {
+                        req: rejection.req.as_ref(),
+                        code: rejection.code,
+                        message: &rejection.message,
+                        room: rejection.room.as_ref(),
+                        retry_after_ms: None,
+                    })
+                    .await;
+                if !self.invalid_frames.spend() {
+                    return SessionVerdict::Close {
+                        code: close_code::POLICY,
+                        reason: "too many invalid frames",
+                    };
+                }
+                if delivered {
+                    SessionVerdict::Continue
+                } else {
+                    gone()
+                }
+            }
+        }
+    }
+
+    async fn handle_frame(&mut self, frame: ClientFrame) -> SessionVerdict {
+        let req = frame.req.as_ref();
+        let delivered = match frame.request {
+            ClientRequest::Subscribe { room, replay } => {
+                return self.subscribe(req, room, replay).await;
+            }
+            ClientRequest::Unsubscribe { room } => {
+                if self.subscriptions.remove(&room).is_some() {
+                    self.reply(server_frame::unsubscribed(req, &room)).await
+                } else {
+                    let message = format!("not subscribed to {room}; nothing to unsubscribe");
+                    self.refuse(Refusal {
+                        req,
+                        code: ErrorCode::NotSubscribed,
+                        message: &message,
+                        room: Some(&room),
+                        retry_after_ms: None,
+                    })
+                    .await
+                }
+            }
+            ClientRequest::Publish { room, body, cmid } => {
+                self.publish(req, room, &body, cmid).await
+            }
+            ClientRequest::Ping => self.reply(server_frame::pong(req)).await,
+            ClientRequest::Refresh { .. } => {
+                let message = "this node runs without authentication (RELAY_AUTH=none); there is no token to refresh";
+                self.refuse(Refusal {
+                    req,
+                    code: ErrorCode::BadRequest,
+                    message,
+                    room: None,
+                    retry_after_ms: None,
+                })
+                .await
+            }
+        };
+        if delivered {
+            SessionVerdict::Continue
+        } else {
+            gone()
+        }
+    }
+
+    async fn subscribe(
+        &mut self,
+        req: Option<&RequestTag>,
+        room: RoomName,
+        replay: ReplayRequest,
+    ) -> SessionVerdict {
+        let refused = if !self.identity.may_subscribe(&room) {
+            Some((
+                ErrorCode::Forbidden,
+                format!("your token does not allow reading {room}"),
+            ))
+        } else if self.subscriptions.contains_key(&room) {
+            Some((
+                ErrorCode::BadRequest,
+                format!("already subscribed to {room}; unsubscribe first to subscribe again"),
+            ))
+        } else {
+            None
+        };
+        if let Some((code, message)) = refused {
+            let delivered = self
+                .refuse(Refusal {
+                    req,
+                    code,
+                    message: &message,
+                    room: Some(&room),
+                    retry_after_ms: None,
+                })
+                .await;
+            return if delivered {
+                SessionVerdict::Continue
+            } else {
+                gone()
+            };
+        }
+        let target = ResumeTarget {
+            replies: &self.replies,
+            connection: self.connection.clone(),
+            req,
+        };
+        match subscribe_and_resume(
+            &self.node.hub,
+            &room,
+            replay,
+            self.node.settings.max_replay,
+            target,
+        )
+        .await
+        {
+            Ok(resumed) => {
+                self.node
+                    .metrics
+                    .messages_delivered
+                    .inc_by(u64::try_from(resumed.replayed).unwrap_or(u64::MAX));
+                self.subscriptions.insert(room, resumed.subscription);
+                SessionVerdict::Continue
+            }
+            Err(ResumeError::ConnectionClosed) => gone(),
+            Err(ResumeError::Broker(error)) => {
+                tracing::warn!(%room, %error, "subscribe failed: broker unavailable");
+                let message = format!(
+                    "could not subscribe to {room}: the message store is unavailable; subscribe again (with since) shortly"
+                );
+                let delivered = self
+                    .refuse(Refusal {
+                        req,
+                        code: ErrorCode::Unavailable,
+                        message: &message,
+                        room: Some(&room),
+                        retry_after_ms: Some(1000),
+                    })
+                    .await;
+                if delivered {
+                    SessionVerdict::Continue
+                } else {
+                    gone()
+                }
+            }
+        }
+    }
+
+    async fn publish(
+        &mut self,
+        req: Option<&RequestTag>,
+        room: RoomName,
+        body: &str,
+        cmid: Option<String>,
+    ) -> bool {
+        if !self.identity.may_publish(&room) {
+            let message = format!("your token does not allow publishing to {room}");
+            return self
+                .refuse(Refusal {
+                    req,
+                    code: ErrorCode::Forbidden,
+                    message: &message,
+                    room: Some(&room),
+                    retry_after_ms: None,
+                })
+                .await;
+        }
+        if let Err(wait) = self.publish_limiter.check() {
+            let message = format!(
+                "over {} publishes per second; retry after the given delay",
+                self.node.settings.publish_rate
+            );
+            let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
+            return self
+                .refuse(Refusal {
+                    req,
+                    code: ErrorCode::RateLimited,
+                    message: &message,
+                    room: Some(&room),
+                    retry_after_ms: Some(retry_after_ms),
+                })
+                .await;
+        }
+        match self
+            .node
+            .publish(room.clone(), self.identity.subject(), cmid, body)
+            .await
+        {
+            Ok(outcome) => {
+                self.reply(server_frame::ack(
+                    req,
+                    &room,
+                    outcome.id,
+                    outcome.prev,
+                    outcome.duplicate,
+                ))
+                .await
+            }
+            Err(error) => {
+                tracing::warn!(%room, %error, "publish failed");
+                let message = "the message store is unavailable; nothing was stored. Retry with the same cmid";
+                self.refuse(Refusal {
+                    req,
+                    code: ErrorCode::Unavailable,
+                    message,
+                    room: Some(&room),
+                    retry_after_ms: Some(1000),
+                })
+                .await
+            }
+        }
+    }
+}
+
+/// The reply queue is gone: the connection is closing already.
+fn gone() -> SessionVerdict {
+    SessionVerdict::Close {
+        code: close_code::NORMAL,
+        reason: "connection closed",
+    }
+}

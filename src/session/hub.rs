@@ -1,0 +1,500 @@
+//! The node's room hub: local subscribers per room, fan-out of the live feed,
+//! and repair of the live feed from history.
+//!
+//! The hub turns a broker's live feed, which may drop messages (Redis Pub/Sub
+//! does during a blip), into a verified sequence per room: it remembers the
+//! last id it delivered in each room, and a message whose `prev` is not that
+//! id makes it read the missing range from history first. Only when history
+//! no longer holds the range do live subscribers get a `gap` frame.
+//!
+//! A new subscriber is attached in *buffering* mode: live messages are kept
+//! for it while its resume reads history (see [`super::resume`]); it then
+//! switches to *live* mode, in which the hub writes straight to its queue.
+//! Locks here are plain mutexes held for short, non-async sections.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use axum::extract::ws::Utf8Bytes;
+
+use super::outbound::{ConnectionHandle, LiveMessage, Outbound};
+use crate::broker::{Broker, BrokerError, LiveSink, StoredMessage};
+use crate::protocol::{MessageId, RoomName, server_frame};
+use crate::telemetry::Metrics;
+
+/// Messages read per history request while repairing.
+const REPAIR_PAGE: usize = 1000;
+/// Longest wait between two attempts to read history during a repair.
+const REPAIR_MAX_BACKOFF: Duration = Duration::from_secs(5);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // Every critical section leaves the data consistent before anything that
+    // could panic, so a poisoned lock is still usable.
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+enum Mode {
+    Buffering(Vec<Arc<LiveMessage>>),
+    Live { skip_through: Option<MessageId> },
+}
+
+struct LocalSubscriber {
+    key: u64,
+    connection: ConnectionHandle,
+    mode: Mode,
+}
+
+struct PendingRepair {
+    /// Live messages that arrived while history was being read.
+    held: Vec<Arc<LiveMessage>>,
+    /// Read history to its end, not only up to the first held message.
+    to_end: bool,
+}
+
+#[derive(Default)]
+struct RoomState {
+    subscribers: Vec<LocalSubscriber>,
+    last_delivered: Option<MessageId>,
+    repair: Option<PendingRepair>,
+    broker_subscribed: bool,
+}
+
+struct LocalRoom {
+    name: RoomName,
+    state: Mutex<RoomState>,
+    /// Serializes subscribe and unsubscribe calls to the broker for the room.
+    broker_subscription: tokio::sync::Mutex<()>,
+}
+
+/// The hub; one per node. See the module docs.
+pub struct RoomHub {
+    broker: Arc<dyn Broker>,
+    metrics: Arc<Metrics>,
+    rooms: Mutex<HashMap<RoomName, Arc<LocalRoom>>>,
+    buffer_limit: usize,
+    next_key: std::sync::atomic::AtomicU64,
+    /// The hub's own `Arc`, for work that `LiveSink` calls (given `&self`) spawn.
+    this: std::sync::Weak<RoomHub>,
+}
+
+/// A subscriber's place in a room; detaches itself when dropped.
+pub struct Subscription {
+    hub: Arc<RoomHub>,
+    room: Arc<LocalRoom>,
+    key: u64,
+}
+
+impl RoomHub {
+    /// Creates the hub and connects it to the broker's live feed.
+    /// `buffer_limit` bounds what a subscriber may hold while it resumes.
+    #[must_use]
+    pub fn new(broker: Arc<dyn Broker>, metrics: Arc<Metrics>, buffer_limit: usize) -> Arc<Self> {
+        let hub = Arc::new_cyclic(|this| Self {
+            broker: broker.clone(),
+            metrics,
+            rooms: Mutex::new(HashMap::new()),
+            buffer_limit: buffer_limit.max(1),
+            next_key: std::sync::atomic::AtomicU64::new(1),
+            this: this.clone(),
+        });
+        let sink: Arc<dyn LiveSink> = hub.clone();
+        broker.set_live_sink(Arc::downgrade(&sink));
+        hub
+    }
+
+    /// The broker behind the hub.
+    #[must_use]
+    pub fn broker(&self) -> &Arc<dyn Broker> {
+        &self.broker
+    }
+
+    /// Attaches a subscriber to a room in buffering mode and makes sure the
+    /// broker's live feed of the room is confirmed before returning.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the live feed could not be confirmed; the
+    /// subscriber is detached again.
+    pub async fn attach(
+        self: &Arc<Self>,
+        room: &RoomName,
+        connection: ConnectionHandle,
+    ) -> Result<Subscription, BrokerError> {
+        let key = self
+            .next_key
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let local = {
+            let mut rooms = lock(&self.rooms);
+            let local = rooms
+                .entry(room.clone())
+                .or_insert_with(|| {
+                    Arc::new(LocalRoom {
+                        name: room.clone(),
+                        state: Mutex::new(RoomState::default()),
+                        broker_subscription: tokio::sync::Mutex::new(()),
+                    })
+                })
+                .clone();
+            lock(&local.state).subscribers.push(LocalSubscriber {
+                key,
+                connection,
+                mode: Mode::Buffering(Vec::new()),
+            });
+            self.metrics
+                .rooms
+                .set(i64::try_from(rooms.len()).unwrap_or(i64::MAX));
+            local
+        };
+        self.metrics.subscriptions.inc();
+        let subscription = Subscription {
+            hub: self.clone(),
+            room: local.clone(),
+            key,
+        };
+        {
+            let _serialized = local.broker_subscription.lock().await;
+            let needs_broker = !lock(&local.state).broker_subscribed;
+            if needs_broker {
+                self.broker.subscribe_live(room).await?;
+                lock(&local.state).broker_subscribed = true;
+            }
+        }
+        Ok(subscription)
+    }
+
+    fn detach(self: &Arc<Self>, local: &Arc<LocalRoom>, key: u64) {
+        let now_empty = {
+            let mut state = lock(&local.state);
+            state.subscribers.retain(|subscriber| subscriber.key != key);
+            state.subscribers.is_empty()
+        };
+        self.metrics.subscriptions.dec();
+        if now_empty {
+            let hub = self.clone();
+            let local = local.clone();
+            // Dropping happens in sync code; the broker call needs a task.
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(async move { hub.release_room(&local).await });
+            }
+        }
+    }
+
+    async fn release_room(&self, local: &Arc<LocalRoom>) {
+        let _serialized = local.broker_subscription.lock().await;
+        let unsubscribe = {
+            let state = lock(&local.state);
+            state.subscribers.is_empty() && state.broker_subscribed
+        };
+        if unsubscribe {
+            if let Err(error) = self.broker.unsubscribe_live(&local.name).await {
+                tracing::warn!(room = %local.name, %error, "could not stop the live feed of a room; it will be dropped on the next reconnect");
+            }
+            let mut state = lock(&local.state);
+            state.broker_subscribed = false;
+            // Continuity is not tracked while the feed is off.
+            state.last_delivered = None;
+        }
+        let mut rooms = lock(&self.rooms);
+        let idle = {
+            let state = lock(&local.state);
+            state.subscribers.is_empty() && !state.broker_subscribed
+        };
+        if idle
+            && rooms
+                .get(&local.name)
+                .is_some_and(|current| Arc::ptr_eq(current, local))
+        {
+            rooms.remove(&local.name);
+        }
+        self.metrics
+            .rooms
+            .set(i64::try_from(rooms.len()).unwrap_or(i64::MAX));
+    }
+
+    fn room(&self, name: &RoomName) -> Option<Arc<LocalRoom>> {
+        lock(&self.rooms).get(name).cloned()
+    }
+
+    /// Delivers in order, or starts a repair when the chain is broken.
+    fn accept(
+        self: &Arc<Self>,
+        local: &Arc<LocalRoom>,
+        state: &mut RoomState,
+        message: Arc<LiveMessage>,
+    ) {
+        if let Some(repair) = &mut state.repair {
+            repair.held.push(message);
+            return;
+        }
+        match state.last_delivered {
+            Some(last) if message.id <= last => {}
+            Some(last) if message.prev != last => {
+                state.repair = Some(PendingRepair {
+                    held: vec![message],
+                    to_end: false,
+                });
+                self.metrics.live_repairs.inc();
+                self.spawn_repair(local.clone());
+            }
+            _ => self.fan_out(state, &message),
+        }
+    }
+
+    fn fan_out(&self, state: &mut RoomState, message: &Arc<LiveMessage>) {
+        state.last_delivered = Some(message.id);
+        let mut delivered = 0u64;
+        for subscriber in &mut state.subscribers {
+            match &mut subscriber.mode {
+                Mode::Buffering(held) => {
+                    if held.len() >= self.buffer_limit {
+                        subscriber.connection.mark_slow();
+                    } else {
+                        held.push(message.clone());
+                    }
+                }
+                Mode::Live { skip_through } => {
+                    if skip_through.is_none_or(|skip| message.id > skip)
+                        && subscriber
+                            .connection
+                            .offer(Outbound::Message(message.clone()))
+                    {
+                        delivered += 1;
+                    }
+                }
+            }
+        }
+        self.metrics.messages_delivered.inc_by(delivered);
+    }
+
+    fn announce_gap(&self, room: &RoomName, state: &mut RoomState, next: MessageId) {
+        self.metrics.gaps.inc();
+        tracing::warn!(%room, after = ?state.last_delivered, %next, "live feed lost messages that history no longer holds");
+        let text = Utf8Bytes::from(server_frame::gap(room, state.last_delivered, Some(next)));
+        for subscriber in &state.subscribers {
+            // A buffering subscriber finds the break itself from the chain.
+            if matches!(subscriber.mode, Mode::Live { .. }) {
+                subscriber.connection.offer(Outbound::Control {
+                    event: "gap",
+                    text: text.clone(),
+                });
+            }
+        }
+    }
+
+    fn spawn_repair(self: &Arc<Self>, local: Arc<LocalRoom>) {
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            let hub = self.clone();
+            runtime.spawn(async move { hub.repair(local).await });
+        }
+    }
+
+    /// Reads the missing range from history, delivers it, then what was held
+    /// meanwhile. Loops while new breaks show up; retries reads with backoff.
+    async fn repair(self: Arc<Self>, local: Arc<LocalRoom>) {
+        let mut backoff = Duration::from_millis(50);
+        loop {
+            let (after, until) = {
+                let mut state = lock(&local.state);
+                let Some(repair) = &state.repair else { return };
+                let until = if repair.to_end {
+                    None
+                } else {
+                    repair.held.first().map(|message| message.id)
+                };
+                match state.last_delivered {
+                    Some(after) if !state.subscribers.is_empty() => (after, until),
+                    _ => {
+                        // Nothing to continue from, or nobody to deliver to.
+                        let held = state
+                            .repair
+                            .take()
+                            .map(|repair| repair.held)
+                            .unwrap_or_default();
+                        for message in held {
+                            if state.last_delivered.is_none_or(|last| message.id > last) {
+                                self.fan_out(&mut state, &message);
+                            }
+                        }
+                        return;
+                    }
+                }
+            };
+            let fetched = match self.read_range(&local.name, after, until).await {
+                Ok(fetched) => fetched,
+                Err(error) => {
+                    tracing::warn!(room = %local.name, %error, retry_in_ms = backoff.as_millis(), "cannot read history to repair the live feed");
+                    tokio::time::sleep(backoff.mul_f64(0.5 + fastrand::f64())).await;
+                    backoff = (backoff * 2).min(REPAIR_MAX_BACKOFF);
+                    continue;
+                }
+            };
+            let mut state = lock(&local.state);
+            for message in fetched {
+                self.deliver_checked(&local.name, &mut state, &message);
+            }
+            let Some(repair) = state.repair.take() else {
+                return;
+            };
+            let mut held = repair.held.into_iter();
+            let mut broken_again = None;
+            for (index, message) in held.by_ref().enumerate() {
+                let last = state.last_delivered.unwrap_or(MessageId::ZERO);
+                if message.id <= last {
+                    continue;
+                }
+                if message.prev != last && index > 0 {
+                    broken_again = Some(message);
+                    break;
+                }
+                // For the first held message, history had everything it holds
+                // up to it: a remaining break cannot be repaired.
+                self.deliver_checked(&local.name, &mut state, &message);
+            }
+            match broken_again {
+                None => return,
+                Some(first) => {
+                    let mut rest = vec![first];
+                    rest.extend(held);
+                    state.repair = Some(PendingRepair {
+                        held: rest,
+                        to_end: false,
+                    });
+                    self.metrics.live_repairs.inc();
+                }
+            }
+        }
+    }
+
+    fn deliver_checked(&self, room: &RoomName, state: &mut RoomState, message: &Arc<LiveMessage>) {
+        let Some(last) = state.last_delivered else {
+            self.fan_out(state, message);
+            return;
+        };
+        if message.id <= last {
+            return;
+        }
+        if message.prev != last {
+            self.announce_gap(room, state, message.id);
+        }
+        self.fan_out(state, message);
+    }
+
+    /// History after `after`, up to (not including) `until`, or to its end.
+    async fn read_range(
+        &self,
+        room: &RoomName,
+        after: MessageId,
+        until: Option<MessageId>,
+    ) -> Result<Vec<Arc<LiveMessage>>, BrokerError> {
+        let mut fetched = Vec::new();
+        let mut cursor = after;
+        loop {
+            let page = self.broker.read_after(room, cursor, REPAIR_PAGE).await?;
+            let full_page = page.messages.len() == REPAIR_PAGE;
+            for stored in &page.messages {
+                if until.is_some_and(|until| stored.id >= until) {
+                    return Ok(fetched);
+                }
+                cursor = stored.id;
+                if let Some(message) = live_message(room, stored) {
+                    fetched.push(message);
+                }
+            }
+            if !full_page {
+                return Ok(fetched);
+            }
+        }
+    }
+}
+
+/// Wraps a stored message for delivery, logging one the broker corrupted.
+pub(crate) fn live_message(room: &RoomName, stored: &StoredMessage) -> Option<Arc<LiveMessage>> {
+    let message = LiveMessage::from_stored(stored);
+    if message.is_none() {
+        tracing::error!(%room, id = %stored.id, "broker returned a message frame that is not UTF-8; skipped");
+    }
+    message
+}
+
+impl LiveSink for RoomHub {
+    fn deliver(&self, room: &RoomName, stored: Arc<StoredMessage>) {
+        let Some(local) = self.room(room) else { return };
+        let Some(message) = live_message(room, &stored) else {
+            return;
+        };
+        let Some(hub) = self.this.upgrade() else {
+            return;
+        };
+        let mut state = lock(&local.state);
+        hub.accept(&local, &mut state, message);
+    }
+
+    fn resync_all(&self) {
+        let rooms: Vec<_> = lock(&self.rooms).values().cloned().collect();
+        for local in rooms {
+            let start = {
+                let mut state = lock(&local.state);
+                let last_delivered = state.last_delivered;
+                match (&mut state.repair, last_delivered) {
+                    (Some(repair), _) => {
+                        repair.to_end = true;
+                        false
+                    }
+                    (None, Some(_)) => {
+                        state.repair = Some(PendingRepair {
+                            held: Vec::new(),
+                            to_end: true,
+                        });
+                        true
+                    }
+                    (None, None) => false,
+                }
+            };
+            if start {
+                self.metrics.live_repairs.inc();
+                if let Some(hub) = self.this.upgrade() {
+                    hub.spawn_repair(local);
+                }
+            }
+        }
+    }
+}
+
+impl Subscription {
+    /// The room subscribed to.
+    #[must_use]
+    pub fn room(&self) -> &RoomName {
+        &self.room.name
+    }
+
+    /// Hands over what was buffered for the subscriber, or, when nothing is,
+    /// switches it to live mode (atomically with the room's fan-out), from
+    /// then on skipping messages up to `last_sent`. `None` means it is live.
+    #[must_use]
+    pub fn take_buffered_or_go_live(
+        &self,
+        last_sent: Option<MessageId>,
+    ) -> Option<Vec<Arc<LiveMessage>>> {
+        let mut state = lock(&self.room.state);
+        let subscriber = state
+            .subscribers
+            .iter_mut()
+            .find(|subscriber| subscriber.key == self.key)?;
+        match &mut subscriber.mode {
+            Mode::Buffering(held) if !held.is_empty() => Some(std::mem::take(held)),
+            Mode::Buffering(_) => {
+                subscriber.mode = Mode::Live {
+                    skip_through: last_sent,
+                };
+                None
+            }
+            Mode::Live { .. } => None,
+        }
+    }
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        self.hub.detach(&self.room, self.key);
+    }
+}

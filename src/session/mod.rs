@@ -1,0 +1,23 @@
+//! Client sessions: the room hub (fan-out, live-feed repair), the resume
+//! algorithm, per-connection queues and backpressure, rate limits, and the
+//! transport-independent handling of client frames.
+//!
+//! Uses `broker` and `protocol`; knows nothing of sockets beyond the frame
+//! type the WebSocket writer sends.
+
+mod client;
+mod hub;
+mod outbound;
+mod rate_limit;
+mod resume;
+
+pub use client::{ClientSession, SessionVerdict};
+pub use hub::{RoomHub, Subscription};
+pub use outbound::{
+    ConnectionHandle, ConnectionQueues, LiveMessage, Outbound, REPLY_QUEUE_CAPACITY,
+};
+pub use rate_limit::{AddressRateLimiter, InvalidFrameBudget, PublishRateLimiter};
+pub use resume::{
+    HistoryDecision, ResumeError, ResumeTarget, Resumed, read_requested_history,
+    subscribe_and_resume,
+};

@@ -1,0 +1,227 @@
+//! Subscribe and resume without a gap or a duplicate.
+//!
+//! 1. Attach to the room in buffering mode; the broker's live feed of the
+//!    room is confirmed before history is read.
+//! 2. Read history after `since` (or the last N), bounded by `max_replay`,
+//!    and decide `recovered`.
+//! 3. Queue `subscribed`, then the history.
+//! 4. Drain the buffer: skip what was already sent; when a message's `prev`
+//!    is not the last sent id, read the missing range from history first
+//!    (a `gap` only when history lacks it). Then switch to live.
+//!
+//! Subscribing before reading closes the race; the `prev` chain proves it.
+//! This is written once for every broker and transport.
+
+use std::sync::Arc;
+
+use tokio::sync::{mpsc, oneshot};
+
+use super::hub::{RoomHub, Subscription, live_message};
+use super::outbound::{ConnectionHandle, LiveMessage, Outbound};
+use crate::broker::{Broker, BrokerError};
+use crate::protocol::{MessageId, ReplayRequest, RequestTag, RoomName, server_frame};
+
+/// Why a resume did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum ResumeError {
+    /// The broker failed; the subscription was dropped.
+    #[error(transparent)]
+    Broker(#[from] BrokerError),
+    /// The connection went away during the resume.
+    #[error("connection closed during resume")]
+    ConnectionClosed,
+}
+
+/// What history a resume found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HistoryDecision {
+    /// Messages to replay, oldest first.
+    pub messages: Vec<Arc<crate::broker::StoredMessage>>,
+    /// `recovered`, present iff the request had `since`.
+    pub recovered: Option<bool>,
+}
+
+/// Reads the history a subscribe asks for and applies the `recovered` rule:
+/// true iff the first message after `since` chains to it (or there is none
+/// and the history ends at `since`) and no more than `max_replay` follow.
+/// Otherwise the newest `max_replay` messages after `since` are returned.
+///
+/// # Errors
+/// [`BrokerError`] when history cannot be read.
+pub async fn read_requested_history(
+    broker: &dyn Broker,
+    room: &RoomName,
+    replay: ReplayRequest,
+    max_replay: usize,
+) -> Result<HistoryDecision, BrokerError> {
+    match replay {
+        ReplayRequest::None => Ok(HistoryDecision {
+            messages: Vec::new(),
+            recovered: None,
+        }),
+        ReplayRequest::Last(0) => Ok(HistoryDecision {
+            messages: Vec::new(),
+            recovered: None,
+        }),
+        ReplayRequest::Last(count) => Ok(HistoryDecision {
+            messages: broker
+                .read_before(room, None, count.min(max_replay))
+                .await?
+                .messages,
+            recovered: None,
+        }),
+        ReplayRequest::Since(since) => {
+            let page = broker
+                .read_after(room, since, max_replay.saturating_add(1))
+                .await?;
+            if page.messages.len() > max_replay {
+                let mut newest = broker.read_before(room, None, max_replay).await?.messages;
+                newest.retain(|message| message.id > since);
+                return Ok(HistoryDecision {
+                    messages: newest,
+                    recovered: Some(false),
+                });
+            }
+            let recovered = match page.messages.first() {
+                Some(first) => first.prev == since,
+                None => page.last_id.unwrap_or(MessageId::ZERO) == since,
+            };
+            Ok(HistoryDecision {
+                messages: page.messages,
+                recovered: Some(recovered),
+            })
+        }
+    }
+}
+
+/// Where a resume writes, in order: the connection's reply queue.
+pub struct ResumeTarget<'a> {
+    /// The connection's reply queue.
+    pub replies: &'a mpsc::Sender<Outbound>,
+    /// The connection's live handle, for the hub.
+    pub connection: ConnectionHandle,
+    /// The subscribe's `req`.
+    pub req: Option<&'a RequestTag>,
+}
+
+/// What a completed resume reports.
+pub struct Resumed {
+    /// The live subscription; dropping it unsubscribes.
+    pub subscription: Subscription,
+    /// Messages replayed from history.
+    pub replayed: usize,
+}
+
+async fn send(replies: &mpsc::Sender<Outbound>, item: Outbound) -> Result<(), ResumeError> {
+    replies
+        .send(item)
+        .await
+        .map_err(|_| ResumeError::ConnectionClosed)
+}
+
+/// Runs the whole algorithm of the module docs for one subscriber.
+///
+/// # Errors
+/// [`ResumeError`] when the broker fails or the connection closes; nothing
+/// stays subscribed then.
+pub async fn subscribe_and_resume(
+    hub: &Arc<RoomHub>,
+    room: &RoomName,
+    replay: ReplayRequest,
+    max_replay: usize,
+    target: ResumeTarget<'_>,
+) -> Result<Resumed, ResumeError> {
+    let subscription = hub.attach(room, target.connection.clone()).await?;
+    let broker = hub.broker().as_ref();
+    let history = read_requested_history(broker, room, replay, max_replay).await?;
+    let replayed = history.messages.len();
+    send(
+        target.replies,
+        Outbound::control(
+            "subscribed",
+            server_frame::subscribed(target.req, room, history.recovered, replayed),
+        ),
+    )
+    .await?;
+    let mut last_sent = match (replay, history.recovered) {
+        (ReplayRequest::Since(since), Some(true)) => Some(since),
+        _ => None,
+    };
+    for stored in &history.messages {
+        if let Some(message) = live_message(room, stored) {
+            last_sent = Some(message.id);
+            send(target.replies, Outbound::Message(message)).await?;
+        }
+    }
+    loop {
+        // Everything queued so far must reach the socket writer before the
+        // room may write to the live queue, or order across queues breaks.
+        let (reached, barrier) = oneshot::channel();
+        send(target.replies, Outbound::Barrier(reached)).await?;
+        barrier.await.map_err(|_| ResumeError::ConnectionClosed)?;
+        let Some(buffered) = subscription.take_buffered_or_go_live(last_sent) else {
+            return Ok(Resumed {
+                subscription,
+                replayed,
+            });
+        };
+        for message in buffered {
+            if last_sent.is_some_and(|last| message.id <= last) {
+                continue;
+            }
+            if let Some(last) = last_sent.filter(|last| message.prev != *last) {
+                fill_from_history(broker, room, last, &message, max_replay, target.replies).await?;
+            }
+            last_sent = Some(message.id);
+            send(target.replies, Outbound::Message(message)).await?;
+        }
+    }
+}
+
+/// Sends what history holds between `last` and `next` (exclusive), and a
+/// `gap` where the chain still breaks.
+async fn fill_from_history(
+    broker: &dyn Broker,
+    room: &RoomName,
+    last: MessageId,
+    next: &LiveMessage,
+    page_size: usize,
+    replies: &mpsc::Sender<Outbound>,
+) -> Result<(), ResumeError> {
+    let mut cursor = last;
+    'pages: loop {
+        let page = broker.read_after(room, cursor, page_size.max(1)).await?;
+        let full_page = page.messages.len() >= page_size.max(1);
+        for stored in &page.messages {
+            if stored.id >= next.id {
+                break 'pages;
+            }
+            let Some(message) = live_message(room, stored) else {
+                continue;
+            };
+            if message.prev != cursor {
+                send(
+                    replies,
+                    Outbound::control(
+                        "gap",
+                        server_frame::gap(room, Some(cursor), Some(message.id)),
+                    ),
+                )
+                .await?;
+            }
+            cursor = message.id;
+            send(replies, Outbound::Message(message)).await?;
+        }
+        if !full_page {
+            break;
+        }
+    }
+    if next.prev != cursor {
+        send(
+            replies,
+            Outbound::control("gap", server_frame::gap(room, Some(cursor), Some(next.id))),
+        )
+        .await?;
+    }
+    Ok(())
+}

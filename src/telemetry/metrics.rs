@@ -1,0 +1,229 @@
+//! The node's Prometheus metrics, registered once and shared.
+//!
+//! Every metric is listed with its meaning in `docs/operations.md`. Counters
+//! on the fan-out path are bumped once per message per room (by the number
+//! of deliveries), not once per subscriber.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+use crate::protocol::ErrorCode;
+
+/// Label of a transport.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TransportLabel {
+    /// `ws` or `sse`.
+    pub transport: &'static str,
+}
+
+/// Label of a publish outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutcomeLabel {
+    /// `stored` or `duplicate`.
+    pub outcome: &'static str,
+}
+
+/// Label of an error code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CodeLabel {
+    /// The protocol error code.
+    pub code: &'static str,
+}
+
+/// Label of a close code.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CloseLabel {
+    /// The WebSocket close code, as text.
+    pub code: &'static str,
+}
+
+/// Static facts about the node.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InfoLabels {
+    /// `RELAY_NODE_ID`.
+    pub node: String,
+    /// `memory` or `redis`.
+    pub broker: &'static str,
+    /// Crate version.
+    pub version: &'static str,
+}
+
+/// All metrics of a node.
+pub struct Metrics {
+    registry: Registry,
+    /// Open client connections.
+    pub connections: Family<TransportLabel, Gauge>,
+    /// Live room subscriptions on this node.
+    pub subscriptions: Gauge,
+    /// Rooms with at least one local subscriber.
+    pub rooms: Gauge,
+    /// Publishes committed, by outcome.
+    pub messages_published: Family<OutcomeLabel, Counter>,
+    /// Messages queued to subscribers (live fan-out and replay).
+    pub messages_delivered: Counter,
+    /// Time from receiving a publish to its commit by the broker.
+    pub publish_duration: Histogram,
+    /// Connections closed because they did not read fast enough.
+    pub slow_consumer_closes: Counter,
+    /// Errors sent to clients, by code.
+    pub errors: Family<CodeLabel, Counter>,
+    /// Connections closed by the server, by close code.
+    pub closes: Family<CloseLabel, Counter>,
+    /// Times the live feed of a room was repaired from history.
+    pub live_repairs: Counter,
+    /// `gap`s: live messages lost that history no longer held.
+    pub gaps: Counter,
+}
+
+impl Metrics {
+    /// Registers every metric.
+    #[must_use]
+    pub fn new(node: &str, broker: &'static str) -> Self {
+        let mut registry = Registry::default();
+        let connections = Family::<TransportLabel, Gauge>::default();
+        registry.register(
+            "relay_connections",
+            "Open client connections, by transport",
+            connections.clone(),
+        );
+        for transport in ["ws", "sse"] {
+            let _ = connections.get_or_create(&TransportLabel { transport });
+        }
+        let subscriptions = Gauge::default();
+        registry.register(
+            "relay_subscriptions",
+            "Room subscriptions held by clients of this node",
+            subscriptions.clone(),
+        );
+        let rooms = Gauge::default();
+        registry.register(
+            "relay_rooms",
+            "Rooms with at least one subscriber on this node",
+            rooms.clone(),
+        );
+        let messages_published = Family::<OutcomeLabel, Counter>::default();
+        registry.register(
+            "relay_messages_published",
+            "Publishes committed through this node, by outcome (stored or duplicate)",
+            messages_published.clone(),
+        );
+        for outcome in ["stored", "duplicate"] {
+            let _ = messages_published.get_or_create(&OutcomeLabel { outcome });
+        }
+        let messages_delivered = Counter::default();
+        registry.register(
+            "relay_messages_delivered",
+            "Messages queued to subscribers of this node (live and replayed)",
+            messages_delivered.clone(),
+        );
+        let publish_duration = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+        ]);
+        registry.register(
+            "relay_publish_duration_seconds",
+            "Time from receiving a publish to its commit by the broker",
+            publish_duration.clone(),
+        );
+        let slow_consumer_closes = Counter::default();
+        registry.register(
+            "relay_slow_consumer_closes",
+            "Connections closed because they did not read fast enough (close 4000)",
+            slow_consumer_closes.clone(),
+        );
+        let errors = Family::<CodeLabel, Counter>::default();
+        registry.register(
+            "relay_errors",
+            "Errors sent to clients, by protocol error code",
+            errors.clone(),
+        );
+        for code in ErrorCode::ALL {
+            let _ = errors.get_or_create(&CodeLabel {
+                code: code.as_str(),
+            });
+        }
+        let closes = Family::<CloseLabel, Counter>::default();
+        registry.register(
+            "relay_closes",
+            "Connections closed by the server, by WebSocket close code",
+            closes.clone(),
+        );
+        let live_repairs = Counter::default();
+        registry.register(
+            "relay_live_repairs",
+            "Times a room's live feed was caught up from history",
+            live_repairs.clone(),
+        );
+        let gaps = Counter::default();
+        registry.register(
+            "relay_gaps",
+            "Breaks in a room's live feed that history could not repair",
+            gaps.clone(),
+        );
+        let info = Family::<InfoLabels, Gauge>::default();
+        registry.register(
+            "relay_info",
+            "Facts about this node; the value is always 1",
+            info.clone(),
+        );
+        info.get_or_create(&InfoLabels {
+            node: node.to_owned(),
+            broker,
+            version: env!("CARGO_PKG_VERSION"),
+        })
+        .set(1);
+        Self {
+            registry,
+            connections,
+            subscriptions,
+            rooms,
+            messages_published,
+            messages_delivered,
+            publish_duration,
+            slow_consumer_closes,
+            errors,
+            closes,
+            live_repairs,
+            gaps,
+        }
+    }
+
+    /// Counts an error sent to a client.
+    pub fn count_error(&self, code: ErrorCode) {
+        self.errors
+            .get_or_create(&CodeLabel {
+                code: code.as_str(),
+            })
+            .inc();
+    }
+
+    /// Counts a close initiated by the server.
+    pub fn count_close(&self, code: u16) {
+        let code = match code {
+            1000 => "1000",
+            1003 => "1003",
+            1007 => "1007",
+            1008 => "1008",
+            1009 => "1009",
+            1011 => "1011",
+            1012 => "1012",
+            1013 => "1013",
+            4000 => "4000",
+            4001 => "4001",
+            _ => "other",
+        };
+        self.closes.get_or_create(&CloseLabel { code }).inc();
+    }
+
+    /// The metrics in the Prometheus (OpenMetrics) text format.
+    #[must_use]
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
+        text
+    }
+}

@@ -1,0 +1,328 @@
+//! The WebSocket protocol against a real server on a loopback port.
+
+mod common;
+
+use common::{TestRelay, WsClient, full_history, id_key};
+use serde_json::json;
+
+#[tokio::test]
+async fn welcome_announces_node_user_and_limits() {
+    let relay = TestRelay::start(&["--max-replay", "500", "--publish-rate", "20"]).await;
+    let client = WsClient::connect_url(&relay.ws_url("?user=ann")).await;
+    assert_eq!(client.welcome["node"], "test-node");
+    assert_eq!(client.welcome["user"], "ann");
+    assert_eq!(
+        client.welcome["limits"],
+        json!({"max_message_bytes": 65536, "max_replay": 500, "publish_rate": 20})
+    );
+    let anonymous = WsClient::connect(&relay).await;
+    assert_eq!(anonymous.welcome["user"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn publish_reaches_each_subscriber_once_with_the_same_shape() {
+    let relay = TestRelay::start(&[]).await;
+    let mut ann = WsClient::connect_url(&relay.ws_url("?user=ann")).await;
+    let mut bob = WsClient::connect(&relay).await;
+    let subscribed = bob.subscribe("lobby", json!({})).await;
+    assert_eq!(subscribed["room"], "lobby");
+    assert_eq!(subscribed["replay"], 0);
+    assert!(
+        subscribed.get("recovered").is_none(),
+        "recovered only with since: {subscribed}"
+    );
+    ann.subscribe("lobby", json!({})).await;
+
+    let ack = ann
+        .publish("lobby", json!({"text": "hi", "n": [1, 2]}), Some("c-1"))
+        .await;
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(ack["room"], "lobby");
+    assert_eq!(ack["prev"], "0-0");
+    assert_eq!(ack["duplicate"], false);
+
+    for client in [&mut ann, &mut bob] {
+        let message = client.wait_type("message").await;
+        assert_eq!(message["id"], ack["id"]);
+        assert_eq!(message["prev"], "0-0");
+        assert_eq!(message["room"], "lobby");
+        assert_eq!(message["from"], "ann");
+        assert_eq!(message["cmid"], "c-1", "the publisher sees its own cmid");
+        assert_eq!(message["body"], json!({"text": "hi", "n": [1, 2]}));
+        assert!(
+            message["ts"]
+                .as_u64()
+                .is_some_and(|ts| ts > 1_600_000_000_000)
+        );
+        client
+            .expect_silence(std::time::Duration::from_millis(200))
+            .await;
+    }
+}
+
+#[tokio::test]
+async fn a_retried_cmid_is_acked_as_duplicate_and_stored_once() {
+    let relay = TestRelay::start(&[]).await;
+    let mut client = WsClient::connect(&relay).await;
+    let first = client.publish("r", json!(1), Some("same")).await;
+    let again = client.publish("r", json!(1), Some("same")).await;
+    assert_eq!(again["duplicate"], true);
+    assert_eq!(again["id"], first["id"]);
+    assert_eq!(again["prev"], first["prev"]);
+    assert_eq!(full_history(&relay, "r", 100).await.len(), 1);
+}
+
+#[tokio::test]
+async fn ping_is_answered_with_pong_echoing_req() {
+    let relay = TestRelay::start(&[]).await;
+    let mut client = WsClient::connect(&relay).await;
+    client.send_json(json!({"type": "ping", "req": 42})).await;
+    assert_eq!(
+        client.next_frame().await,
+        json!({"type": "pong", "req": 42})
+    );
+    client.send_json(json!({"type": "ping"})).await;
+    assert_eq!(client.next_frame().await, json!({"type": "pong"}));
+}
+
+#[tokio::test]
+async fn unsubscribe_stops_delivery_and_a_second_one_is_not_subscribed() {
+    let relay = TestRelay::start(&[]).await;
+    let mut reader = WsClient::connect(&relay).await;
+    let mut writer = WsClient::connect(&relay).await;
+    reader.subscribe("r", json!({})).await;
+    reader
+        .send_json(json!({"type": "unsubscribe", "room": "r", "req": "u1"}))
+        .await;
+    assert_eq!(
+        reader.next_frame().await,
+        json!({"type": "unsubscribed", "req": "u1", "room": "r"})
+    );
+    writer.publish("r", json!("after"), None).await;
+    reader
+        .expect_silence(std::time::Duration::from_millis(300))
+        .await;
+    reader
+        .send_json(json!({"type": "unsubscribe", "room": "r", "req": "u2"}))
+        .await;
+    let error = reader.next_frame().await;
+    assert_eq!(error["type"], "error");
+    assert_eq!(error["code"], "not_subscribed");
+    assert_eq!(error["req"], "u2");
+    assert_eq!(error["room"], "r");
+}
+
+#[tokio::test]
+async fn subscribing_twice_to_a_room_is_refused() {
+    let relay = TestRelay::start(&[]).await;
+    let mut client = WsClient::connect(&relay).await;
+    client.subscribe("r", json!({})).await;
+    client
+        .send_json(json!({"type": "subscribe", "room": "r", "req": "again"}))
+        .await;
+    let error = client.next_frame().await;
+    assert_eq!(error["code"], "bad_request", "{error}");
+    assert!(
+        error["message"]
+            .as_str()
+            .unwrap()
+            .contains("already subscribed")
+    );
+}
+
+#[tokio::test]
+async fn resume_with_since_delivers_exactly_what_was_missed_then_live() {
+    let relay = TestRelay::start(&[]).await;
+    let mut publisher = WsClient::connect(&relay).await;
+    let mut acks = Vec::new();
+    for n in 0..10 {
+        acks.push(publisher.publish("room", json!({"n": n}), None).await);
+    }
+    let since = acks[3]["id"].as_str().unwrap().to_owned();
+    let mut resumer = WsClient::connect(&relay).await;
+    let subscribed = resumer.subscribe("room", json!({"since": since})).await;
+    assert_eq!(subscribed["recovered"], true);
+    assert_eq!(subscribed["replay"], 6);
+    let replayed = resumer.messages("room", 6).await;
+    assert_eq!(replayed[0]["prev"], since.as_str());
+    for (message, ack) in replayed.iter().zip(&acks[4..]) {
+        assert_eq!(message["id"], ack["id"]);
+    }
+    let live = publisher.publish("room", json!({"n": "live"}), None).await;
+    let next = resumer.messages("room", 1).await;
+    assert_eq!(next[0]["id"], live["id"]);
+    assert_eq!(next[0]["prev"], acks[9]["id"]);
+}
+
+#[tokio::test]
+async fn resume_from_every_point_of_the_history_is_exact() {
+    let relay = TestRelay::start(&[]).await;
+    let mut publisher = WsClient::connect(&relay).await;
+    for n in 0..30 {
+        publisher.publish("points", json!(n), None).await;
+    }
+    let history = full_history(&relay, "points", 1000).await;
+    let mut resumer = WsClient::connect(&relay).await;
+    let starts = std::iter::once("0-0".to_owned()).chain(
+        history
+            .iter()
+            .map(|message| message["id"].as_str().unwrap().to_owned()),
+    );
+    for since in starts {
+        let subscribed = resumer.subscribe("points", json!({"since": since})).await;
+        assert_eq!(subscribed["recovered"], true, "since {since}");
+        let count = subscribed["replay"].as_u64().unwrap() as usize;
+        let received = resumer.messages("points", count).await;
+        common::assert_exact_sequence(
+            &format!("resume after {since}"),
+            &received,
+            &history,
+            &since,
+        );
+        resumer
+            .send_json(json!({"type": "unsubscribe", "room": "points", "req": "u"}))
+            .await;
+        resumer.reply_to("u").await;
+    }
+}
+
+#[tokio::test]
+async fn since_unknown_to_the_room_is_not_recovered() {
+    let relay = TestRelay::start(&[]).await;
+    let mut publisher = WsClient::connect(&relay).await;
+    let ack = publisher.publish("r", json!(1), None).await;
+    let (ms, _) = id_key(&ack["id"]);
+    let mut client = WsClient::connect(&relay).await;
+    // An id between messages, and one after the last.
+    for since in [format!("{}-0", ms - 1), format!("{}-5", ms + 10)] {
+        let reply = client.subscribe("r", json!({"since": since})).await;
+        assert_eq!(reply["recovered"], false, "since {since}: {reply}");
+        client
+            .messages("r", reply["replay"].as_u64().unwrap() as usize)
+            .await;
+        client
+            .send_json(json!({"type": "unsubscribe", "room": "r", "req": "u"}))
+            .await;
+        client.reply_to("u").await;
+    }
+    let empty_room = client
+        .subscribe("never-used", json!({"since": "0-0"}))
+        .await;
+    assert_eq!(
+        empty_room["recovered"], true,
+        "nothing was ever missed in an empty room"
+    );
+    assert_eq!(empty_room["replay"], 0);
+}
+
+#[tokio::test]
+async fn resume_past_max_replay_is_not_recovered_and_gets_the_newest() {
+    let relay = TestRelay::start(&["--max-replay", "5"]).await;
+    let mut publisher = WsClient::connect(&relay).await;
+    for n in 0..12 {
+        publisher.publish("r", json!(n), None).await;
+    }
+    let history = full_history(&relay, "r", 5).await;
+    let mut client = WsClient::connect(&relay).await;
+    let reply = client.subscribe("r", json!({"since": "0-0"})).await;
+    assert_eq!(reply["recovered"], false);
+    assert_eq!(reply["replay"], 5);
+    let received = client.messages("r", 5).await;
+    assert_eq!(
+        received,
+        history[7..].to_vec(),
+        "the newest max_replay messages"
+    );
+}
+
+#[tokio::test]
+async fn last_n_delivers_the_newest_messages_first() {
+    let relay = TestRelay::start(&[]).await;
+    let mut publisher = WsClient::connect(&relay).await;
+    for n in 0..8 {
+        publisher.publish("r", json!(n), None).await;
+    }
+    let mut client = WsClient::connect(&relay).await;
+    let reply = client.subscribe("r", json!({"last": 3})).await;
+    assert_eq!(reply["replay"], 3);
+    assert!(reply.get("recovered").is_none());
+    let bodies: Vec<_> = client
+        .messages("r", 3)
+        .await
+        .iter()
+        .map(|message| message["body"].clone())
+        .collect();
+    assert_eq!(bodies, vec![json!(5), json!(6), json!(7)]);
+    let mut other = WsClient::connect(&relay).await;
+    let none = other.subscribe("r", json!({"last": 0})).await;
+    assert_eq!(none["replay"], 0);
+    other
+        .expect_silence(std::time::Duration::from_millis(200))
+        .await;
+}
+
+#[tokio::test]
+async fn retention_trims_history_and_an_old_since_is_not_recovered() {
+    let relay = TestRelay::start(&["--history-maxlen", "10"]).await;
+    let mut publisher = WsClient::connect(&relay).await;
+    let first = publisher.publish("r", json!(0), None).await;
+    for n in 1..25 {
+        publisher.publish("r", json!(n), None).await;
+    }
+    let history = full_history(&relay, "r", 100).await;
+    assert_eq!(history.len(), 10, "memory broker keeps exactly maxlen");
+    let mut client = WsClient::connect(&relay).await;
+    let reply = client.subscribe("r", json!({"since": first["id"]})).await;
+    assert_eq!(reply["recovered"], false);
+    assert_eq!(reply["replay"], 10);
+}
+
+#[tokio::test]
+async fn messages_of_one_connection_are_committed_in_order() {
+    let relay = TestRelay::start(&["--publish-rate", "10000"]).await;
+    let mut client = WsClient::connect(&relay).await;
+    for n in 0..200 {
+        client
+            .send_json(json!({"type": "publish", "room": "order", "body": n, "req": n}))
+            .await;
+    }
+    for n in 0..200 {
+        let ack = client.reply_to_number(n).await;
+        assert_eq!(ack["type"], "ack");
+    }
+    let history = full_history(&relay, "order", 1000).await;
+    let bodies: Vec<_> = history
+        .iter()
+        .map(|message| message["body"].as_i64().unwrap())
+        .collect();
+    assert_eq!(bodies, (0..200).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn refresh_without_authentication_is_explained() {
+    let relay = TestRelay::start(&[]).await;
+    let mut client = WsClient::connect(&relay).await;
+    client
+        .send_json(json!({"type": "refresh", "token": "x", "req": 1}))
+        .await;
+    let reply = client.next_frame().await;
+    assert_eq!(reply["type"], "error");
+    assert_eq!(reply["req"], 1);
+    assert!(
+        reply["message"]
+            .as_str()
+            .unwrap()
+            .contains("RELAY_AUTH=none")
+    );
+}
+
+trait ReplyToNumber {
+    async fn reply_to_number(&mut self, req: i64) -> serde_json::Value;
+}
+
+impl ReplyToNumber for WsClient {
+    async fn reply_to_number(&mut self, req: i64) -> serde_json::Value {
+        self.wait_for("numbered reply", |frame| frame["req"] == req)
+            .await
+    }
+}
