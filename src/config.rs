@@ -69,7 +69,7 @@ pub struct Cli {
     #[arg(long, env = "RELAY_MAX_MESSAGE_BYTES", default_value_t = 65_536)]
     pub max_message_bytes: usize,
 
-    /// Hard limit of one WebSocket frame from a client, in bytes; larger closes with 1009 [default: 2 x max-message-bytes]
+    /// Hard limit of one WebSocket frame from a client, in bytes; larger closes with 1009 [default: twice max-message-bytes, at least max-message-bytes + 4096]
     #[arg(long, env = "RELAY_MAX_FRAME_BYTES")]
     pub max_frame_bytes: Option<usize>,
 
@@ -145,9 +145,7 @@ impl AllowedOrigins {
     pub fn allows(&self, origin: &str) -> bool {
         match self {
             AllowedOrigins::Any => true,
-            AllowedOrigins::List(list) => list
-                .iter()
-                .any(|allowed| allowed.eq_ignore_ascii_case(origin)),
+            AllowedOrigins::List(list) => list.iter().any(|allowed| allowed.eq_ignore_ascii_case(origin)),
         }
     }
 }
@@ -220,11 +218,7 @@ fn default_node_id() -> String {
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '_'))
         .take(48)
         .collect();
-    let host = if host.is_empty() {
-        "relay".to_owned()
-    } else {
-        host
-    };
+    let host = if host.is_empty() { "relay".to_owned() } else { host };
     format!("{host}-{:04x}", fastrand::u16(..))
 }
 
@@ -234,18 +228,8 @@ impl Cli {
     /// # Errors
     /// The first [`ConfigError`] found.
     pub fn validate(self) -> Result<Settings, ConfigError> {
-        let history_maxlen = at_least(
-            self.history_maxlen,
-            1,
-            "RELAY_HISTORY_MAXLEN",
-            "history-maxlen",
-        )?;
-        let history_ttl_secs = at_least(
-            self.history_ttl_secs,
-            1,
-            "RELAY_HISTORY_TTL_SECS",
-            "history-ttl-secs",
-        )?;
+        let history_maxlen = at_least(self.history_maxlen, 1, "RELAY_HISTORY_MAXLEN", "history-maxlen")?;
+        let history_ttl_secs = at_least(self.history_ttl_secs, 1, "RELAY_HISTORY_TTL_SECS", "history-ttl-secs")?;
         let max_replay = at_least(self.max_replay, 1, "RELAY_MAX_REPLAY", "max-replay")?;
         let max_message_bytes = at_least(
             self.max_message_bytes,
@@ -255,7 +239,7 @@ impl Cli {
         )?;
         let max_frame_bytes = self
             .max_frame_bytes
-            .unwrap_or(max_message_bytes.saturating_mul(2));
+            .unwrap_or(max_message_bytes.saturating_add(max_message_bytes.max(4096)));
         if max_frame_bytes < max_message_bytes.saturating_add(1024) {
             return Err(invalid(
                 "RELAY_MAX_FRAME_BYTES",
@@ -272,12 +256,7 @@ impl Cli {
             "RELAY_IDEMPOTENCY_TTL_SECS",
             "idempotency-ttl-secs",
         )?;
-        let outbound_queue = at_least(
-            self.outbound_queue,
-            1,
-            "RELAY_OUTBOUND_QUEUE",
-            "outbound-queue",
-        )?;
+        let outbound_queue = at_least(self.outbound_queue, 1, "RELAY_OUTBOUND_QUEUE", "outbound-queue")?;
         let invalid_frame_limit = at_least(
             self.invalid_frame_limit,
             1,
@@ -299,11 +278,7 @@ impl Cli {
             ));
         }
         let node_id = match self.node_id {
-            Some(id)
-                if id.is_empty()
-                    || id.len() > 64
-                    || id.chars().any(|c| c.is_control() || c.is_whitespace()) =>
-            {
+            Some(id) if id.is_empty() || id.len() > 64 || id.chars().any(|c| c.is_control() || c.is_whitespace()) => {
                 return Err(invalid(
                     "RELAY_NODE_ID",
                     "node-id",
@@ -384,15 +359,11 @@ fn parse_origins(text: &str) -> Result<AllowedOrigins, ConfigError> {
             return Err(invalid(
                 "RELAY_ALLOWED_ORIGINS",
                 "allowed-origins",
-                format!(
-                    "{entry:?} is not an origin; use scheme://host[:port] such as https://app.example.com"
-                ),
+                format!("{entry:?} is not an origin; use scheme://host[:port] such as https://app.example.com"),
             ));
         }
     }
-    Ok(AllowedOrigins::List(
-        entries.into_iter().map(str::to_owned).collect(),
-    ))
+    Ok(AllowedOrigins::List(entries.into_iter().map(str::to_owned).collect()))
 }
 
 /// Parses the command line and environment into settings.
@@ -481,8 +452,7 @@ mod tests {
 
     #[test]
     fn a_bad_number_names_the_variable_in_one_line() {
-        let SettingsFailure::Invalid(line) = parse(&["--history-maxlen", "lots"]).unwrap_err()
-        else {
+        let SettingsFailure::Invalid(line) = parse(&["--history-maxlen", "lots"]).unwrap_err() else {
             panic!()
         };
         assert!(

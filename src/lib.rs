@@ -84,7 +84,8 @@ impl RunningNode {
 fn build_broker(settings: &Settings) -> Result<Arc<dyn Broker>, StartError> {
     if settings.redis_url.is_some() {
         return Err(StartError::Broker(
-            "REDIS_URL is set, but this build has only the embedded memory broker; unset REDIS_URL to run on it".to_owned(),
+            "REDIS_URL is set, but this build has only the embedded memory broker; unset REDIS_URL to run on it"
+                .to_owned(),
         ));
     }
     Ok(MemoryBroker::new(RetentionSettings {

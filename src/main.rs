@@ -20,10 +20,7 @@ fn main() -> ExitCode {
         }
     };
     chat_relay::telemetry::init_logging(settings.log_format);
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("chat-relay: cannot start the async runtime: {error}");

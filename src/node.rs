@@ -39,11 +39,7 @@ pub struct Node {
 impl Node {
     /// Assembles a node around a broker.
     #[must_use]
-    pub fn new(
-        settings: Settings,
-        broker: Arc<dyn Broker>,
-        authenticator: Authenticator,
-    ) -> Arc<Self> {
+    pub fn new(settings: Settings, broker: Arc<dyn Broker>, authenticator: Authenticator) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new(&settings.node_id, broker.kind()));
         let hub = RoomHub::new(broker.clone(), metrics.clone(), settings.outbound_queue);
         let http_publish_limiter = AddressRateLimiter::new(settings.publish_rate);
@@ -90,9 +86,7 @@ impl Node {
     fn message_ts_ms(&self) -> u64 {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| {
-                u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-            });
+            .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
         let previous = self.last_ts_ms.fetch_max(now, Ordering::Relaxed);
         now.max(previous)
     }
@@ -111,23 +105,12 @@ impl Node {
     ) -> Result<PublishOutcome, BrokerError> {
         let started = std::time::Instant::now();
         let tail = MessageFrameTail::new(from, self.message_ts_ms(), cmid.as_deref(), body);
-        let outcome = self
-            .broker
-            .publish(PublishRequest { room, cmid, tail })
-            .await?;
-        self.metrics
-            .publish_duration
-            .observe(started.elapsed().as_secs_f64());
-        let outcome_label = if outcome.duplicate {
-            "duplicate"
-        } else {
-            "stored"
-        };
+        let outcome = self.broker.publish(PublishRequest { room, cmid, tail }).await?;
+        self.metrics.publish_duration.observe(started.elapsed().as_secs_f64());
+        let outcome_label = if outcome.duplicate { "duplicate" } else { "stored" };
         self.metrics
             .messages_published
-            .get_or_create(&crate::telemetry::OutcomeLabel {
-                outcome: outcome_label,
-            })
+            .get_or_create(&crate::telemetry::OutcomeLabel { outcome: outcome_label })
             .inc();
         Ok(outcome)
     }

@@ -49,14 +49,8 @@ async fn publish_reaches_each_subscriber_once_with_the_same_shape() {
         assert_eq!(message["from"], "ann");
         assert_eq!(message["cmid"], "c-1", "the publisher sees its own cmid");
         assert_eq!(message["body"], json!({"text": "hi", "n": [1, 2]}));
-        assert!(
-            message["ts"]
-                .as_u64()
-                .is_some_and(|ts| ts > 1_600_000_000_000)
-        );
-        client
-            .expect_silence(std::time::Duration::from_millis(200))
-            .await;
+        assert!(message["ts"].as_u64().is_some_and(|ts| ts > 1_600_000_000_000));
+        client.expect_silence(std::time::Duration::from_millis(200)).await;
     }
 }
 
@@ -77,10 +71,7 @@ async fn ping_is_answered_with_pong_echoing_req() {
     let relay = TestRelay::start(&[]).await;
     let mut client = WsClient::connect(&relay).await;
     client.send_json(json!({"type": "ping", "req": 42})).await;
-    assert_eq!(
-        client.next_frame().await,
-        json!({"type": "pong", "req": 42})
-    );
+    assert_eq!(client.next_frame().await, json!({"type": "pong", "req": 42}));
     client.send_json(json!({"type": "ping"})).await;
     assert_eq!(client.next_frame().await, json!({"type": "pong"}));
 }
@@ -99,9 +90,7 @@ async fn unsubscribe_stops_delivery_and_a_second_one_is_not_subscribed() {
         json!({"type": "unsubscribed", "req": "u1", "room": "r"})
     );
     writer.publish("r", json!("after"), None).await;
-    reader
-        .expect_silence(std::time::Duration::from_millis(300))
-        .await;
+    reader.expect_silence(std::time::Duration::from_millis(300)).await;
     reader
         .send_json(json!({"type": "unsubscribe", "room": "r", "req": "u2"}))
         .await;
@@ -122,12 +111,7 @@ async fn subscribing_twice_to_a_room_is_refused() {
         .await;
     let error = client.next_frame().await;
     assert_eq!(error["code"], "bad_request", "{error}");
-    assert!(
-        error["message"]
-            .as_str()
-            .unwrap()
-            .contains("already subscribed")
-    );
+    assert!(error["message"].as_str().unwrap().contains("already subscribed"));
 }
 
 #[tokio::test]
@@ -163,22 +147,14 @@ async fn resume_from_every_point_of_the_history_is_exact() {
     }
     let history = full_history(&relay, "points", 1000).await;
     let mut resumer = WsClient::connect(&relay).await;
-    let starts = std::iter::once("0-0".to_owned()).chain(
-        history
-            .iter()
-            .map(|message| message["id"].as_str().unwrap().to_owned()),
-    );
+    let starts = std::iter::once("0-0".to_owned())
+        .chain(history.iter().map(|message| message["id"].as_str().unwrap().to_owned()));
     for since in starts {
         let subscribed = resumer.subscribe("points", json!({"since": since})).await;
         assert_eq!(subscribed["recovered"], true, "since {since}");
         let count = subscribed["replay"].as_u64().unwrap() as usize;
         let received = resumer.messages("points", count).await;
-        common::assert_exact_sequence(
-            &format!("resume after {since}"),
-            &received,
-            &history,
-            &since,
-        );
+        common::assert_exact_sequence(&format!("resume after {since}"), &received, &history, &since);
         resumer
             .send_json(json!({"type": "unsubscribe", "room": "points", "req": "u"}))
             .await;
@@ -197,17 +173,13 @@ async fn since_unknown_to_the_room_is_not_recovered() {
     for since in [format!("{}-0", ms - 1), format!("{}-5", ms + 10)] {
         let reply = client.subscribe("r", json!({"since": since})).await;
         assert_eq!(reply["recovered"], false, "since {since}: {reply}");
-        client
-            .messages("r", reply["replay"].as_u64().unwrap() as usize)
-            .await;
+        client.messages("r", reply["replay"].as_u64().unwrap() as usize).await;
         client
             .send_json(json!({"type": "unsubscribe", "room": "r", "req": "u"}))
             .await;
         client.reply_to("u").await;
     }
-    let empty_room = client
-        .subscribe("never-used", json!({"since": "0-0"}))
-        .await;
+    let empty_room = client.subscribe("never-used", json!({"since": "0-0"})).await;
     assert_eq!(
         empty_room["recovered"], true,
         "nothing was ever missed in an empty room"
@@ -228,11 +200,7 @@ async fn resume_past_max_replay_is_not_recovered_and_gets_the_newest() {
     assert_eq!(reply["recovered"], false);
     assert_eq!(reply["replay"], 5);
     let received = client.messages("r", 5).await;
-    assert_eq!(
-        received,
-        history[7..].to_vec(),
-        "the newest max_replay messages"
-    );
+    assert_eq!(received, history[7..].to_vec(), "the newest max_replay messages");
 }
 
 #[tokio::test]
@@ -256,9 +224,7 @@ async fn last_n_delivers_the_newest_messages_first() {
     let mut other = WsClient::connect(&relay).await;
     let none = other.subscribe("r", json!({"last": 0})).await;
     assert_eq!(none["replay"], 0);
-    other
-        .expect_silence(std::time::Duration::from_millis(200))
-        .await;
+    other.expect_silence(std::time::Duration::from_millis(200)).await;
 }
 
 #[tokio::test]
@@ -308,12 +274,7 @@ async fn refresh_without_authentication_is_explained() {
     let reply = client.next_frame().await;
     assert_eq!(reply["type"], "error");
     assert_eq!(reply["req"], 1);
-    assert!(
-        reply["message"]
-            .as_str()
-            .unwrap()
-            .contains("RELAY_AUTH=none")
-    );
+    assert!(reply["message"].as_str().unwrap().contains("RELAY_AUTH=none"));
 }
 
 trait ReplyToNumber {
@@ -322,7 +283,6 @@ trait ReplyToNumber {
 
 impl ReplyToNumber for WsClient {
     async fn reply_to_number(&mut self, req: i64) -> serde_json::Value {
-        self.wait_for("numbered reply", |frame| frame["req"] == req)
-            .await
+        self.wait_for("numbered reply", |frame| frame["req"] == req).await
     }
 }

@@ -14,8 +14,7 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{
-    Broker, BrokerError, HistoryPage, LiveSink, PublishOutcome, PublishRequest, RetentionSettings,
-    StoredMessage,
+    Broker, BrokerError, HistoryPage, LiveSink, PublishOutcome, PublishRequest, RetentionSettings, StoredMessage,
 };
 use crate::protocol::{MessageId, RoomName, server_frame};
 
@@ -48,11 +47,7 @@ impl RoomHistory {
                 break;
             }
             if let Some((_, cmid)) = self.cmid_expiry_order.pop_front() {
-                if self
-                    .committed_cmids
-                    .get(&cmid)
-                    .is_some_and(|(_, _, at)| *at <= now)
-                {
+                if self.committed_cmids.get(&cmid).is_some_and(|(_, _, at)| *at <= now) {
                     self.committed_cmids.remove(&cmid);
                 }
             }
@@ -78,17 +73,13 @@ pub struct MemoryBroker {
 fn wall_clock_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| {
-            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
-        })
+        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     // A panic while holding one of these locks leaves consistent data behind
     // (every update is a single push or pop), so poisoning is ignored.
-    mutex
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
+    mutex.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl MemoryBroker {
@@ -201,10 +192,7 @@ impl Broker for MemoryBroker {
                 });
             }
         }
-        let prev = history
-            .entries
-            .back()
-            .map_or(MessageId::ZERO, |last| last.id);
+        let prev = history.entries.back().map_or(MessageId::ZERO, |last| last.id);
         let id = MessageId::next_after(history.last_id, wall_clock_ms())
             .ok_or_else(|| BrokerError::Internal("message id space exhausted".to_owned()))?;
         let frame = server_frame::message_frame(&request.room, id, prev, request.tail.as_str());
@@ -222,9 +210,7 @@ impl Broker for MemoryBroker {
         history.expires_at = now + self.retention.history_ttl;
         if let Some(cmid) = request.cmid {
             let expires_at = now + self.retention.idempotency_ttl;
-            history
-                .committed_cmids
-                .insert(cmid.clone(), (id, prev, expires_at));
+            history.committed_cmids.insert(cmid.clone(), (id, prev, expires_at));
             history.cmid_expiry_order.push_back((expires_at, cmid));
         }
         // Still under the room lock: the live feed sees history order.
@@ -240,16 +226,9 @@ impl Broker for MemoryBroker {
         })
     }
 
-    async fn read_after(
-        &self,
-        room: &RoomName,
-        after: MessageId,
-        limit: usize,
-    ) -> Result<HistoryPage, BrokerError> {
+    async fn read_after(&self, room: &RoomName, after: MessageId, limit: usize) -> Result<HistoryPage, BrokerError> {
         Ok(self.read(room, |history| {
-            let start = history
-                .entries
-                .partition_point(|message| message.id <= after);
+            let start = history.entries.partition_point(|message| message.id <= after);
             start..history.entries.len().min(start.saturating_add(limit))
         }))
     }
@@ -262,9 +241,7 @@ impl Broker for MemoryBroker {
     ) -> Result<HistoryPage, BrokerError> {
         Ok(self.read(room, |history| {
             let end = before.map_or(history.entries.len(), |before| {
-                history
-                    .entries
-                    .partition_point(|message| message.id < before)
+                history.entries.partition_point(|message| message.id < before)
             });
             end.saturating_sub(limit)..end
         }))
@@ -328,11 +305,7 @@ mod tests {
         assert!(page.messages.is_empty());
         assert_eq!(page.last_id, None);
         let next = broker.publish(request("r", None)).await.unwrap();
-        assert_eq!(
-            next.prev,
-            MessageId::ZERO,
-            "a new history starts after expiry"
-        );
+        assert_eq!(next.prev, MessageId::ZERO, "a new history starts after expiry");
     }
 
     #[tokio::test(start_paused = true)]

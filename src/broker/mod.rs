@@ -113,12 +113,7 @@ pub trait Broker: Send + Sync + 'static {
     ///
     /// # Errors
     /// [`BrokerError`] when the history cannot be read.
-    async fn read_after(
-        &self,
-        room: &RoomName,
-        after: MessageId,
-        limit: usize,
-    ) -> Result<HistoryPage, BrokerError>;
+    async fn read_after(&self, room: &RoomName, after: MessageId, limit: usize) -> Result<HistoryPage, BrokerError>;
 
     /// The newest `limit` messages with ids strictly before `before` (or the
     /// newest of all when `None`), returned oldest first.

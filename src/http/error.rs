@@ -80,8 +80,7 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body =
-            serde_json::json!({"error": {"code": self.code.as_str(), "message": self.message}});
+        let mut body = serde_json::json!({"error": {"code": self.code.as_str(), "message": self.message}});
         if let Some(wait) = self.retry_after {
             body["error"]["retry_after_ms"] =
                 serde_json::Value::from(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));

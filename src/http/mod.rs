@@ -25,30 +25,26 @@ use crate::protocol::{ErrorCode, RoomName};
 
 /// Builds the router of a node.
 pub fn router(node: Arc<Node>) -> Router {
-    let v1 = Router::new()
+    // CORS is the outermost layer so that preflight requests are answered
+    // before routing (a route has no OPTIONS handler of its own).
+    let cors = cors(&node.settings.allowed_origins);
+    Router::new()
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/rooms/{room}/events", get(sse::events))
-        .route(
-            "/v1/rooms/{room}/messages",
-            get(rest::history).post(rest::publish),
-        )
-        .layer(cors(&node.settings.allowed_origins));
-    Router::new()
-        .merge(v1)
+        .route("/v1/rooms/{room}/messages", get(rest::history).post(rest::publish))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(cors)
         .with_state(node)
 }
 
 fn cors(origins: &AllowedOrigins) -> CorsLayer {
     let allow_origin = match origins {
         AllowedOrigins::Any => AllowOrigin::any(),
-        AllowedOrigins::List(list) => {
-            AllowOrigin::list(list.iter().filter_map(|origin| origin.parse().ok()))
-        }
+        AllowedOrigins::List(list) => AllowOrigin::list(list.iter().filter_map(|origin| origin.parse().ok())),
     };
     CorsLayer::new()
         .allow_origin(allow_origin)
@@ -103,11 +99,7 @@ async fn method_not_allowed(request: Request) -> ApiError {
     ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
         ErrorCode::MethodNotAllowed,
-        format!(
-            "{} is not supported on {}",
-            request.method(),
-            request.uri().path()
-        ),
+        format!("{} is not supported on {}", request.method(), request.uri().path()),
     )
 }
 
@@ -119,19 +111,11 @@ pub(crate) struct AuthQuery {
 }
 
 /// Authenticates a request from its headers and query.
-pub(crate) fn identify(
-    node: &Node,
-    headers: &HeaderMap,
-    query: &AuthQuery,
-) -> Result<Identity, ApiError> {
+pub(crate) fn identify(node: &Node, headers: &HeaderMap, query: &AuthQuery) -> Result<Identity, ApiError> {
     let bearer = headers
         .get(header::AUTHORIZATION)
         .and_then(|value| value.to_str().ok())
-        .and_then(|value| {
-            value
-                .strip_prefix("Bearer ")
-                .or_else(|| value.strip_prefix("bearer "))
-        });
+        .and_then(|value| value.strip_prefix("Bearer ").or_else(|| value.strip_prefix("bearer ")));
     let credentials = Credentials {
         bearer,
         access_token: query.access_token.as_deref(),
@@ -139,13 +123,7 @@ pub(crate) fn identify(
     };
     node.authenticator
         .authenticate(&credentials)
-        .map_err(|error| {
-            ApiError::new(
-                StatusCode::UNAUTHORIZED,
-                ErrorCode::Unauthorized,
-                error.to_string(),
-            )
-        })
+        .map_err(|error| ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, error.to_string()))
 }
 
 /// Validates the `{room}` path segment.

@@ -87,25 +87,20 @@ pub async fn publish(
         )
     };
     // The envelope may be indented; the body itself is measured compacted.
-    let bytes = axum::body::to_bytes(
-        request.into_body(),
-        max.saturating_mul(4).saturating_add(4096),
-    )
-    .await
-    .map_err(|_| too_large())?;
-    let text = std::str::from_utf8(&bytes)
-        .map_err(|_| ApiError::bad_request("request body is not UTF-8 JSON"))?;
+    let bytes = axum::body::to_bytes(request.into_body(), max.saturating_mul(4).saturating_add(4096))
+        .await
+        .map_err(|_| too_large())?;
+    let text = std::str::from_utf8(&bytes).map_err(|_| ApiError::bad_request("request body is not UTF-8 JSON"))?;
     if !text.trim_start().starts_with('{') {
         return Err(ApiError::bad_request(
             "request body must be a JSON object such as {\"body\": {\"text\": \"hi\"}}",
         ));
     }
-    let envelope: PublishBody<'_> = serde_json::from_str(text).map_err(|error| {
-        ApiError::bad_request(format!("request body is not valid JSON: {error}"))
-    })?;
-    let body = envelope.body.ok_or_else(|| {
-        ApiError::bad_request("request body needs a \"body\" field (any JSON value)")
-    })?;
+    let envelope: PublishBody<'_> = serde_json::from_str(text)
+        .map_err(|error| ApiError::bad_request(format!("request body is not valid JSON: {error}")))?;
+    let body = envelope
+        .body
+        .ok_or_else(|| ApiError::bad_request("request body needs a \"body\" field (any JSON value)"))?;
     let body = compact_json(body.get());
     if body.len() > max {
         return Err(too_large());
@@ -169,11 +164,7 @@ pub async fn history(
             .parse::<usize>()
             .ok()
             .filter(|limit| (1..=max).contains(limit))
-            .ok_or_else(|| {
-                ApiError::bad_request(format!(
-                    "limit must be an integer from 1 to {max} (max_replay)"
-                ))
-            })?,
+            .ok_or_else(|| ApiError::bad_request(format!("limit must be an integer from 1 to {max} (max_replay)")))?,
     };
     let broker = node.broker.as_ref();
     let unavailable = |error: crate::broker::BrokerError| ApiError::unavailable(&error);
@@ -181,10 +172,7 @@ pub async fn history(
         (Some(_), Some(_)) => return Err(ApiError::bad_request("give after or before, not both")),
         (Some(after), None) => {
             let after = parse_id("after", after)?;
-            let page = broker
-                .read_after(&room, after, limit)
-                .await
-                .map_err(unavailable)?;
+            let page = broker.read_after(&room, after, limit).await.map_err(unavailable)?;
             let connected = match page.messages.first() {
                 Some(first) => first.prev == after,
                 None => page.last_id.unwrap_or(MessageId::ZERO) == after,
@@ -211,28 +199,18 @@ pub async fn history(
             let complete = match anchor {
                 None => false,
                 Some(anchor) => {
-                    anchor.prev == messages.last().map_or(MessageId::ZERO, |last| last.id)
-                        && chained(&messages)
+                    anchor.prev == messages.last().map_or(MessageId::ZERO, |last| last.id) && chained(&messages)
                 }
             };
             (messages, complete)
         }
         (None, None) => {
-            let page = broker
-                .read_before(&room, None, limit)
-                .await
-                .map_err(unavailable)?;
+            let page = broker.read_before(&room, None, limit).await.map_err(unavailable)?;
             let complete = chained(&page.messages);
             (page.messages, complete)
         }
     };
-    let mut body = String::with_capacity(
-        messages
-            .iter()
-            .map(|message| message.frame.len() + 1)
-            .sum::<usize>()
-            + 40,
-    );
+    let mut body = String::with_capacity(messages.iter().map(|message| message.frame.len() + 1).sum::<usize>() + 40);
     body.push_str("{\"messages\":[");
     for (index, message) in messages.iter().enumerate() {
         if index > 0 {
@@ -244,10 +222,7 @@ pub async fn history(
     body.push_str(if complete { "true" } else { "false" });
     body.push('}');
     Ok((
-        [(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        )],
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
         body,
     )
         .into_response())

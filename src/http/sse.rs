@@ -17,9 +17,7 @@ use std::sync::Arc;
 use super::{ApiError, AuthQuery, GaugeGuard, bad_query, identify, room_from_path};
 use crate::node::Node;
 use crate::protocol::{ErrorCode, MessageId, ReplayRequest, server_frame};
-use crate::session::{
-    ConnectionHandle, ConnectionQueues, Outbound, ResumeError, ResumeTarget, subscribe_and_resume,
-};
+use crate::session::{ConnectionHandle, ConnectionQueues, Outbound, ResumeError, ResumeTarget, subscribe_and_resume};
 use crate::telemetry::TransportLabel;
 
 /// Query of the events endpoint.
@@ -68,26 +66,17 @@ async fn open_stream(
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
         .filter(|value| !value.is_empty());
-    let replay = match (
-        last_event_id.or(query.since.as_deref()),
-        query.last.as_deref(),
-    ) {
-        (Some(since), _) => {
-            ReplayRequest::Since(since.parse::<MessageId>().map_err(|error| {
-                ApiError::bad_request(format!("since / Last-Event-ID: {error}"))
-            })?)
-        }
+    let replay = match (last_event_id.or(query.since.as_deref()), query.last.as_deref()) {
+        (Some(since), _) => ReplayRequest::Since(
+            since
+                .parse::<MessageId>()
+                .map_err(|error| ApiError::bad_request(format!("since / Last-Event-ID: {error}")))?,
+        ),
         (None, Some(last)) => {
             let max = node.settings.max_replay;
-            let last = last
-                .parse::<usize>()
-                .ok()
-                .filter(|last| *last <= max)
-                .ok_or_else(|| {
-                    ApiError::bad_request(format!(
-                        "last must be an integer from 0 to {max} (max_replay)"
-                    ))
-                })?;
+            let last = last.parse::<usize>().ok().filter(|last| *last <= max).ok_or_else(|| {
+                ApiError::bad_request(format!("last must be an integer from 0 to {max} (max_replay)"))
+            })?;
             ReplayRequest::Last(last)
         }
         (None, None) => ReplayRequest::None,
@@ -96,10 +85,17 @@ async fn open_stream(
     let (connection, replies, queues) = ConnectionHandle::new(node.settings.outbound_queue);
     let resume_node = node.clone();
     node.connections.spawn(async move {
-        let target = ResumeTarget { replies: &replies, connection, req: None };
+        let target = ResumeTarget {
+            replies: &replies,
+            connection,
+            req: None,
+        };
         match subscribe_and_resume(&resume_node.hub, &room, replay, resume_node.settings.max_replay, target).await {
             Ok(resumed) => {
-                resume_node.metrics.messages_delivered.inc_by(u64::try_from(resumed.replayed).unwrap_or(u64::MAX));
+                resume_node
+                    .metrics
+                    .messages_delivered
+                    .inc_by(u64::try_from(resumed.replayed).unwrap_or(u64::MAX));
                 // Stay subscribed until the stream is dropped.
                 replies.closed().await;
                 drop(resumed.subscription);
@@ -107,7 +103,12 @@ async fn open_stream(
             Err(ResumeError::ConnectionClosed) => {}
             Err(ResumeError::Broker(error)) => {
                 tracing::warn!(%room, %error, "event stream failed to subscribe: broker unavailable");
-                let _ = replies.send(Outbound::Close { code: 1011, reason: "broker unavailable" }).await;
+                let _ = replies
+                    .send(Outbound::Close {
+                        code: 1011,
+                        reason: "broker unavailable",
+                    })
+                    .await;
             }
         }
     });
@@ -130,10 +131,7 @@ async fn open_stream(
     let body = Body::from_stream(stream::unfold(state, next_chunk));
     let mut response = (StatusCode::OK, body).into_response();
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/event-stream"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
     headers.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
     headers.insert("x-accel-buffering", HeaderValue::from_static("no"));
     Ok(response)

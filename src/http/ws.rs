@@ -43,10 +43,7 @@ pub async fn upgrade(
     if node.is_draining() {
         return ApiError::draining().into_response();
     }
-    if let Some(origin) = headers
-        .get(header::ORIGIN)
-        .and_then(|value| value.to_str().ok())
-    {
+    if let Some(origin) = headers.get(header::ORIGIN).and_then(|value| value.to_str().ok()) {
         if !node.settings.allowed_origins.allows(origin) {
             return ApiError::new(
                 StatusCode::FORBIDDEN,
@@ -67,11 +64,8 @@ pub async fn upgrade(
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => {
-            return ApiError::bad_request(format!(
-                "{}; connect with a WebSocket client",
-                rejection.body_text()
-            ))
-            .into_response();
+            return ApiError::bad_request(format!("{}; connect with a WebSocket client", rejection.body_text()))
+                .into_response();
         }
     };
     let settings = &node.settings;
@@ -79,13 +73,7 @@ pub async fn upgrade(
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(
-            WRITE_BUFFER_BYTES
-                + settings
-                    .max_frame_bytes
-                    .max(settings.max_message_bytes + 4096)
-                    * 2,
-        )
+        .max_write_buffer_size(WRITE_BUFFER_BYTES + settings.max_frame_bytes.max(settings.max_message_bytes + 4096) * 2)
         .max_message_size(settings.max_frame_bytes)
         .max_frame_size(settings.max_frame_bytes)
         .on_upgrade(move |socket| tracker.track_future(serve_socket(node, identity, socket)))
@@ -199,16 +187,10 @@ enum Step {
     Finish,
 }
 
-async fn write_socket(
-    node: &Node,
-    mut sink: Sink,
-    mut queues: ConnectionQueues,
-    missed_pongs: &AtomicU32,
-) {
+async fn write_socket(node: &Node, mut sink: Sink, mut queues: ConnectionQueues, missed_pongs: &AtomicU32) {
     let ping_interval = node.settings.ping_interval;
     let stall = ping_interval * 2;
-    let mut pings =
-        tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
+    let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let (mut replies_open, mut live_open) = (true, true);
     loop {
@@ -265,12 +247,7 @@ async fn write_socket(
     }
 }
 
-async fn feed(
-    sink: &mut Sink,
-    item: Outbound,
-    queues: &ConnectionQueues,
-    stall: Duration,
-) -> Result<Step, WriteStop> {
+async fn feed(sink: &mut Sink, item: Outbound, queues: &ConnectionQueues, stall: Duration) -> Result<Step, WriteStop> {
     let message = match item {
         Outbound::Message(message) => Message::Text(message.text.clone()),
         Outbound::Control { text, .. } => Message::Text(text),
@@ -323,10 +300,8 @@ async fn tell_to_reconnect(node: &Node, sink: &mut Sink) {
     let delay_ms = fastrand::u64(0..window_ms);
     node.metrics.count_close(close_code::RESTARTING);
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        sink.feed(Message::Text(
-            server_frame::reconnect("draining", delay_ms).into(),
-        ))
-        .await?;
+        sink.feed(Message::Text(server_frame::reconnect("draining", delay_ms).into()))
+            .await?;
         sink.feed(Message::Close(Some(CloseFrame {
             code: close_code::RESTARTING,
             reason: "node draining: reconnect and resume".into(),

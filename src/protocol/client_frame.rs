@@ -156,14 +156,8 @@ impl Rejector {
 ///
 /// # Errors
 /// A [`FrameRejection`] for anything that is not a valid v1 client frame.
-pub fn decode_client_frame(
-    text: &str,
-    limits: DecodeLimits,
-) -> Result<ClientFrame, FrameRejection> {
-    let mut rejector = Rejector {
-        req: None,
-        room: None,
-    };
+pub fn decode_client_frame(text: &str, limits: DecodeLimits) -> Result<ClientFrame, FrameRejection> {
+    let mut rejector = Rejector { req: None, room: None };
     // serde would accept a JSON array as a struct's fields in order.
     if !text.trim_start().starts_with('{') {
         return Err(rejector.bad_request("frame must be a JSON object such as {\"type\":\"ping\"}"));
@@ -176,8 +170,7 @@ pub fn decode_client_frame(
     }
     let kind = match wire.kind {
         None => {
-            return Err(rejector
-                .bad_request("frame has no `type`; e.g. \"subscribe\", \"publish\", \"ping\""));
+            return Err(rejector.bad_request("frame has no `type`; e.g. \"subscribe\", \"publish\", \"ping\""));
         }
         Some(raw) => serde_json::from_str::<Cow<'_, str>>(raw.get())
             .map_err(|_| rejector.bad_request("`type` must be a string"))?,
@@ -192,16 +185,11 @@ pub fn decode_client_frame(
                 .transpose()?;
             let last = wire
                 .last
-                .map(|raw| {
-                    decode_last(raw, limits.max_replay)
-                        .map_err(|message| rejector.bad_request(message))
-                })
+                .map(|raw| decode_last(raw, limits.max_replay).map_err(|message| rejector.bad_request(message)))
                 .transpose()?;
             let replay = match (since, last) {
                 (Some(_), Some(_)) => {
-                    return Err(rejector.bad_request(
-                        "`last` is only allowed without `since`; send one or the other",
-                    ));
+                    return Err(rejector.bad_request("`last` is only allowed without `since`; send one or the other"));
                 }
                 (Some(since), None) => ReplayRequest::Since(since),
                 (None, Some(last)) => ReplayRequest::Last(last),
@@ -272,34 +260,26 @@ fn decode_req(raw: &RawValue) -> Result<RequestTag, String> {
         return Err("`req` must be a string or a number".to_owned());
     };
     if length > MAX_REQ_BYTES {
-        return Err(format!(
-            "`req` is {length} bytes; the limit is {MAX_REQ_BYTES}"
-        ));
+        return Err(format!("`req` is {length} bytes; the limit is {MAX_REQ_BYTES}"));
     }
     Ok(RequestTag(raw.to_owned()))
 }
 
-fn required_room(
-    wire: &WireFrame<'_>,
-    rejector: &mut Rejector,
-) -> Result<RoomName, FrameRejection> {
+fn required_room(wire: &WireFrame<'_>, rejector: &mut Rejector) -> Result<RoomName, FrameRejection> {
     let raw = wire
         .room
         .ok_or_else(|| rejector.bad_request("frame needs a `room` (a room name string)"))?;
-    let text = serde_json::from_str::<Cow<'_, str>>(raw.get())
-        .map_err(|_| rejector.bad_request("`room` must be a string"))?;
-    let room = RoomName::parse(&text)
-        .map_err(|error| rejector.reject(ErrorCode::InvalidRoom, error.to_string()))?;
+    let text =
+        serde_json::from_str::<Cow<'_, str>>(raw.get()).map_err(|_| rejector.bad_request("`room` must be a string"))?;
+    let room = RoomName::parse(&text).map_err(|error| rejector.reject(ErrorCode::InvalidRoom, error.to_string()))?;
     rejector.room = Some(room.clone());
     Ok(room)
 }
 
 fn decode_since(raw: &RawValue) -> Result<MessageId, String> {
-    let text = serde_json::from_str::<Cow<'_, str>>(raw.get()).map_err(|_| {
-        "`since` must be a message id string such as \"1732400000123-0\"".to_owned()
-    })?;
-    text.parse::<MessageId>()
-        .map_err(|error| format!("`since`: {error}"))
+    let text = serde_json::from_str::<Cow<'_, str>>(raw.get())
+        .map_err(|_| "`since` must be a message id string such as \"1732400000123-0\"".to_owned())?;
+    text.parse::<MessageId>().map_err(|error| format!("`since`: {error}"))
 }
 
 fn decode_last(raw: &RawValue, max_replay: usize) -> Result<usize, String> {
@@ -313,8 +293,8 @@ fn decode_last(raw: &RawValue, max_replay: usize) -> Result<usize, String> {
 }
 
 fn decode_cmid(raw: &RawValue) -> Result<String, String> {
-    let cmid = serde_json::from_str::<String>(raw.get())
-        .map_err(|_| "`cmid` must be a string of 1 to 64 bytes".to_owned())?;
+    let cmid =
+        serde_json::from_str::<String>(raw.get()).map_err(|_| "`cmid` must be a string of 1 to 64 bytes".to_owned())?;
     if cmid.is_empty() || cmid.len() > MAX_CMID_BYTES {
         return Err(format!(
             "`cmid` is {} bytes; it must be 1 to {MAX_CMID_BYTES}",
@@ -390,17 +370,12 @@ mod tests {
 
     #[test]
     fn decodes_each_frame_type() {
-        let frame = decode_client_frame(
-            r#"{"type":"subscribe","room":"a","since":"5-1","req":7}"#,
-            LIMITS,
-        )
-        .unwrap();
+        let frame = decode_client_frame(r#"{"type":"subscribe","room":"a","since":"5-1","req":7}"#, LIMITS).unwrap();
         assert_eq!(frame.req.unwrap().as_raw().get(), "7");
         assert!(
             matches!(frame.request, ClientRequest::Subscribe { replay: ReplayRequest::Since(id), .. } if id == MessageId::new(5, 1))
         );
-        let frame =
-            decode_client_frame(r#"{"type":"subscribe","room":"a","last":3}"#, LIMITS).unwrap();
+        let frame = decode_client_frame(r#"{"type":"subscribe","room":"a","last":3}"#, LIMITS).unwrap();
         assert!(matches!(
             frame.request,
             ClientRequest::Subscribe {
@@ -420,8 +395,7 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
-        let frame =
-            decode_client_frame(r#"{"type":"publish","room":"a","body":null}"#, LIMITS).unwrap();
+        let frame = decode_client_frame(r#"{"type":"publish","room":"a","body":null}"#, LIMITS).unwrap();
         assert!(matches!(frame.request, ClientRequest::Publish { ref body, .. } if body == "null"));
         assert!(matches!(
             decode_client_frame(r#"{"type":"ping","extra":1}"#, LIMITS)

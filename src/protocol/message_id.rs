@@ -63,9 +63,7 @@ impl fmt::Display for MessageId {
 
 /// Why a text is not a message id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error(
-    "`{0}` is not a message id; expected `<ms>-<seq>` as returned by the server, e.g. `1732400000123-0`"
-)]
+#[error("`{0}` is not a message id; expected `<ms>-<seq>` as returned by the server, e.g. `1732400000123-0`")]
 pub struct InvalidMessageId(pub String);
 
 fn parse_decimal(part: &str) -> Option<u64> {
@@ -122,10 +120,7 @@ mod tests {
             "0x1-0",
             "1_000-0",
         ] {
-            assert!(
-                bad.parse::<MessageId>().is_err(),
-                "{bad:?} should be rejected"
-            );
+            assert!(bad.parse::<MessageId>().is_err(), "{bad:?} should be rejected");
         }
     }
 
@@ -138,18 +133,9 @@ mod tests {
     #[test]
     fn next_after_stays_increasing_when_the_clock_steps_back() {
         let last = MessageId::new(1000, 3);
-        assert_eq!(
-            MessageId::next_after(last, 2000),
-            Some(MessageId::new(2000, 0))
-        );
-        assert_eq!(
-            MessageId::next_after(last, 1000),
-            Some(MessageId::new(1000, 4))
-        );
-        assert_eq!(
-            MessageId::next_after(last, 10),
-            Some(MessageId::new(1000, 4))
-        );
+        assert_eq!(MessageId::next_after(last, 2000), Some(MessageId::new(2000, 0)));
+        assert_eq!(MessageId::next_after(last, 1000), Some(MessageId::new(1000, 4)));
+        assert_eq!(MessageId::next_after(last, 10), Some(MessageId::new(1000, 4)));
     }
 
     proptest! {

@@ -10,8 +10,8 @@ mod room;
 pub mod server_frame;
 
 pub use client_frame::{
-    ClientFrame, ClientRequest, DecodeLimits, FrameRejection, MAX_CMID_BYTES, MAX_REQ_BYTES,
-    ReplayRequest, RequestTag, compact_json, decode_client_frame,
+    ClientFrame, ClientRequest, DecodeLimits, FrameRejection, MAX_CMID_BYTES, MAX_REQ_BYTES, ReplayRequest, RequestTag,
+    compact_json, decode_client_frame,
 };
 pub use message_id::{InvalidMessageId, MessageId};
 pub use room::{InvalidRoomName, MAX_ROOM_NAME_BYTES, RoomName};

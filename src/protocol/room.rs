@@ -43,10 +43,7 @@ impl RoomName {
         if text.len() > MAX_ROOM_NAME_BYTES {
             return Err(InvalidRoomName::TooLong(text.len()));
         }
-        if let Some(bad) = text
-            .chars()
-            .find(|c| !c.is_ascii() || !is_room_name_byte(*c as u8))
-        {
+        if let Some(bad) = text.chars().find(|c| !c.is_ascii() || !is_room_name_byte(*c as u8)) {
             return Err(InvalidRoomName::BadCharacter(bad));
         }
         Ok(Self(Arc::from(text)))
@@ -85,10 +82,7 @@ mod tests {
     #[test]
     fn rejects_empty_long_and_foreign_characters() {
         assert_eq!(RoomName::parse(""), Err(InvalidRoomName::Empty));
-        assert_eq!(
-            RoomName::parse(&"a".repeat(129)),
-            Err(InvalidRoomName::TooLong(129))
-        );
+        assert_eq!(RoomName::parse(&"a".repeat(129)), Err(InvalidRoomName::TooLong(129)));
         for bad in ["a b", "a/b", "a*", "é", "a\"b", "a\\b", "{x}", "a\n"] {
             assert!(
                 matches!(RoomName::parse(bad), Err(InvalidRoomName::BadCharacter(_))),

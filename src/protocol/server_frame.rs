@@ -27,9 +27,8 @@ pub struct AnnouncedLimits {
 
 fn to_json<T: Serialize>(frame: &T) -> String {
     // Serializing these plain structs of strings and numbers cannot fail.
-    serde_json::to_string(frame).unwrap_or_else(|_| {
-        String::from(r#"{"type":"error","code":"internal","message":"frame encoding failed"}"#)
-    })
+    serde_json::to_string(frame)
+        .unwrap_or_else(|_| String::from(r#"{"type":"error","code":"internal","message":"frame encoding failed"}"#))
 }
 
 /// `welcome`: first frame after the upgrade.
@@ -52,12 +51,7 @@ pub fn welcome(node: &str, user: Option<&str>, limits: AnnouncedLimits) -> Strin
 
 /// `subscribed`: `recovered` is present iff the subscribe had `since`.
 #[must_use]
-pub fn subscribed(
-    req: Option<&RequestTag>,
-    room: &RoomName,
-    recovered: Option<bool>,
-    replay: usize,
-) -> String {
+pub fn subscribed(req: Option<&RequestTag>, room: &RoomName, recovered: Option<bool>, replay: usize) -> String {
     #[derive(Serialize)]
     struct Subscribed<'a> {
         r#type: &'static str,
@@ -96,13 +90,7 @@ pub fn unsubscribed(req: Option<&RequestTag>, room: &RoomName) -> String {
 
 /// `ack` of a publish.
 #[must_use]
-pub fn ack(
-    req: Option<&RequestTag>,
-    room: &RoomName,
-    id: MessageId,
-    prev: MessageId,
-    duplicate: bool,
-) -> String {
+pub fn ack(req: Option<&RequestTag>, room: &RoomName, id: MessageId, prev: MessageId, duplicate: bool) -> String {
     #[derive(Serialize)]
     struct Ack<'a> {
         r#type: &'static str,
@@ -290,12 +278,7 @@ mod tests {
     fn message_frame_is_valid_json_with_every_field() {
         let room = RoomName::parse("lobby").unwrap();
         let tail = MessageFrameTail::new(Some("ann\"e"), 17, Some("c-1"), r#"{"t":"hi"}"#);
-        let frame = message_frame(
-            &room,
-            MessageId::new(5, 1),
-            MessageId::new(4, 0),
-            tail.as_str(),
-        );
+        let frame = message_frame(&room, MessageId::new(5, 1), MessageId::new(4, 0), tail.as_str());
         let value: Value = serde_json::from_str(&frame).unwrap();
         assert_eq!(
             value,

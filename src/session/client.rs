@@ -14,8 +14,8 @@ use super::resume::{ResumeError, ResumeTarget, subscribe_and_resume};
 use crate::auth::Identity;
 use crate::node::Node;
 use crate::protocol::{
-    ClientFrame, ClientRequest, ErrorCode, ReplayRequest, RequestTag, RoomName, close_code,
-    decode_client_frame, server_frame,
+    ClientFrame, ClientRequest, ErrorCode, ReplayRequest, RequestTag, RoomName, close_code, decode_client_frame,
+    server_frame,
 };
 
 /// What the transport should do after a frame.
@@ -87,10 +87,7 @@ impl ClientSession {
     }
 
     async fn reply(&self, json: String) -> bool {
-        self.replies
-            .send(Outbound::control("reply", json))
-            .await
-            .is_ok()
+        self.replies.send(Outbound::control("reply", json)).await.is_ok()
     }
 
     async fn refuse(&self, refusal: Refusal<'_>) -> bool {
@@ -125,11 +122,7 @@ impl ClientSession {
                         reason: "too many invalid frames",
                     };
                 }
-                if delivered {
-                    SessionVerdict::Continue
-                } else {
-                    gone()
-                }
+                if delivered { SessionVerdict::Continue } else { gone() }
             }
         }
     }
@@ -155,9 +148,7 @@ impl ClientSession {
                     .await
                 }
             }
-            ClientRequest::Publish { room, body, cmid } => {
-                self.publish(req, room, &body, cmid).await
-            }
+            ClientRequest::Publish { room, body, cmid } => self.publish(req, room, &body, cmid).await,
             ClientRequest::Ping => self.reply(server_frame::pong(req)).await,
             ClientRequest::Refresh { .. } => {
                 let message = "this node runs without authentication (RELAY_AUTH=none); there is no token to refresh";
@@ -171,19 +162,10 @@ impl ClientSession {
                 .await
             }
         };
-        if delivered {
-            SessionVerdict::Continue
-        } else {
-            gone()
-        }
+        if delivered { SessionVerdict::Continue } else { gone() }
     }
 
-    async fn subscribe(
-        &mut self,
-        req: Option<&RequestTag>,
-        room: RoomName,
-        replay: ReplayRequest,
-    ) -> SessionVerdict {
+    async fn subscribe(&mut self, req: Option<&RequestTag>, room: RoomName, replay: ReplayRequest) -> SessionVerdict {
         let refused = if !self.identity.may_subscribe(&room) {
             Some((
                 ErrorCode::Forbidden,
@@ -207,26 +189,14 @@ impl ClientSession {
                     retry_after_ms: None,
                 })
                 .await;
-            return if delivered {
-                SessionVerdict::Continue
-            } else {
-                gone()
-            };
+            return if delivered { SessionVerdict::Continue } else { gone() };
         }
         let target = ResumeTarget {
             replies: &self.replies,
             connection: self.connection.clone(),
             req,
         };
-        match subscribe_and_resume(
-            &self.node.hub,
-            &room,
-            replay,
-            self.node.settings.max_replay,
-            target,
-        )
-        .await
-        {
+        match subscribe_and_resume(&self.node.hub, &room, replay, self.node.settings.max_replay, target).await {
             Ok(resumed) => {
                 self.node
                     .metrics
@@ -250,22 +220,12 @@ impl ClientSession {
                         retry_after_ms: Some(1000),
                     })
                     .await;
-                if delivered {
-                    SessionVerdict::Continue
-                } else {
-                    gone()
-                }
+                if delivered { SessionVerdict::Continue } else { gone() }
             }
         }
     }
 
-    async fn publish(
-        &mut self,
-        req: Option<&RequestTag>,
-        room: RoomName,
-        body: &str,
-        cmid: Option<String>,
-    ) -> bool {
+    async fn publish(&mut self, req: Option<&RequestTag>, room: RoomName, body: &str, cmid: Option<String>) -> bool {
         if !self.identity.may_publish(&room) {
             let message = format!("your token does not allow publishing to {room}");
             return self

@@ -120,9 +120,7 @@ impl RoomHub {
         room: &RoomName,
         connection: ConnectionHandle,
     ) -> Result<Subscription, BrokerError> {
-        let key = self
-            .next_key
-            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let key = self.next_key.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let local = {
             let mut rooms = lock(&self.rooms);
             let local = rooms
@@ -140,9 +138,7 @@ impl RoomHub {
                 connection,
                 mode: Mode::Buffering(Vec::new()),
             });
-            self.metrics
-                .rooms
-                .set(i64::try_from(rooms.len()).unwrap_or(i64::MAX));
+            self.metrics.rooms.set(i64::try_from(rooms.len()).unwrap_or(i64::MAX));
             local
         };
         self.metrics.subscriptions.inc();
@@ -206,9 +202,7 @@ impl RoomHub {
         {
             rooms.remove(&local.name);
         }
-        self.metrics
-            .rooms
-            .set(i64::try_from(rooms.len()).unwrap_or(i64::MAX));
+        self.metrics.rooms.set(i64::try_from(rooms.len()).unwrap_or(i64::MAX));
     }
 
     fn room(&self, name: &RoomName) -> Option<Arc<LocalRoom>> {
@@ -216,12 +210,7 @@ impl RoomHub {
     }
 
     /// Delivers in order, or starts a repair when the chain is broken.
-    fn accept(
-        self: &Arc<Self>,
-        local: &Arc<LocalRoom>,
-        state: &mut RoomState,
-        message: Arc<LiveMessage>,
-    ) {
+    fn accept(self: &Arc<Self>, local: &Arc<LocalRoom>, state: &mut RoomState, message: Arc<LiveMessage>) {
         if let Some(repair) = &mut state.repair {
             repair.held.push(message);
             return;
@@ -254,9 +243,7 @@ impl RoomHub {
                 }
                 Mode::Live { skip_through } => {
                     if skip_through.is_none_or(|skip| message.id > skip)
-                        && subscriber
-                            .connection
-                            .offer(Outbound::Message(message.clone()))
+                        && subscriber.connection.offer(Outbound::Message(message.clone()))
                     {
                         delivered += 1;
                     }
@@ -305,11 +292,7 @@ impl RoomHub {
                     Some(after) if !state.subscribers.is_empty() => (after, until),
                     _ => {
                         // Nothing to continue from, or nobody to deliver to.
-                        let held = state
-                            .repair
-                            .take()
-                            .map(|repair| repair.held)
-                            .unwrap_or_default();
+                        let held = state.repair.take().map(|repair| repair.held).unwrap_or_default();
                         for message in held {
                             if state.last_delivered.is_none_or(|last| message.id > last) {
                                 self.fan_out(&mut state, &message);
@@ -471,10 +454,7 @@ impl Subscription {
     /// switches it to live mode (atomically with the room's fan-out), from
     /// then on skipping messages up to `last_sent`. `None` means it is live.
     #[must_use]
-    pub fn take_buffered_or_go_live(
-        &self,
-        last_sent: Option<MessageId>,
-    ) -> Option<Vec<Arc<LiveMessage>>> {
+    pub fn take_buffered_or_go_live(&self, last_sent: Option<MessageId>) -> Option<Vec<Arc<LiveMessage>>> {
         let mut state = lock(&self.room.state);
         let subscriber = state
             .subscribers

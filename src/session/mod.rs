@@ -13,11 +13,6 @@ mod resume;
 
 pub use client::{ClientSession, SessionVerdict};
 pub use hub::{RoomHub, Subscription};
-pub use outbound::{
-    ConnectionHandle, ConnectionQueues, LiveMessage, Outbound, REPLY_QUEUE_CAPACITY,
-};
+pub use outbound::{ConnectionHandle, ConnectionQueues, LiveMessage, Outbound, REPLY_QUEUE_CAPACITY};
 pub use rate_limit::{AddressRateLimiter, InvalidFrameBudget, PublishRateLimiter};
-pub use resume::{
-    HistoryDecision, ResumeError, ResumeTarget, Resumed, read_requested_history,
-    subscribe_and_resume,
-};
+pub use resume::{HistoryDecision, ResumeError, ResumeTarget, Resumed, read_requested_history, subscribe_and_resume};

@@ -201,9 +201,6 @@ mod tests {
             frame: Bytes::from_static(b"{\"a\":1}"),
         };
         let live = LiveMessage::from_stored(&stored).unwrap();
-        assert_eq!(
-            &live.sse_event()[..],
-            b"event: message\nid: 3-1\ndata: {\"a\":1}\n\n"
-        );
+        assert_eq!(&live.sse_event()[..], b"event: message\nid: 3-1\ndata: {\"a\":1}\n\n");
     }
 }

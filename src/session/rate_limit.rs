@@ -95,10 +95,7 @@ mod tests {
             assert!(limiter.check().is_ok());
         }
         let wait = limiter.check().unwrap_err();
-        assert!(
-            wait > Duration::ZERO && wait <= Duration::from_millis(200),
-            "{wait:?}"
-        );
+        assert!(wait > Duration::ZERO && wait <= Duration::from_millis(200), "{wait:?}");
     }
 
     #[test]

@@ -64,16 +64,11 @@ pub async fn read_requested_history(
             recovered: None,
         }),
         ReplayRequest::Last(count) => Ok(HistoryDecision {
-            messages: broker
-                .read_before(room, None, count.min(max_replay))
-                .await?
-                .messages,
+            messages: broker.read_before(room, None, count.min(max_replay)).await?.messages,
             recovered: None,
         }),
         ReplayRequest::Since(since) => {
-            let page = broker
-                .read_after(room, since, max_replay.saturating_add(1))
-                .await?;
+            let page = broker.read_after(room, since, max_replay.saturating_add(1)).await?;
             if page.messages.len() > max_replay {
                 let mut newest = broker.read_before(room, None, max_replay).await?.messages;
                 newest.retain(|message| message.id > since);
@@ -113,10 +108,7 @@ pub struct Resumed {
 }
 
 async fn send(replies: &mpsc::Sender<Outbound>, item: Outbound) -> Result<(), ResumeError> {
-    replies
-        .send(item)
-        .await
-        .map_err(|_| ResumeError::ConnectionClosed)
+    replies.send(item).await.map_err(|_| ResumeError::ConnectionClosed)
 }
 
 /// Runs the whole algorithm of the module docs for one subscriber.
@@ -160,10 +152,7 @@ pub async fn subscribe_and_resume(
         send(target.replies, Outbound::Barrier(reached)).await?;
         barrier.await.map_err(|_| ResumeError::ConnectionClosed)?;
         let Some(buffered) = subscription.take_buffered_or_go_live(last_sent) else {
-            return Ok(Resumed {
-                subscription,
-                replayed,
-            });
+            return Ok(Resumed { subscription, replayed });
         };
         for message in buffered {
             if last_sent.is_some_and(|last| message.id <= last) {
@@ -202,10 +191,7 @@ async fn fill_from_history(
             if message.prev != cursor {
                 send(
                     replies,
-                    Outbound::control(
-                        "gap",
-                        server_frame::gap(room, Some(cursor), Some(message.id)),
-                    ),
+                    Outbound::control("gap", server_frame::gap(room, Some(cursor), Some(message.id))),
                 )
                 .await?;
             }

@@ -141,9 +141,7 @@ impl Metrics {
             errors.clone(),
         );
         for code in ErrorCode::ALL {
-            let _ = errors.get_or_create(&CodeLabel {
-                code: code.as_str(),
-            });
+            let _ = errors.get_or_create(&CodeLabel { code: code.as_str() });
         }
         let closes = Family::<CloseLabel, Counter>::default();
         registry.register(
@@ -193,11 +191,7 @@ impl Metrics {
 
     /// Counts an error sent to a client.
     pub fn count_error(&self, code: ErrorCode) {
-        self.errors
-            .get_or_create(&CodeLabel {
-                code: code.as_str(),
-            })
-            .inc();
+        self.errors.get_or_create(&CodeLabel { code: code.as_str() }).inc();
     }
 
     /// Counts a close initiated by the server.

@@ -2,10 +2,7 @@
 //! drives them with real WebSocket, HTTP and SSE clients. Every wait is
 //! bounded; failures say what was expected and what came instead.
 
-#![allow(
-    dead_code,
-    reason = "each test binary uses a different part of the harness"
-)]
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
 
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -30,13 +27,7 @@ pub struct TestRelay {
 impl TestRelay {
     /// A relay with default settings (memory broker) plus `args`.
     pub async fn start(args: &[&str]) -> Self {
-        let mut all = vec![
-            "chat-relay",
-            "--listen",
-            "127.0.0.1:0",
-            "--node-id",
-            "test-node",
-        ];
+        let mut all = vec!["chat-relay", "--listen", "127.0.0.1:0", "--node-id", "test-node"];
         all.extend_from_slice(args);
         let settings = chat_relay::config::settings_from(all).expect("test settings are valid");
         let running = chat_relay::start(settings).await.expect("relay starts");
@@ -68,22 +59,17 @@ impl WsClient {
     }
 
     pub async fn connect_url(url: &str) -> Self {
-        let (stream, _) =
-            tokio::time::timeout(FRAME_TIMEOUT, tokio_tungstenite::connect_async(url))
-                .await
-                .expect("connect in time")
-                .expect("WebSocket handshake");
+        let (stream, _) = tokio::time::timeout(FRAME_TIMEOUT, tokio_tungstenite::connect_async(url))
+            .await
+            .expect("connect in time")
+            .expect("WebSocket handshake");
         let mut client = Self {
             stream,
             welcome: Value::Null,
             pending: VecDeque::new(),
         };
         client.welcome = client.next_frame().await;
-        assert_eq!(
-            client.welcome["type"], "welcome",
-            "first frame: {}",
-            client.welcome
-        );
+        assert_eq!(client.welcome["type"], "welcome", "first frame: {}", client.welcome);
         client
     }
 
@@ -92,10 +78,7 @@ impl WsClient {
     }
 
     pub async fn send_text(&mut self, text: &str) {
-        self.stream
-            .send(Message::text(text))
-            .await
-            .expect("send frame");
+        self.stream.send(Message::text(text)).await.expect("send frame");
     }
 
     /// The next JSON frame (pending ones first); panics on close or timeout.
@@ -132,9 +115,7 @@ impl WsClient {
         loop {
             let frame = tokio::time::timeout_at(deadline, self.read_frame())
                 .await
-                .unwrap_or_else(|_| {
-                    panic!("no {what} within the timeout; kept: {:?}", self.pending)
-                });
+                .unwrap_or_else(|_| panic!("no {what} within the timeout; kept: {:?}", self.pending));
             if wanted(&frame) {
                 return frame;
             }
@@ -154,7 +135,7 @@ impl WsClient {
     }
 
     pub async fn subscribe(&mut self, room: &str, extra: Value) -> Value {
-        let req = format!("sub-{room}-{}", fastrand::u32(..));
+        let req = format!("sub-{}", fastrand::u64(..));
         let mut frame = json!({"type": "subscribe", "room": room, "req": req});
         if let (Some(frame), Some(extra)) = (frame.as_object_mut(), extra.as_object()) {
             frame.extend(extra.clone());
@@ -180,10 +161,8 @@ impl WsClient {
         let mut messages = Vec::with_capacity(count);
         while messages.len() < count {
             messages.push(
-                self.wait_for("message", |frame| {
-                    frame["type"] == "message" && frame["room"] == room
-                })
-                .await,
+                self.wait_for("message", |frame| frame["type"] == "message" && frame["room"] == room)
+                    .await,
             );
         }
         messages
@@ -208,11 +187,7 @@ impl WsClient {
 
     /// Asserts no frame arrives for `quiet`.
     pub async fn expect_silence(&mut self, quiet: Duration) {
-        assert!(
-            self.pending.is_empty(),
-            "unexpected frames: {:?}",
-            self.pending
-        );
+        assert!(self.pending.is_empty(), "unexpected frames: {:?}", self.pending);
         if let Ok(Some(Ok(message))) = tokio::time::timeout(quiet, self.stream.next()).await {
             if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
                 panic!("expected silence, got {message:?}");
@@ -233,8 +208,7 @@ pub struct SseEvent {
 
 impl SseEvent {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.data)
-            .unwrap_or_else(|error| panic!("event data is not JSON ({error}): {self:?}"))
+        serde_json::from_str(&self.data).unwrap_or_else(|error| panic!("event data is not JSON ({error}): {self:?}"))
     }
 }
 
@@ -277,9 +251,7 @@ impl SseClient {
                     if let Some(comment) = line.strip_prefix(':') {
                         let _ = comment;
                         event.comment = true;
-                    } else if let Some((field, value)) =
-                        line.split_once(": ").or_else(|| line.split_once(':'))
-                    {
+                    } else if let Some((field, value)) = line.split_once(": ").or_else(|| line.split_once(':')) {
                         match field {
                             "event" => event.event = Some(value.to_owned()),
                             "id" => event.id = Some(value.to_owned()),
@@ -297,8 +269,7 @@ impl SseClient {
                 .expect("an event within the timeout")
                 .expect("stream still open")
                 .expect("chunk read");
-            self.buffer
-                .push_str(std::str::from_utf8(&chunk).expect("UTF-8 stream"));
+            self.buffer.push_str(std::str::from_utf8(&chunk).expect("UTF-8 stream"));
         }
     }
 
@@ -309,11 +280,7 @@ impl SseClient {
             if event.comment && event.event.is_none() {
                 continue;
             }
-            assert_eq!(
-                event.event.as_deref(),
-                Some(name),
-                "unexpected event {event:?}"
-            );
+            assert_eq!(event.event.as_deref(), Some(name), "unexpected event {event:?}");
             return event;
         }
     }
@@ -332,12 +299,7 @@ impl SseClient {
 }
 
 /// Publishes over HTTP; returns status and JSON body.
-pub async fn http_publish(
-    relay: &TestRelay,
-    room: &str,
-    body: Value,
-    key: Option<&str>,
-) -> (u16, Value) {
+pub async fn http_publish(relay: &TestRelay, room: &str, body: Value, key: Option<&str>) -> (u16, Value) {
     let mut request = reqwest::Client::new()
         .post(relay.url(&format!("/v1/rooms/{room}/messages")))
         .json(&json!({"body": body}));
@@ -361,10 +323,8 @@ pub async fn full_history(relay: &TestRelay, room: &str, page: usize) -> Vec<Val
     let mut all: Vec<Value> = Vec::new();
     let mut after = "0-0".to_owned();
     loop {
-        let (status, body) = http_get_json(&relay.url(&format!(
-            "/v1/rooms/{room}/messages?after={after}&limit={page}"
-        )))
-        .await;
+        let (status, body) =
+            http_get_json(&relay.url(&format!("/v1/rooms/{room}/messages?after={after}&limit={page}"))).await;
         assert_eq!(status, 200, "history page: {body}");
         let messages = body["messages"].as_array().expect("messages array").clone();
         if messages.is_empty() {
@@ -381,12 +341,8 @@ pub async fn full_history(relay: &TestRelay, room: &str, page: usize) -> Vec<Val
 
 /// Parses `<ms>-<seq>` for ordering checks.
 pub fn id_key(id: &Value) -> (u64, u64) {
-    let text = id
-        .as_str()
-        .unwrap_or_else(|| panic!("id is not a string: {id}"));
-    let (ms, seq) = text
-        .split_once('-')
-        .unwrap_or_else(|| panic!("bad id {text}"));
+    let text = id.as_str().unwrap_or_else(|| panic!("id is not a string: {id}"));
+    let (ms, seq) = text.split_once('-').unwrap_or_else(|| panic!("bad id {text}"));
     (ms.parse().expect("ms"), seq.parse().expect("seq"))
 }
 
