@@ -1,0 +1,326 @@
+//! The broker conformance suite: one set of behaviours every `Broker` must
+//! have, written once. `contract_tests!(name, factory)` instantiates it for
+//! a broker; `tests/broker_contract.rs` runs it for each broker.
+
+#![allow(dead_code, reason = "used through the contract_tests! macro")]
+
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use chat_relay::broker::{Broker, LiveSink, PublishRequest, RetentionSettings, StoredMessage};
+use chat_relay::protocol::{MessageFrameTail, MessageId, ReplayRequest, RoomName};
+use chat_relay::session::read_requested_history;
+
+pub fn retention(maxlen: u64) -> RetentionSettings {
+    RetentionSettings {
+        history_maxlen: maxlen,
+        history_ttl: Duration::from_secs(3600),
+        idempotency_ttl: Duration::from_secs(600),
+    }
+}
+
+pub fn room(name: &str) -> RoomName {
+    RoomName::parse(&format!("{name}-{}", fastrand::u32(..))).expect("valid room")
+}
+
+pub async fn publish(
+    broker: &dyn Broker,
+    room: &RoomName,
+    body: &str,
+    cmid: Option<&str>,
+) -> chat_relay::broker::PublishOutcome {
+    broker
+        .publish(PublishRequest {
+            room: room.clone(),
+            cmid: cmid.map(str::to_owned),
+            tail: MessageFrameTail::new(Some("tester"), 1, cmid, body),
+        })
+        .await
+        .expect("publish succeeds")
+}
+
+/// A live sink that records what it receives.
+#[derive(Default)]
+pub struct RecordingSink {
+    pub received: Mutex<Vec<(RoomName, Arc<StoredMessage>)>>,
+    pub resyncs: Mutex<usize>,
+}
+
+impl LiveSink for RecordingSink {
+    fn deliver(&self, room: &RoomName, message: Arc<StoredMessage>) {
+        self.received.lock().unwrap().push((room.clone(), message));
+    }
+
+    fn resync_all(&self) {
+        *self.resyncs.lock().unwrap() += 1;
+    }
+}
+
+pub fn attach_recorder(broker: &dyn Broker) -> Arc<RecordingSink> {
+    let sink = Arc::new(RecordingSink::default());
+    let dynamic: Arc<dyn LiveSink> = sink.clone();
+    broker.set_live_sink(Arc::downgrade(&dynamic) as Weak<dyn LiveSink>);
+    // The broker holds a weak reference; keep the strong one alive here.
+    std::mem::forget(dynamic);
+    sink
+}
+
+pub async fn ids_increase_and_prev_chains(broker: Arc<dyn Broker>) {
+    let room = room("chain");
+    let mut previous = MessageId::ZERO;
+    for n in 0..200 {
+        let outcome = publish(broker.as_ref(), &room, &n.to_string(), None).await;
+        assert!(!outcome.duplicate);
+        assert_eq!(outcome.prev, previous, "message {n}");
+        assert!(outcome.id > previous);
+        previous = outcome.id;
+    }
+    let page = broker.read_after(&room, MessageId::ZERO, 1000).await.unwrap();
+    assert_eq!(page.messages.len(), 200);
+    assert_eq!(page.last_id, Some(previous));
+}
+
+pub async fn stored_frame_is_the_composed_message(broker: Arc<dyn Broker>) {
+    let room = room("frame");
+    let outcome = publish(broker.as_ref(), &room, r#"{"t":"hi"}"#, Some("c-9")).await;
+    let page = broker.read_after(&room, MessageId::ZERO, 10).await.unwrap();
+    let stored = &page.messages[0];
+    assert_eq!((stored.id, stored.prev), (outcome.id, outcome.prev));
+    let tail = MessageFrameTail::new(Some("tester"), 1, Some("c-9"), r#"{"t":"hi"}"#);
+    let expected = chat_relay::protocol::server_frame::message_frame(&room, outcome.id, outcome.prev, tail.as_str());
+    assert_eq!(std::str::from_utf8(&stored.frame).unwrap(), expected, "byte for byte");
+}
+
+pub async fn a_committed_cmid_returns_the_original(broker: Arc<dyn Broker>) {
+    let room = room("dedupe");
+    let first = publish(broker.as_ref(), &room, "1", Some("k")).await;
+    publish(broker.as_ref(), &room, "2", None).await;
+    let again = publish(broker.as_ref(), &room, "3", Some("k")).await;
+    assert!(again.duplicate);
+    assert_eq!((again.id, again.prev), (first.id, first.prev));
+    assert_eq!(
+        broker
+            .read_after(&room, MessageId::ZERO, 10)
+            .await
+            .unwrap()
+            .messages
+            .len(),
+        2,
+        "stored once"
+    );
+    let elsewhere = publish(broker.as_ref(), &room_named(&room, "other"), "1", Some("k")).await;
+    assert!(!elsewhere.duplicate, "cmids are per room");
+}
+
+fn room_named(base: &RoomName, suffix: &str) -> RoomName {
+    RoomName::parse(&format!("{}-{suffix}", base.as_str())).unwrap()
+}
+
+pub async fn reads_are_exclusive_bounded_and_oldest_first(broker: Arc<dyn Broker>) {
+    let room = room("reads");
+    let mut ids = Vec::new();
+    for n in 0..20 {
+        ids.push(publish(broker.as_ref(), &room, &n.to_string(), None).await.id);
+    }
+    let after = broker.read_after(&room, ids[4], 5).await.unwrap();
+    assert_eq!(
+        after.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids[5..10].to_vec()
+    );
+    assert_eq!(after.last_id, Some(ids[19]));
+    let before = broker.read_before(&room, Some(ids[10]), 3).await.unwrap();
+    assert_eq!(
+        before.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids[7..10].to_vec()
+    );
+    let newest = broker.read_before(&room, None, 4).await.unwrap();
+    assert_eq!(
+        newest.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids[16..].to_vec()
+    );
+    let none_after = broker.read_after(&room, ids[19], 5).await.unwrap();
+    assert!(none_after.messages.is_empty());
+    let empty = broker
+        .read_after(&room_named(&room, "empty"), MessageId::ZERO, 5)
+        .await
+        .unwrap();
+    assert!(empty.messages.is_empty());
+    assert_eq!(empty.last_id, None);
+}
+
+pub async fn trimming_keeps_the_newest_maxlen_or_a_few_more(broker: Arc<dyn Broker>, maxlen: usize, slack: usize) {
+    let room = room("trim");
+    let total = maxlen * 3 + slack * 2;
+    let mut ids = Vec::new();
+    for n in 0..total {
+        ids.push(publish(broker.as_ref(), &room, &n.to_string(), None).await.id);
+    }
+    let kept = broker.read_after(&room, MessageId::ZERO, total).await.unwrap().messages;
+    assert!(
+        kept.len() >= maxlen && kept.len() <= maxlen + slack,
+        "kept {} of {total}, maxlen {maxlen}",
+        kept.len()
+    );
+    assert_eq!(
+        kept.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids[total - kept.len()..].to_vec(),
+        "the newest are kept"
+    );
+}
+
+pub async fn live_feed_carries_every_publish_in_order_while_subscribed(broker: Arc<dyn Broker>) {
+    let sink = attach_recorder(broker.as_ref());
+    let room = room("live");
+    let quiet = room_named(&room, "quiet");
+    publish(broker.as_ref(), &room, "before", None).await;
+    broker.subscribe_live(&room).await.unwrap();
+    let mut ids = Vec::new();
+    for n in 0..50 {
+        ids.push(publish(broker.as_ref(), &room, &n.to_string(), None).await.id);
+        publish(broker.as_ref(), &quiet, "unsubscribed room", None).await;
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while sink.received.lock().unwrap().len() < 50 {
+        assert!(tokio::time::Instant::now() < deadline, "live messages did not arrive");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let received: Vec<_> = sink
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|(r, m)| (r.clone(), m.id))
+        .collect();
+    assert_eq!(
+        received,
+        ids.iter().map(|id| (room.clone(), *id)).collect::<Vec<_>>(),
+        "exactly the subscribed room, in order"
+    );
+    broker.unsubscribe_live(&room).await.unwrap();
+    publish(broker.as_ref(), &room, "after", None).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(sink.received.lock().unwrap().len(), 50, "nothing after unsubscribe");
+}
+
+pub async fn recovered_rule_holds(broker: Arc<dyn Broker>) {
+    let room = room("recovered");
+    let fresh = read_requested_history(broker.as_ref(), &room, ReplayRequest::Since(MessageId::ZERO), 10)
+        .await
+        .unwrap();
+    assert_eq!(fresh.recovered, Some(true), "nothing missed in an empty room");
+    let mut ids = Vec::new();
+    for n in 0..15 {
+        ids.push(publish(broker.as_ref(), &room, &n.to_string(), None).await.id);
+    }
+    let from_start = read_requested_history(broker.as_ref(), &room, ReplayRequest::Since(MessageId::ZERO), 20)
+        .await
+        .unwrap();
+    assert_eq!((from_start.recovered, from_start.messages.len()), (Some(true), 15));
+    let at_end = read_requested_history(broker.as_ref(), &room, ReplayRequest::Since(ids[14]), 20)
+        .await
+        .unwrap();
+    assert_eq!((at_end.recovered, at_end.messages.len()), (Some(true), 0));
+    let too_many = read_requested_history(broker.as_ref(), &room, ReplayRequest::Since(ids[2]), 5)
+        .await
+        .unwrap();
+    assert_eq!(too_many.recovered, Some(false), "more than max_replay missed");
+    assert_eq!(
+        too_many.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
+        ids[10..].to_vec(),
+        "the newest max_replay"
+    );
+    let unknown = MessageId::new(ids[3].ms, ids[3].seq + 1000);
+    let between = read_requested_history(broker.as_ref(), &room, ReplayRequest::Since(unknown), 20)
+        .await
+        .unwrap();
+    assert_eq!(between.recovered, Some(false), "an id the room never held");
+    let future = MessageId::new(ids[14].ms + 1_000_000, 0);
+    let ahead = read_requested_history(broker.as_ref(), &room, ReplayRequest::Since(future), 20)
+        .await
+        .unwrap();
+    assert_eq!((ahead.recovered, ahead.messages.len()), (Some(false), 0));
+    let last = read_requested_history(broker.as_ref(), &room, ReplayRequest::Last(4), 20)
+        .await
+        .unwrap();
+    assert_eq!(
+        (last.recovered, last.messages.iter().map(|m| m.id).collect::<Vec<_>>()),
+        (None, ids[11..].to_vec())
+    );
+}
+
+pub async fn concurrent_publishes_keep_one_chain(broker: Arc<dyn Broker>) {
+    let room = room("concurrent");
+    let mut tasks = Vec::new();
+    for worker in 0..8 {
+        let broker = broker.clone();
+        let room = room.clone();
+        tasks.push(tokio::spawn(async move {
+            for n in 0..50 {
+                publish(broker.as_ref(), &room, &format!("{worker}{n}"), None).await;
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    let all = broker.read_after(&room, MessageId::ZERO, 1000).await.unwrap().messages;
+    assert_eq!(all.len(), 400);
+    let mut previous = MessageId::ZERO;
+    for message in all {
+        assert_eq!(message.prev, previous);
+        previous = message.id;
+    }
+}
+
+/// Instantiates the suite for one broker: `contract_tests!(module, factory, slack)`,
+/// where `factory(retention)` is an async fn returning `Arc<dyn Broker>` and
+/// `slack` is how far above maxlen trimming may leave a history.
+#[macro_export]
+macro_rules! contract_tests {
+    ($name:ident, $factory:path, $slack:expr) => {
+        mod $name {
+            use super::contract::*;
+
+            #[tokio::test]
+            async fn ids_increase_and_prev_chains() {
+                super::contract::ids_increase_and_prev_chains($factory(retention(10_000)).await).await;
+            }
+            #[tokio::test]
+            async fn stored_frame_is_the_composed_message() {
+                super::contract::stored_frame_is_the_composed_message($factory(retention(10_000)).await).await;
+            }
+            #[tokio::test]
+            async fn a_committed_cmid_returns_the_original() {
+                super::contract::a_committed_cmid_returns_the_original($factory(retention(10_000)).await).await;
+            }
+            #[tokio::test]
+            async fn reads_are_exclusive_bounded_and_oldest_first() {
+                super::contract::reads_are_exclusive_bounded_and_oldest_first($factory(retention(10_000)).await).await;
+            }
+            #[tokio::test]
+            async fn trimming_keeps_the_newest_maxlen_or_a_few_more() {
+                super::contract::trimming_keeps_the_newest_maxlen_or_a_few_more(
+                    $factory(retention(20)).await,
+                    20,
+                    $slack,
+                )
+                .await;
+            }
+            #[tokio::test]
+            async fn live_feed_carries_every_publish_in_order_while_subscribed() {
+                super::contract::live_feed_carries_every_publish_in_order_while_subscribed(
+                    $factory(retention(10_000)).await,
+                )
+                .await;
+            }
+            #[tokio::test]
+            async fn recovered_rule_holds() {
+                super::contract::recovered_rule_holds($factory(retention(10_000)).await).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn concurrent_publishes_keep_one_chain() {
+                super::contract::concurrent_publishes_keep_one_chain($factory(retention(10_000)).await).await;
+            }
+        }
+    };
+}

@@ -1,0 +1,263 @@
+//! The hub repairs a lossy live feed from history. A wrapper around the real
+//! memory broker drops chosen live deliveries (as Redis Pub/Sub does during
+//! a blip); subscribers must still get every message exactly once, in order,
+//! and a `gap` only where history lost the range too.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chat_relay::broker::{
+    Broker, BrokerError, HistoryPage, LiveSink, MemoryBroker, PublishOutcome, PublishRequest, RetentionSettings,
+    StoredMessage,
+};
+use chat_relay::protocol::{MessageFrameTail, MessageId, ReplayRequest, RoomName};
+use chat_relay::session::{ConnectionHandle, Outbound, ResumeTarget, RoomHub, Subscription, subscribe_and_resume};
+use chat_relay::telemetry::Metrics;
+use serde_json::Value;
+
+/// Which publishes (by 0-based order) never reach the live feed.
+struct LossyBroker {
+    inner: Arc<MemoryBroker>,
+    state: Arc<LossState>,
+}
+
+struct LossState {
+    dropped: Mutex<HashSet<usize>>,
+    seen: Mutex<usize>,
+    offline: Mutex<bool>,
+    sink: Mutex<Option<Weak<dyn LiveSink>>>,
+}
+
+struct LossySink(Arc<LossState>);
+
+impl LiveSink for LossySink {
+    fn deliver(&self, room: &RoomName, message: Arc<StoredMessage>) {
+        let index = {
+            let mut seen = self.0.seen.lock().unwrap();
+            *seen += 1;
+            *seen - 1
+        };
+        if self.0.dropped.lock().unwrap().contains(&index) || *self.0.offline.lock().unwrap() {
+            return;
+        }
+        if let Some(sink) = self.0.sink.lock().unwrap().as_ref().and_then(Weak::upgrade) {
+            sink.deliver(room, message);
+        }
+    }
+
+    fn resync_all(&self) {
+        if let Some(sink) = self.0.sink.lock().unwrap().as_ref().and_then(Weak::upgrade) {
+            sink.resync_all();
+        }
+    }
+}
+
+#[async_trait]
+impl Broker for LossyBroker {
+    fn kind(&self) -> &'static str {
+        "lossy-memory"
+    }
+    fn set_live_sink(&self, sink: Weak<dyn LiveSink>) {
+        *self.state.sink.lock().unwrap() = Some(sink);
+        let lossy: Arc<dyn LiveSink> = Arc::new(LossySink(self.state.clone()));
+        self.inner.set_live_sink(Arc::downgrade(&lossy));
+        std::mem::forget(lossy);
+    }
+    async fn publish(&self, request: PublishRequest) -> Result<PublishOutcome, BrokerError> {
+        self.inner.publish(request).await
+    }
+    async fn read_after(&self, room: &RoomName, after: MessageId, limit: usize) -> Result<HistoryPage, BrokerError> {
+        self.inner.read_after(room, after, limit).await
+    }
+    async fn read_before(
+        &self,
+        room: &RoomName,
+        before: Option<MessageId>,
+        limit: usize,
+    ) -> Result<HistoryPage, BrokerError> {
+        self.inner.read_before(room, before, limit).await
+    }
+    async fn subscribe_live(&self, room: &RoomName) -> Result<(), BrokerError> {
+        self.inner.subscribe_live(room).await
+    }
+    async fn unsubscribe_live(&self, room: &RoomName) -> Result<(), BrokerError> {
+        self.inner.unsubscribe_live(room).await
+    }
+    async fn is_ready(&self) -> bool {
+        true
+    }
+}
+
+struct Setup {
+    broker: Arc<LossyBroker>,
+    hub: Arc<RoomHub>,
+    state: Arc<LossState>,
+    room: RoomName,
+}
+
+fn setup(maxlen: u64, dropped: impl IntoIterator<Item = usize>) -> Setup {
+    let inner = MemoryBroker::new(RetentionSettings {
+        history_maxlen: maxlen,
+        history_ttl: Duration::from_secs(3600),
+        idempotency_ttl: Duration::from_secs(60),
+    });
+    let state = Arc::new(LossState {
+        dropped: Mutex::new(dropped.into_iter().collect()),
+        seen: Mutex::new(0),
+        offline: Mutex::new(false),
+        sink: Mutex::new(None),
+    });
+    let broker = Arc::new(LossyBroker {
+        inner,
+        state: state.clone(),
+    });
+    let hub = RoomHub::new(broker.clone(), Arc::new(Metrics::new("test", "lossy")), 10_000);
+    Setup {
+        broker,
+        hub,
+        state,
+        room: RoomName::parse("lossy").unwrap(),
+    }
+}
+
+/// A subscriber whose queues are drained into a list of JSON frames.
+struct Collected {
+    frames: Arc<Mutex<Vec<Value>>>,
+    _subscription: Subscription,
+}
+
+async fn subscriber(setup: &Setup, replay: ReplayRequest) -> Collected {
+    let (connection, replies, mut queues) = ConnectionHandle::new(10_000);
+    let frames = Arc::new(Mutex::new(Vec::new()));
+    let sink = frames.clone();
+    tokio::spawn(async move {
+        loop {
+            let item = tokio::select! {
+                item = queues.replies.recv() => item,
+                item = queues.live.recv() => item,
+            };
+            match item {
+                Some(Outbound::Message(message)) => {
+                    sink.lock().unwrap().push(serde_json::from_str(&message.text).unwrap())
+                }
+                Some(Outbound::Control { text, .. }) => sink.lock().unwrap().push(serde_json::from_str(&text).unwrap()),
+                Some(Outbound::Barrier(reached)) => {
+                    let _ = reached.send(());
+                }
+                Some(Outbound::Close { .. }) | None => return,
+            }
+        }
+    });
+    let target = ResumeTarget {
+        replies: &replies,
+        connection,
+        req: None,
+    };
+    let resumed = subscribe_and_resume(&setup.hub, &setup.room, replay, 1000, target)
+        .await
+        .expect("subscribed");
+    std::mem::forget(replies);
+    Collected {
+        frames,
+        _subscription: resumed.subscription,
+    }
+}
+
+async fn publish(setup: &Setup, n: usize) -> PublishOutcome {
+    setup
+        .broker
+        .publish(PublishRequest {
+            room: setup.room.clone(),
+            cmid: None,
+            tail: MessageFrameTail::new(None, 1, None, &n.to_string()),
+        })
+        .await
+        .unwrap()
+}
+
+async fn wait_for_messages(collected: &Collected, count: usize) -> Vec<Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let frames = collected.frames.lock().unwrap().clone();
+        if frames.iter().filter(|frame| frame["type"] == "message").count() >= count {
+            return frames;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "only got {frames:?}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+fn assert_unbroken(frames: &[Value], ids: &[MessageId]) {
+    let messages: Vec<_> = frames.iter().filter(|frame| frame["type"] == "message").collect();
+    assert!(
+        frames.iter().all(|frame| frame["type"] != "gap"),
+        "no gap expected: {frames:?}"
+    );
+    let got: Vec<String> = messages.iter().map(|m| m["id"].as_str().unwrap().to_owned()).collect();
+    let want: Vec<String> = ids.iter().map(ToString::to_string).collect();
+    assert_eq!(got, want, "every message once, in order");
+    let mut previous = "0-0".to_owned();
+    for message in messages {
+        assert_eq!(message["prev"], previous.as_str());
+        previous = message["id"].as_str().unwrap().to_owned();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropped_live_messages_are_repaired_from_history_without_a_gap() {
+    let setup = setup(10_000, [3, 4, 10, 17, 18, 19, 20, 40]);
+    let early = subscriber(&setup, ReplayRequest::None).await;
+    let resumed = subscriber(&setup, ReplayRequest::Since(MessageId::ZERO)).await;
+    let mut ids = Vec::new();
+    for n in 0..60 {
+        ids.push(publish(&setup, n).await.id);
+    }
+    for collected in [&early, &resumed] {
+        let frames = wait_for_messages(collected, 60).await;
+        assert_unbroken(&frames, &ids);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnected_feed_catches_up_every_room_from_history() {
+    let setup = setup(10_000, []);
+    let collected = subscriber(&setup, ReplayRequest::None).await;
+    let mut ids = vec![publish(&setup, 0).await.id];
+    *setup.state.offline.lock().unwrap() = true;
+    for n in 1..25 {
+        ids.push(publish(&setup, n).await.id);
+    }
+    *setup.state.offline.lock().unwrap() = false;
+    // No new message arrives: only the resync can deliver the missed ones.
+    setup.hub.resync_all();
+    let frames = wait_for_messages(&collected, 25).await;
+    assert_unbroken(&frames, &ids);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_range_lost_by_history_too_becomes_one_gap() {
+    // History keeps 3 messages; live drops publishes 5 to 9, so when 10
+    // arrives, 5, 6 and 7 are gone from history as well.
+    let setup = setup(3, 5..10);
+    let collected = subscriber(&setup, ReplayRequest::None).await;
+    let mut ids = Vec::new();
+    for n in 0..11 {
+        ids.push(publish(&setup, n).await.id);
+    }
+    let frames = wait_for_messages(&collected, 8).await;
+    let gap_at = frames
+        .iter()
+        .position(|frame| frame["type"] == "gap")
+        .expect("a gap frame");
+    let gap = &frames[gap_at];
+    assert_eq!(gap["after"], ids[4].to_string().as_str());
+    assert_eq!(gap["next"], ids[8].to_string().as_str());
+    let after_gap: Vec<_> = frames[gap_at + 1..]
+        .iter()
+        .map(|m| m["id"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(after_gap, ids[8..].iter().map(ToString::to_string).collect::<Vec<_>>());
+    assert_eq!(frames.iter().filter(|frame| frame["type"] == "gap").count(), 1);
+}
