@@ -33,7 +33,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::Authenticator;
-use crate::broker::{Broker, MemoryBroker, RetentionSettings};
+use crate::broker::{Broker, MemoryBroker, RedisBroker, RetentionSettings};
 use crate::config::{AuthMode, Settings};
 use crate::node::Node;
 
@@ -81,18 +81,24 @@ impl RunningNode {
     }
 }
 
-fn build_broker(settings: &Settings) -> Result<Arc<dyn Broker>, StartError> {
-    if settings.redis_url.is_some() {
-        return Err(StartError::Broker(
-            "REDIS_URL is set, but this build has only the embedded memory broker; unset REDIS_URL to run on it"
-                .to_owned(),
-        ));
-    }
-    Ok(MemoryBroker::new(RetentionSettings {
+async fn build_broker(settings: &Settings) -> Result<Arc<dyn Broker>, StartError> {
+    let retention = RetentionSettings {
         history_maxlen: settings.history_maxlen,
         history_ttl: settings.history_ttl,
         idempotency_ttl: settings.idempotency_ttl,
-    }))
+    };
+    match &settings.redis_url {
+        None => Ok(MemoryBroker::new(retention)),
+        Some(_) if settings.redis_cluster => Err(StartError::Broker(
+            "RELAY_REDIS_CLUSTER=true is not supported by this build yet; point REDIS_URL at a single Redis and unset RELAY_REDIS_CLUSTER".to_owned(),
+        )),
+        Some(url) => {
+            let broker = RedisBroker::connect(url, &settings.key_prefix, retention)
+                .await
+                .map_err(|error| StartError::Broker(error.to_string()))?;
+            Ok(broker)
+        }
+    }
 }
 
 /// Builds the node, binds the listener and starts serving in the background.
@@ -101,7 +107,7 @@ fn build_broker(settings: &Settings) -> Result<Arc<dyn Broker>, StartError> {
 /// # Errors
 /// [`StartError`] when the broker or the listener cannot be set up.
 pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
-    let broker = build_broker(&settings)?;
+    let broker = build_broker(&settings).await?;
     let authenticator = match settings.auth {
         AuthMode::None => Authenticator::Open,
         AuthMode::Jwt => {

@@ -1,17 +1,30 @@
 //! Runs the broker conformance suite (`tests/contract`) against every broker,
 //! plus property tests of the memory broker against a simple model.
 
+mod common;
 mod contract;
 
 use std::sync::Arc;
 
-use chat_relay::broker::{Broker, MemoryBroker, RetentionSettings};
+use chat_relay::broker::{Broker, MemoryBroker, RedisBroker, RetentionSettings};
 
-async fn memory_broker(retention: RetentionSettings) -> Arc<dyn Broker> {
-    MemoryBroker::new(retention)
+async fn memory_broker(retention: RetentionSettings) -> (Arc<dyn Broker>, ()) {
+    (MemoryBroker::new(retention), ())
+}
+
+/// A broker on its own Redis container, with a unique key prefix.
+async fn redis_broker(retention: RetentionSettings) -> (Arc<dyn Broker>, common::redis::TestRedis) {
+    let redis = common::redis::TestRedis::start().await;
+    let prefix = format!("contract{}", fastrand::u32(..));
+    let broker = RedisBroker::connect(&redis.url(), &prefix, retention)
+        .await
+        .expect("connect to the test Redis");
+    (broker, redis)
 }
 
 contract_tests!(memory, crate::memory_broker, 0);
+// Redis trims whole stream nodes (100 entries by default) with MAXLEN ~.
+contract_tests!(redis, crate::redis_broker, 110);
 
 mod memory_model {
     use super::*;
@@ -31,7 +44,7 @@ mod memory_model {
         ) {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
             runtime.block_on(async {
-                let broker = memory_broker(contract::retention(maxlen)).await;
+                let (broker, ()) = memory_broker(contract::retention(maxlen)).await;
                 let room = contract::room("model");
                 let mut ids = vec![MessageId::ZERO];
                 for n in 0..total {

@@ -7,6 +7,7 @@
 //! (`session`), once for every broker. Brokers never import axum.
 
 mod memory;
+mod redis;
 
 use std::sync::{Arc, Weak};
 
@@ -16,6 +17,7 @@ use bytes::Bytes;
 use crate::protocol::{MessageFrameTail, MessageId, RoomName};
 
 pub use memory::MemoryBroker;
+pub use redis::{RedisBroker, RedisStartError};
 
 /// History retention and idempotency settings shared by every broker.
 #[derive(Debug, Clone, Copy)]

@@ -273,8 +273,9 @@ pub async fn concurrent_publishes_keep_one_chain(broker: Arc<dyn Broker>) {
 }
 
 /// Instantiates the suite for one broker: `contract_tests!(module, factory, slack)`,
-/// where `factory(retention)` is an async fn returning `Arc<dyn Broker>` and
-/// `slack` is how far above maxlen trimming may leave a history.
+/// where `factory(retention)` is an async fn returning the broker and a guard
+/// that owns what the broker needs (e.g. its Redis container) until the test
+/// ends, and `slack` is how far above maxlen trimming may leave a history.
 #[macro_export]
 macro_rules! contract_tests {
     ($name:ident, $factory:path, $slack:expr) => {
@@ -283,43 +284,43 @@ macro_rules! contract_tests {
 
             #[tokio::test]
             async fn ids_increase_and_prev_chains() {
-                super::contract::ids_increase_and_prev_chains($factory(retention(10_000)).await).await;
+                let (broker, _guard) = $factory(retention(10_000)).await;
+                super::contract::ids_increase_and_prev_chains(broker).await;
             }
             #[tokio::test]
             async fn stored_frame_is_the_composed_message() {
-                super::contract::stored_frame_is_the_composed_message($factory(retention(10_000)).await).await;
+                let (broker, _guard) = $factory(retention(10_000)).await;
+                super::contract::stored_frame_is_the_composed_message(broker).await;
             }
             #[tokio::test]
             async fn a_committed_cmid_returns_the_original() {
-                super::contract::a_committed_cmid_returns_the_original($factory(retention(10_000)).await).await;
+                let (broker, _guard) = $factory(retention(10_000)).await;
+                super::contract::a_committed_cmid_returns_the_original(broker).await;
             }
             #[tokio::test]
             async fn reads_are_exclusive_bounded_and_oldest_first() {
-                super::contract::reads_are_exclusive_bounded_and_oldest_first($factory(retention(10_000)).await).await;
+                let (broker, _guard) = $factory(retention(10_000)).await;
+                super::contract::reads_are_exclusive_bounded_and_oldest_first(broker).await;
             }
             #[tokio::test]
             async fn trimming_keeps_the_newest_maxlen_or_a_few_more() {
-                super::contract::trimming_keeps_the_newest_maxlen_or_a_few_more(
-                    $factory(retention(20)).await,
-                    20,
-                    $slack,
-                )
-                .await;
+                let (broker, _guard) = $factory(retention(20)).await;
+                super::contract::trimming_keeps_the_newest_maxlen_or_a_few_more(broker, 20, $slack).await;
             }
             #[tokio::test]
             async fn live_feed_carries_every_publish_in_order_while_subscribed() {
-                super::contract::live_feed_carries_every_publish_in_order_while_subscribed(
-                    $factory(retention(10_000)).await,
-                )
-                .await;
+                let (broker, _guard) = $factory(retention(10_000)).await;
+                super::contract::live_feed_carries_every_publish_in_order_while_subscribed(broker).await;
             }
             #[tokio::test]
             async fn recovered_rule_holds() {
-                super::contract::recovered_rule_holds($factory(retention(10_000)).await).await;
+                let (broker, _guard) = $factory(retention(10_000)).await;
+                super::contract::recovered_rule_holds(broker).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_publishes_keep_one_chain() {
-                super::contract::concurrent_publishes_keep_one_chain($factory(retention(10_000)).await).await;
+                let (broker, _guard) = $factory(retention(10_000)).await;
+                super::contract::concurrent_publishes_keep_one_chain(broker).await;
             }
         }
     };
