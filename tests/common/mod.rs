@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chat_relay::RunningNode;
 
+pub mod nodes;
 pub mod redis;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -104,6 +105,20 @@ impl WsClient {
                 }
                 Message::Ping(_) | Message::Pong(_) => {}
                 other => panic!("expected a text frame, got {other:?}"),
+            }
+        }
+    }
+
+    /// The next JSON frame, or `None` once the connection is closed or broken.
+    pub async fn try_next_frame(&mut self) -> Option<Value> {
+        if let Some(frame) = self.pending.pop_front() {
+            return Some(frame);
+        }
+        loop {
+            match tokio::time::timeout(FRAME_TIMEOUT, self.stream.next()).await.ok()?? {
+                Ok(Message::Text(text)) => return serde_json::from_str(&text).ok(),
+                Ok(Message::Close(_)) | Err(_) => return None,
+                Ok(_) => {}
             }
         }
     }
@@ -305,6 +320,17 @@ pub async fn http_publish(relay: &TestRelay, room: &str, body: Value, key: Optio
     let mut request = reqwest::Client::new()
         .post(relay.url(&format!("/v1/rooms/{room}/messages")))
         .json(&json!({"body": body}));
+    if let Some(key) = key {
+        request = request.header("Idempotency-Key", key);
+    }
+    let response = request.send().await.expect("publish request");
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+/// Publishes over HTTP to a full URL; returns status and JSON body.
+pub async fn http_publish_to(url: &str, body: Value, key: Option<&str>) -> (u16, Value) {
+    let mut request = reqwest::Client::new().post(url).json(&json!({"body": body}));
     if let Some(key) = key {
         request = request.header("Idempotency-Key", key);
     }
