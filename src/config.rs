@@ -45,6 +45,10 @@ pub struct Cli {
     #[arg(long, env = "RELAY_REDIS_CLUSTER", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub redis_cluster: bool,
 
+    /// PEM file of the CA that signed the Redis server certificate, for rediss:// with a private CA [default: the public web roots]
+    #[arg(long, env = "RELAY_REDIS_CA_FILE")]
+    pub redis_ca_file: Option<std::path::PathBuf>,
+
     /// Node id shown in welcome frames, logs and metrics [default: host name + random suffix]
     #[arg(long, env = "RELAY_NODE_ID")]
     pub node_id: Option<String>,
@@ -156,6 +160,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub redis_url: Option<String>,
     pub redis_cluster: bool,
+    pub redis_ca_file: Option<std::path::PathBuf>,
     pub node_id: String,
     pub key_prefix: String,
     pub history_maxlen: u64,
@@ -314,6 +319,7 @@ impl Cli {
             listen: self.listen,
             redis_url: self.redis_url,
             redis_cluster: self.redis_cluster,
+            redis_ca_file: self.redis_ca_file,
             node_id,
             key_prefix: self.key_prefix,
             history_maxlen,

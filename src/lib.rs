@@ -93,7 +93,13 @@ async fn build_broker(settings: &Settings) -> Result<Arc<dyn Broker>, StartError
             "RELAY_REDIS_CLUSTER=true is not supported by this build yet; point REDIS_URL at a single Redis and unset RELAY_REDIS_CLUSTER".to_owned(),
         )),
         Some(url) => {
-            let broker = RedisBroker::connect(url, &settings.key_prefix, retention)
+            let ca_pem = match &settings.redis_ca_file {
+                None => None,
+                Some(path) => Some(std::fs::read(path).map_err(|error| {
+                    StartError::Broker(format!("cannot read RELAY_REDIS_CA_FILE {}: {error}", path.display()))
+                })?),
+            };
+            let broker = RedisBroker::connect(url, ca_pem, &settings.key_prefix, retention)
                 .await
                 .map_err(|error| StartError::Broker(error.to_string()))?;
             Ok(broker)

@@ -16,7 +16,7 @@ async fn memory_broker(retention: RetentionSettings) -> (Arc<dyn Broker>, ()) {
 async fn redis_broker(retention: RetentionSettings) -> (Arc<dyn Broker>, common::redis::TestRedis) {
     let redis = common::redis::TestRedis::start().await;
     let prefix = format!("contract{}", fastrand::u32(..));
-    let broker = RedisBroker::connect(&redis.url(), &prefix, retention)
+    let broker = RedisBroker::connect(&redis.url(), None, &prefix, retention)
         .await
         .expect("connect to the test Redis");
     (broker, redis)

@@ -240,7 +240,29 @@ async fn a_redis_blip_loses_nothing_and_doubles_nothing() {
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
     redis.container.pause().await.expect("pause Redis");
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // While Redis is frozen: readiness turns 503 and an HTTP publish fails
+    // fast (bounded by the command timeout) with 503.
+    let started = std::time::Instant::now();
+    let (status, body) = common::http_publish_to(&node_a.url("/v1/rooms/other/messages"), json!(1), None).await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "failed fast: {:?}",
+        started.elapsed()
+    );
+    let mut not_ready = false;
+    for _ in 0..40 {
+        if http_get_json(&node_b.url("/readyz")).await.0 == 503 {
+            not_ready = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(not_ready, "readiness reports the broker down");
     redis.container.unpause().await.expect("unpause Redis");
 
     let unavailable_seen = publisher.await.unwrap();
@@ -376,6 +398,38 @@ async fn retention_and_ttl_turn_an_old_since_into_unrecovered() {
     assert_eq!(reply["replay"], 0);
     let next = client.publish("e", json!("fresh"), None).await;
     assert_eq!(next["prev"], "0-0", "an expired room starts a new history");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_in_the_url_is_used() {
+    let redis = TestRedis::start().await;
+    let mut admin = redis.command_connection().await;
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("requirepass")
+        .arg("s3cret")
+        .query_async(&mut admin)
+        .await
+        .unwrap();
+    let with_password = format!("redis://:s3cret@127.0.0.1:{}", redis.port);
+    let node = RelayProcess::spawn(&with_password, "node-auth", &[]);
+    let mut client = WsClient::connect_url(&node.ws_url()).await;
+    client.subscribe("p", json!({})).await;
+    let ack = client.publish("p", json!("ok"), None).await;
+    assert_eq!(ack["type"], "ack");
+    assert_eq!(client.wait_type("message").await["id"], ack["id"]);
+    let wrong = std::process::Command::new(common::nodes::relay_binary())
+        .env("REDIS_URL", format!("redis://:wrong@127.0.0.1:{}", redis.port))
+        .env("RELAY_AUTH", "none")
+        .env("RELAY_LISTEN", "127.0.0.1:0")
+        .output()
+        .unwrap();
+    assert_eq!(wrong.status.code(), Some(1));
+    let stderr = String::from_utf8(wrong.stderr).unwrap();
+    assert!(
+        stderr.contains("REDIS_URL") && !stderr.contains("wrong"),
+        "one line, password not shown: {stderr}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -306,12 +306,31 @@ pub enum RedisStartError {
 
 impl RedisBroker {
     /// Connects both connections (commands and live feed) and starts the
-    /// live-feed task.
+    /// live-feed task. `ca_pem` replaces the public web roots for
+    /// `rediss://` servers signed by a private CA.
     ///
     /// # Errors
     /// [`RedisStartError`] when the URL is bad or Redis cannot be reached.
-    pub async fn connect(url: &str, prefix: &str, retention: RetentionSettings) -> Result<Arc<Self>, RedisStartError> {
-        let client = Client::open(url).map_err(|error| RedisStartError::BadUrl(error.to_string()))?;
+    pub async fn connect(
+        url: &str,
+        ca_pem: Option<Vec<u8>>,
+        prefix: &str,
+        retention: RetentionSettings,
+    ) -> Result<Arc<Self>, RedisStartError> {
+        // Two rustls crypto back-ends are compiled in through dependencies;
+        // pick one explicitly (a second install is a harmless no-op error).
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let client = match ca_pem {
+            None => Client::open(url),
+            Some(root_cert) => Client::build_with_tls(
+                url,
+                redis::TlsCertificates {
+                    client_tls: None,
+                    root_cert: Some(root_cert),
+                },
+            ),
+        }
+        .map_err(|error| RedisStartError::BadUrl(error.to_string()))?;
         let address = client.get_connection_info().addr().to_string();
         let unreachable = |reason: String| RedisStartError::Unreachable {
             address: address.clone(),

@@ -27,22 +27,63 @@ fn free_loopback_port() -> u16 {
 
 impl TestRedis {
     pub async fn start() -> Self {
+        let port = free_loopback_port();
+        Self::start_with(port, &["--port", &port.to_string()], None).await
+    }
+
+    /// Redis with TLS only, on a port it returns, using `server.pem`,
+    /// `server.key` and `ca.pem` from `cert_dir`.
+    pub async fn start_tls(cert_dir: &std::path::Path) -> Self {
+        let port = free_loopback_port();
+        let args = [
+            "--port",
+            "0",
+            "--tls-port",
+            &port.to_string(),
+            "--tls-cert-file",
+            "/certs/server.pem",
+            "--tls-key-file",
+            "/certs/server.key",
+            "--tls-ca-cert-file",
+            "/certs/ca.pem",
+            "--tls-auth-clients",
+            "no",
+        ];
+        Self::start_with(port, &args, Some(cert_dir)).await
+    }
+
+    async fn start_with(port: u16, args: &[&str], cert_dir: Option<&std::path::Path>) -> Self {
         let image = std::env::var("RELAY_TEST_REDIS_IMAGE").unwrap_or_else(|_| DEFAULT_REDIS_IMAGE.to_owned());
         let (name, tag) = image.rsplit_once(':').unwrap_or((image.as_str(), "latest"));
-        let port = free_loopback_port();
-        let container = GenericImage::new(name, tag)
+        let mut command = vec!["redis-server".to_owned()];
+        command.extend(args.iter().map(|arg| (*arg).to_owned()));
+        command.extend(
+            [
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--protected-mode",
+                "no",
+            ]
+            .map(str::to_owned),
+        );
+        let mut request = GenericImage::new(name, tag)
             .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
             .with_network("host")
-            .with_cmd(["redis-server", "--port", &port.to_string(), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"])
-            .with_startup_timeout(Duration::from_secs(60))
-            .start()
-            .await
-            .unwrap_or_else(|error| {
-                panic!(
-                    "cannot start Redis from image {image}: {error}. The Redis tests need a Docker engine and that image: \
+            .with_cmd(command)
+            .with_startup_timeout(Duration::from_secs(60));
+        if let Some(dir) = cert_dir {
+            request = request.with_mount(testcontainers::core::Mount::bind_mount(dir.to_string_lossy(), "/certs"));
+        }
+        let container = request.start().await.unwrap_or_else(|error| {
+            panic!(
+                "cannot start Redis from image {image}: {error}. The Redis tests need a Docker engine and that image: \
                      run scripts/test (it builds one offline), or set RELAY_TEST_REDIS_IMAGE"
-                )
-            });
+            )
+        });
         Self { container, port }
     }
 
