@@ -2,8 +2,9 @@
 -- KEYS[1] room stream, KEYS[2] idempotency key, KEYS[3] live channel
 -- (declared as a key so that a cluster routes all three to the room's slot).
 -- ARGV[1] "1" when a cmid was given, ARGV[2] frame head up to the id,
--- ARGV[3] frame tail after prev, ARGV[4] MAXLEN, ARGV[5] history TTL ms,
--- ARGV[6] idempotency TTL ms, ARGV[7] PUBLISH or SPUBLISH.
+-- ARGV[3] frame tail after prev. The node replaces @MAXLEN@,
+-- @HISTORY_TTL_MS@, @IDEMPOTENCY_TTL_MS@ and @PUBLISH@ (PUBLISH or
+-- SPUBLISH) with its settings when it loads the script.
 -- Returns {duplicate (0 or 1), id, prev}.
 if ARGV[1] == '1' then
   local stored = redis.call('GET', KEYS[2])
@@ -17,10 +18,10 @@ local newest = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)
 if newest[1] then
   prev = newest[1][1]
 end
-local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', ARGV[4], '*', 'p', prev, 't', ARGV[3])
-redis.call('PEXPIRE', KEYS[1], ARGV[5])
-redis.call(ARGV[7], KEYS[3], ARGV[2] .. id .. '","prev":"' .. prev .. '",' .. ARGV[3])
+local id = redis.call('XADD', KEYS[1], 'MAXLEN', '~', '@MAXLEN@', '*', 'p', prev, 't', ARGV[3])
+redis.call('PEXPIRE', KEYS[1], '@HISTORY_TTL_MS@')
+redis.call('@PUBLISH@', KEYS[3], ARGV[2] .. id .. '","prev":"' .. prev .. '",' .. ARGV[3])
 if ARGV[1] == '1' then
-  redis.call('SET', KEYS[2], id .. ' ' .. prev, 'PX', ARGV[6])
+  redis.call('SET', KEYS[2], id .. ' ' .. prev, 'PX', '@IDEMPOTENCY_TTL_MS@')
 end
 return {0, id, prev}

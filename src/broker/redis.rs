@@ -281,11 +281,25 @@ impl LiveFeed {
 /// The Redis broker; see the module docs.
 pub struct RedisBroker {
     keys: KeyScheme,
-    retention: RetentionSettings,
     commands: ConnectionManager,
     script: redis::Script,
-    publish_command: &'static str,
     live: Arc<LiveFeed>,
+}
+
+/// The publish script with this node's retention settings filled in.
+fn publish_script(retention: &RetentionSettings, publish_command: &str) -> redis::Script {
+    let millis = |duration: Duration| {
+        u64::try_from(duration.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+            .to_string()
+    };
+    let source = include_str!("publish.lua")
+        .replace("@MAXLEN@", &retention.history_maxlen.to_string())
+        .replace("@HISTORY_TTL_MS@", &millis(retention.history_ttl))
+        .replace("@IDEMPOTENCY_TTL_MS@", &millis(retention.idempotency_ttl))
+        .replace("@PUBLISH@", publish_command);
+    redis::Script::new(&source)
 }
 
 /// Why the Redis broker could not start.
@@ -365,10 +379,8 @@ impl RedisBroker {
         });
         let broker = Arc::new(Self {
             keys,
-            retention,
             commands,
-            script: redis::Script::new(include_str!("publish.lua")),
-            publish_command: "PUBLISH",
+            script: publish_script(&retention, "PUBLISH"),
             live: live.clone(),
         });
         tokio::spawn(LiveFeed::run(Arc::downgrade(&live), pubsub));
@@ -425,8 +437,6 @@ impl Broker for RedisBroker {
 
     async fn publish(&self, request: PublishRequest) -> Result<PublishOutcome, BrokerError> {
         let room = &request.room;
-        let history_ttl_ms = u64::try_from(self.retention.history_ttl.as_millis()).unwrap_or(u64::MAX);
-        let idempotency_ttl_ms = u64::try_from(self.retention.idempotency_ttl.as_millis()).unwrap_or(u64::MAX);
         let mut invocation = self.script.prepare_invoke();
         invocation
             .key(self.keys.stream(room))
@@ -434,11 +444,7 @@ impl Broker for RedisBroker {
             .key(self.keys.channel(room))
             .arg(if request.cmid.is_some() { "1" } else { "0" })
             .arg(frame_head(room))
-            .arg(request.tail.as_str())
-            .arg(self.retention.history_maxlen)
-            .arg(history_ttl_ms)
-            .arg(idempotency_ttl_ms)
-            .arg(self.publish_command);
+            .arg(request.tail.as_str());
         let mut connection = self.connection();
         let (duplicate, id, prev): (i64, String, String) = bounded(invocation.invoke_async(&mut connection)).await?;
         let parse = |text: &str| {

@@ -21,7 +21,9 @@ use super::{ApiError, AuthQuery, GaugeGuard, bad_query, identify};
 use crate::auth::Identity;
 use crate::node::Node;
 use crate::protocol::{ErrorCode, close_code, server_frame};
-use crate::session::{ClientSession, ConnectionHandle, ConnectionQueues, Outbound, SessionVerdict};
+use crate::session::{
+    ClientSession, ConnectionHandle, ConnectionQueues, MAX_PUBLISHES_IN_FLIGHT, Outbound, SessionVerdict,
+};
 use crate::telemetry::TransportLabel;
 
 /// Frames written per flush at most.
@@ -119,27 +121,47 @@ async fn read_socket(
     session: &mut ClientSession,
     missed_pongs: &AtomicU32,
 ) -> ReadEnd {
-    while let Some(received) = stream.next().await {
+    let end = loop {
+        let received = tokio::select! {
+            biased;
+            Some(reply) = session.next_publish_reply() => {
+                if !session.deliver_reply(reply).await {
+                    return ReadEnd::ClientClosed;
+                }
+                continue;
+            }
+            received = stream.next(), if session.publishes_in_flight() < MAX_PUBLISHES_IN_FLIGHT => received,
+        };
         match received {
-            Ok(Message::Text(text)) => {
+            Some(Ok(Message::Text(text))) => {
                 if let SessionVerdict::Close { code, reason } = session.handle_text(&text).await {
-                    return ReadEnd::Close { code, reason };
+                    break ReadEnd::Close { code, reason };
                 }
             }
-            Ok(Message::Binary(_)) => {
-                return ReadEnd::Close {
+            Some(Ok(Message::Binary(_))) => {
+                break ReadEnd::Close {
                     code: close_code::UNSUPPORTED_DATA,
                     reason: "binary frames are not supported; send JSON text frames",
                 };
             }
-            Ok(Message::Pong(_)) => missed_pongs.store(0, Ordering::Relaxed),
+            Some(Ok(Message::Pong(_))) => missed_pongs.store(0, Ordering::Relaxed),
             // tungstenite answers pings by itself.
-            Ok(Message::Ping(_)) => {}
-            Ok(Message::Close(_)) => return ReadEnd::ClientClosed,
-            Err(error) => return classify_read_error(error),
+            Some(Ok(Message::Ping(_))) => {}
+            Some(Ok(Message::Close(_))) | None => break ReadEnd::ClientClosed,
+            Some(Err(error)) => break classify_read_error(error),
         }
-    }
-    ReadEnd::ClientClosed
+    };
+    // Publishes received before the end are committed (and acknowledged if
+    // the socket still takes it), bounded by the close grace.
+    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        while let Some(reply) = session.next_publish_reply().await {
+            if !session.deliver_reply(reply).await {
+                break;
+            }
+        }
+    })
+    .await;
+    end
 }
 
 fn classify_read_error(error: axum::Error) -> ReadEnd {

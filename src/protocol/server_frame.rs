@@ -88,27 +88,24 @@ pub fn unsubscribed(req: Option<&RequestTag>, room: &RoomName) -> String {
     })
 }
 
-/// `ack` of a publish.
+/// `ack` of a publish. Composed by hand: it is sent once per publish, and
+/// every field but `req` is known not to need escaping.
 #[must_use]
 pub fn ack(req: Option<&RequestTag>, room: &RoomName, id: MessageId, prev: MessageId, duplicate: bool) -> String {
-    #[derive(Serialize)]
-    struct Ack<'a> {
-        r#type: &'static str,
-        #[serde(skip_serializing_if = "Option::is_none")]
-        req: Option<&'a RawValue>,
-        room: &'a str,
-        id: String,
-        prev: String,
-        duplicate: bool,
+    use std::fmt::Write;
+    let mut frame = String::with_capacity(96 + room.as_str().len());
+    frame.push_str("{\"type\":\"ack\",");
+    if let Some(req) = req {
+        frame.push_str("\"req\":");
+        frame.push_str(req.as_raw().get());
+        frame.push(',');
     }
-    to_json(&Ack {
-        r#type: "ack",
-        req: req_raw(req),
-        room: room.as_str(),
-        id: id.to_string(),
-        prev: prev.to_string(),
-        duplicate,
-    })
+    // Writing into a String cannot fail.
+    let _ = write!(
+        frame,
+        "\"room\":\"{room}\",\"id\":\"{id}\",\"prev\":\"{prev}\",\"duplicate\":{duplicate}}}"
+    );
+    frame
 }
 
 /// `pong`.
@@ -294,6 +291,26 @@ mod tests {
         .unwrap();
         assert_eq!(value["from"], Value::Null);
         assert!(value.get("cmid").is_none());
+    }
+
+    #[test]
+    fn ack_is_valid_json_with_and_without_req() {
+        let room = RoomName::parse("r").unwrap();
+        let plain = ack(None, &room, MessageId::new(2, 0), MessageId::new(1, 5), false);
+        assert_eq!(
+            serde_json::from_str::<Value>(&plain).unwrap(),
+            json!({"type":"ack","room":"r","id":"2-0","prev":"1-5","duplicate":false})
+        );
+        let tag: crate::protocol::ClientFrame = crate::protocol::decode_client_frame(
+            r#"{"type":"ping","req":"a\"b"}"#,
+            crate::protocol::DecodeLimits {
+                max_message_bytes: 10,
+                max_replay: 1,
+            },
+        )
+        .unwrap();
+        let tagged = ack(tag.req.as_ref(), &room, MessageId::new(2, 0), MessageId::ZERO, true);
+        assert_eq!(serde_json::from_str::<Value>(&tagged).unwrap()["req"], "a\"b");
     }
 
     #[test]

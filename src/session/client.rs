@@ -3,8 +3,11 @@
 //! replies. The socket itself is driven by `http::ws`.
 
 use std::collections::HashMap;
+use std::pin::Pin;
 use std::sync::Arc;
 
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 
 use super::hub::Subscription;
@@ -32,6 +35,13 @@ pub enum SessionVerdict {
     },
 }
 
+/// Publishes of one connection that may await the broker at once. They are
+/// issued to the broker in the order received and acknowledged in that
+/// order; past this many the transport stops reading the client.
+pub const MAX_PUBLISHES_IN_FLIGHT: usize = 64;
+
+type PendingReply = Pin<Box<dyn Future<Output = String> + Send>>;
+
 /// See the module docs.
 pub struct ClientSession {
     node: Arc<Node>,
@@ -41,6 +51,11 @@ pub struct ClientSession {
     subscriptions: HashMap<RoomName, Subscription>,
     publish_limiter: PublishRateLimiter,
     invalid_frames: InvalidFrameBudget,
+    /// Publishes awaiting the broker, oldest first. Futures in a
+    /// `FuturesOrdered` are first polled in the order they were pushed, so
+    /// the broker receives them in that order (the memory broker commits at
+    /// the first poll; the Redis connection queues the command there).
+    publishes_in_flight: FuturesOrdered<PendingReply>,
 }
 
 struct Refusal<'a> {
@@ -70,7 +85,26 @@ impl ClientSession {
             subscriptions: HashMap::new(),
             publish_limiter,
             invalid_frames,
+            publishes_in_flight: FuturesOrdered::new(),
         }
+    }
+
+    /// How many publishes await the broker.
+    #[must_use]
+    pub fn publishes_in_flight(&self) -> usize {
+        self.publishes_in_flight.len()
+    }
+
+    /// The reply to the oldest publish once the broker answered it; `None`
+    /// when none is in flight.
+    pub async fn next_publish_reply(&mut self) -> Option<String> {
+        self.publishes_in_flight.next().await
+    }
+
+    /// Queues a reply produced by [`Self::next_publish_reply`]; `false` once
+    /// the connection is gone.
+    pub async fn deliver_reply(&mut self, json: String) -> bool {
+        self.reply(json).await
     }
 
     /// The `welcome` frame for this session.
@@ -86,11 +120,11 @@ impl ClientSession {
         )
     }
 
-    async fn reply(&self, json: String) -> bool {
+    async fn reply(&mut self, json: String) -> bool {
         self.replies.send(Outbound::control("reply", json)).await.is_ok()
     }
 
-    async fn refuse(&self, refusal: Refusal<'_>) -> bool {
+    async fn refuse(&mut self, refusal: Refusal<'_>) -> bool {
         self.node.metrics.count_error(refusal.code);
         self.reply(server_frame::error(&server_frame::ErrorFrame {
             req: refusal.req,
@@ -148,7 +182,7 @@ impl ClientSession {
                     .await
                 }
             }
-            ClientRequest::Publish { room, body, cmid } => self.publish(req, room, &body, cmid).await,
+            ClientRequest::Publish { room, body, cmid } => self.publish(req, room, body, cmid).await,
             ClientRequest::Ping => self.reply(server_frame::pong(req)).await,
             ClientRequest::Refresh { .. } => {
                 let message = "this node runs without authentication (RELAY_AUTH=none); there is no token to refresh";
@@ -225,7 +259,7 @@ impl ClientSession {
         }
     }
 
-    async fn publish(&mut self, req: Option<&RequestTag>, room: RoomName, body: &str, cmid: Option<String>) -> bool {
+    async fn publish(&mut self, req: Option<&RequestTag>, room: RoomName, body: String, cmid: Option<String>) -> bool {
         if !self.identity.may_publish(&room) {
             let message = format!("your token does not allow publishing to {room}");
             return self
@@ -254,34 +288,26 @@ impl ClientSession {
                 })
                 .await;
         }
-        match self
-            .node
-            .publish(room.clone(), self.identity.subject(), cmid, body)
-            .await
-        {
-            Ok(outcome) => {
-                self.reply(server_frame::ack(
-                    req,
-                    &room,
-                    outcome.id,
-                    outcome.prev,
-                    outcome.duplicate,
-                ))
-                .await
+        let node = self.node.clone();
+        let subject = self.identity.subject().map(str::to_owned);
+        let req = req.cloned();
+        self.publishes_in_flight.push_back(Box::pin(async move {
+            match node.publish(room.clone(), subject.as_deref(), cmid, &body).await {
+                Ok(outcome) => server_frame::ack(req.as_ref(), &room, outcome.id, outcome.prev, outcome.duplicate),
+                Err(error) => {
+                    tracing::warn!(%room, %error, "publish failed");
+                    node.metrics.count_error(ErrorCode::Unavailable);
+                    server_frame::error(&server_frame::ErrorFrame {
+                        req: req.as_ref(),
+                        code: ErrorCode::Unavailable,
+                        message: "the message store is unavailable; nothing was stored. Retry with the same cmid",
+                        room: Some(&room),
+                        retry_after_ms: Some(1000),
+                    })
+                }
             }
-            Err(error) => {
-                tracing::warn!(%room, %error, "publish failed");
-                let message = "the message store is unavailable; nothing was stored. Retry with the same cmid";
-                self.refuse(Refusal {
-                    req,
-                    code: ErrorCode::Unavailable,
-                    message,
-                    room: Some(&room),
-                    retry_after_ms: Some(1000),
-                })
-                .await
-            }
-        }
+        }));
+        true
     }
 }
 

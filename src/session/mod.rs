@@ -11,7 +11,7 @@ mod outbound;
 mod rate_limit;
 mod resume;
 
-pub use client::{ClientSession, SessionVerdict};
+pub use client::{ClientSession, MAX_PUBLISHES_IN_FLIGHT, SessionVerdict};
 pub use hub::{RoomHub, Subscription};
 pub use outbound::{ConnectionHandle, ConnectionQueues, LiveMessage, Outbound, REPLY_QUEUE_CAPACITY};
 pub use rate_limit::{AddressRateLimiter, InvalidFrameBudget, PublishRateLimiter};
