@@ -91,27 +91,32 @@ impl Node {
         now.max(previous)
     }
 
-    /// Publishes a validated body to a room through the broker, with the
-    /// publish metrics. Shared by the WebSocket and HTTP endpoints.
+    /// Submits a validated body to a room through the broker, with the
+    /// publish metrics. Shared by the WebSocket and HTTP endpoints. The
+    /// broker fixes the commit order at this call, so a connection's
+    /// publishes are committed in the order it submits them.
     ///
-    /// # Errors
-    /// [`BrokerError`] when the broker did not commit the message.
-    pub async fn publish(
+    /// The future fails with [`BrokerError`] when the broker did not commit.
+    pub fn publish(
         &self,
         room: RoomName,
         from: Option<&str>,
         cmid: Option<String>,
         body: &str,
-    ) -> Result<PublishOutcome, BrokerError> {
+    ) -> impl Future<Output = Result<PublishOutcome, BrokerError>> + Send + 'static {
         let started = std::time::Instant::now();
         let tail = MessageFrameTail::new(from, self.message_ts_ms(), cmid.as_deref(), body);
-        let outcome = self.broker.publish(PublishRequest { room, cmid, tail }).await?;
-        self.metrics.publish_duration.observe(started.elapsed().as_secs_f64());
-        let outcome_label = if outcome.duplicate { "duplicate" } else { "stored" };
-        self.metrics
-            .messages_published
-            .get_or_create(&crate::telemetry::OutcomeLabel { outcome: outcome_label })
-            .inc();
-        Ok(outcome)
+        let pending = self.broker.publish(PublishRequest { room, cmid, tail });
+        let metrics = self.metrics.clone();
+        async move {
+            let outcome = pending.await?;
+            metrics.publish_duration.observe(started.elapsed().as_secs_f64());
+            let outcome_label = if outcome.duplicate { "duplicate" } else { "stored" };
+            metrics
+                .messages_published
+                .get_or_create(&crate::telemetry::OutcomeLabel { outcome: outcome_label })
+                .inc();
+            Ok(outcome)
+        }
     }
 }

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_relay::broker::{
-    Broker, BrokerError, HistoryPage, LiveSink, MemoryBroker, PublishOutcome, PublishRequest, RetentionSettings,
-    StoredMessage,
+    Broker, BrokerError, HistoryPage, LiveSink, MemoryBroker, PendingPublish, PublishOutcome, PublishRequest,
+    RetentionSettings, StoredMessage,
 };
 use chat_relay::protocol::{MessageFrameTail, MessageId, ReplayRequest, RoomName};
 use chat_relay::session::{ConnectionHandle, Outbound, ResumeTarget, RoomHub, Subscription, subscribe_and_resume};
@@ -65,8 +65,8 @@ impl Broker for LossyBroker {
         self.inner.set_live_sink(Arc::downgrade(&lossy));
         std::mem::forget(lossy);
     }
-    async fn publish(&self, request: PublishRequest) -> Result<PublishOutcome, BrokerError> {
-        self.inner.publish(request).await
+    fn publish(&self, request: PublishRequest) -> PendingPublish {
+        self.inner.publish(request)
     }
     async fn read_after(&self, room: &RoomName, after: MessageId, limit: usize) -> Result<HistoryPage, BrokerError> {
         self.inner.read_after(room, after, limit).await

@@ -115,6 +115,12 @@ async fn messages_published_on_one_node_reach_subscribers_on_the_others_exactly(
         let (room, messages) = reader.await.unwrap();
         let stored = history(&nodes[0], &format!("room-{room}")).await;
         assert_eq!(stored.len(), PER_ROOM);
+        let bodies: Vec<_> = stored.iter().map(|message| message["body"].as_u64().unwrap()).collect();
+        assert_eq!(
+            bodies,
+            (0..PER_ROOM as u64).collect::<Vec<_>>(),
+            "pipelined publishes committed in the order sent"
+        );
         assert_exact_sequence(&format!("room-{room}"), &messages, &stored, "0-0");
     }
 }
@@ -240,6 +246,7 @@ async fn a_redis_blip_loses_nothing_and_doubles_nothing() {
     );
     tokio::time::sleep(Duration::from_millis(700)).await;
     redis.container.pause().await.expect("pause Redis");
+    let frozen_at = std::time::Instant::now();
     // While Redis is frozen: readiness turns 503 and an HTTP publish fails
     // fast (bounded by the command timeout) with 503.
     let started = std::time::Instant::now();
@@ -263,6 +270,8 @@ async fn a_redis_blip_loses_nothing_and_doubles_nothing() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     assert!(not_ready, "readiness reports the broker down");
+    // Stay frozen well past the publish timeout so the publisher meets it.
+    tokio::time::sleep(Duration::from_secs(5).saturating_sub(frozen_at.elapsed())).await;
     redis.container.unpause().await.expect("unpause Redis");
 
     let unavailable_seen = publisher.await.unwrap();
@@ -398,6 +407,32 @@ async fn retention_and_ttl_turn_an_old_since_into_unrecovered() {
     assert_eq!(reply["replay"], 0);
     let next = client.publish("e", json!("fresh"), None).await;
     assert_eq!(next["prev"], "0-0", "an expired room starts a new history");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flushed_script_cache_is_reloaded_and_order_is_kept() {
+    let redis = TestRedis::start().await;
+    let node = RelayProcess::spawn(&redis.url(), "node-script", &[]);
+    let mut client = WsClient::connect_url(&node.ws_url()).await;
+    client.publish("s", json!(-1), None).await;
+    let mut admin = redis.command_connection().await;
+    let _: () = redis::cmd("SCRIPT").arg("FLUSH").query_async(&mut admin).await.unwrap();
+    for n in 0..200 {
+        client
+            .send_json(json!({"type": "publish", "room": "s", "body": n, "req": n}))
+            .await;
+    }
+    for n in 0..200 {
+        let ack = client.wait_for("ack", |frame| frame["req"] == n).await;
+        assert_eq!(ack["type"], "ack", "publish {n} after SCRIPT FLUSH: {ack}");
+    }
+    let stored = history(&node, "s").await;
+    let bodies: Vec<_> = stored.iter().map(|message| message["body"].as_i64().unwrap()).collect();
+    assert_eq!(
+        bodies,
+        (-1..200).collect::<Vec<_>>(),
+        "stored once each, in the order sent"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -14,7 +14,8 @@ use bytes::Bytes;
 use tokio::time::Instant;
 
 use super::{
-    Broker, BrokerError, HistoryPage, LiveSink, PublishOutcome, PublishRequest, RetentionSettings, StoredMessage,
+    Broker, BrokerError, HistoryPage, LiveSink, PendingPublish, PublishOutcome, PublishRequest, RetentionSettings,
+    StoredMessage,
 };
 use crate::protocol::{MessageId, RoomName, server_frame};
 
@@ -158,22 +159,8 @@ impl MemoryBroker {
         history.page(range)
     }
 
-    fn live_sink(&self) -> Option<Arc<dyn LiveSink>> {
-        lock(&self.sink).as_ref().and_then(Weak::upgrade)
-    }
-}
-
-#[async_trait]
-impl Broker for MemoryBroker {
-    fn kind(&self) -> &'static str {
-        "memory"
-    }
-
-    fn set_live_sink(&self, sink: Weak<dyn LiveSink>) {
-        *lock(&self.sink) = Some(sink);
-    }
-
-    async fn publish(&self, request: PublishRequest) -> Result<PublishOutcome, BrokerError> {
+    /// Stores one message and hands it to the live sink, under the room's lock.
+    fn commit(&self, request: PublishRequest) -> Result<PublishOutcome, BrokerError> {
         let now = Instant::now();
         let room = self.room_for_publish(&request.room);
         let mut history = lock(&room);
@@ -224,6 +211,25 @@ impl Broker for MemoryBroker {
             prev,
             duplicate: false,
         })
+    }
+
+    fn live_sink(&self) -> Option<Arc<dyn LiveSink>> {
+        lock(&self.sink).as_ref().and_then(Weak::upgrade)
+    }
+}
+
+#[async_trait]
+impl Broker for MemoryBroker {
+    fn kind(&self) -> &'static str {
+        "memory"
+    }
+
+    fn set_live_sink(&self, sink: Weak<dyn LiveSink>) {
+        *lock(&self.sink) = Some(sink);
+    }
+
+    fn publish(&self, request: PublishRequest) -> PendingPublish {
+        Box::pin(std::future::ready(self.commit(request)))
     }
 
     async fn read_after(&self, room: &RoomName, after: MessageId, limit: usize) -> Result<HistoryPage, BrokerError> {

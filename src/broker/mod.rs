@@ -9,6 +9,7 @@
 mod memory;
 mod redis;
 
+use std::pin::Pin;
 use std::sync::{Arc, Weak};
 
 use async_trait::async_trait;
@@ -73,6 +74,9 @@ pub struct HistoryPage {
     pub last_id: Option<MessageId>,
 }
 
+/// A submitted publish: resolves once the broker committed it (or refused).
+pub type PendingPublish = Pin<Box<dyn Future<Output = Result<PublishOutcome, BrokerError>> + Send>>;
+
 /// A broker failure.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
@@ -104,12 +108,15 @@ pub trait Broker: Send + Sync + 'static {
     /// Connects the live feed to the node's hub. Called once at start.
     fn set_live_sink(&self, sink: Weak<dyn LiveSink>);
 
-    /// Stores and publishes one message atomically, or returns the original
-    /// for a `cmid` already committed in the idempotency window.
+    /// Submits one message to be stored and published atomically (or, for a
+    /// `cmid` already committed in the idempotency window, answered with the
+    /// original). Not `async` on purpose: the broker fixes the commit order
+    /// when this is called, so publishes submitted one after the other are
+    /// committed in that order even while several are in flight.
     ///
-    /// # Errors
-    /// [`BrokerError::Unavailable`] when nothing was committed for sure.
-    async fn publish(&self, request: PublishRequest) -> Result<PublishOutcome, BrokerError>;
+    /// The returned future fails with [`BrokerError::Unavailable`] when
+    /// nothing was committed for sure.
+    fn publish(&self, request: PublishRequest) -> PendingPublish;
 
     /// Up to `limit` messages with ids strictly after `after`, oldest first.
     ///

@@ -32,9 +32,11 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig, PubSubSink};
 use redis::{Client, Value};
+use tokio::sync::{mpsc, oneshot};
 
 use super::{
-    Broker, BrokerError, HistoryPage, LiveSink, PublishOutcome, PublishRequest, RetentionSettings, StoredMessage,
+    Broker, BrokerError, HistoryPage, LiveSink, PendingPublish, PublishOutcome, PublishRequest, RetentionSettings,
+    StoredMessage,
 };
 use crate::protocol::{MessageId, RoomName, server_frame};
 
@@ -282,8 +284,117 @@ impl LiveFeed {
 pub struct RedisBroker {
     keys: KeyScheme,
     commands: ConnectionManager,
-    script: redis::Script,
+    publishes: mpsc::UnboundedSender<PublishJob>,
     live: Arc<LiveFeed>,
+}
+
+/// Most publishes sent to Redis in one pipeline.
+const MAX_PUBLISH_BATCH: usize = 256;
+
+/// A publish waiting for the publisher task.
+struct PublishJob {
+    request: PublishRequest,
+    reply: oneshot::Sender<Result<PublishOutcome, BrokerError>>,
+}
+
+/// Sends publishes to Redis in exactly the order they were submitted: what
+/// queued up while the previous pipeline was out goes as the next pipeline
+/// of `EVALSHA`s (one round trip for many publishes under load, at once
+/// when idle). Keeping one pipeline in flight is what makes the order
+/// certain; the batching is what keeps it fast.
+async fn run_publisher(
+    mut jobs: mpsc::UnboundedReceiver<PublishJob>,
+    mut connection: ConnectionManager,
+    script: redis::Script,
+    keys: KeyScheme,
+) {
+    while let Some(first) = jobs.recv().await {
+        let mut batch = Vec::with_capacity(16);
+        batch.push(first);
+        while batch.len() < MAX_PUBLISH_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // A caller that gave up must not have its message stored later.
+        batch.retain(|job| !job.reply.is_closed());
+        if !batch.is_empty() {
+            publish_batch(&mut connection, &script, &keys, batch).await;
+        }
+    }
+}
+
+fn parse_outcome(reply: (i64, String, String)) -> Result<PublishOutcome, BrokerError> {
+    let (duplicate, id, prev) = reply;
+    let parse = |text: &str| {
+        text.parse::<MessageId>()
+            .map_err(|error| BrokerError::Internal(error.to_string()))
+    };
+    Ok(PublishOutcome {
+        id: parse(&id)?,
+        prev: parse(&prev)?,
+        duplicate: duplicate == 1,
+    })
+}
+
+/// One pipeline of publishes; on NOSCRIPT (Redis restarted or flushed its
+/// script cache) the script is loaded and the refused ones, which Redis did
+/// not run, are sent again in their order.
+async fn publish_batch(
+    connection: &mut ConnectionManager,
+    script: &redis::Script,
+    keys: &KeyScheme,
+    mut batch: Vec<PublishJob>,
+) {
+    for attempt in 0..2 {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for job in &batch {
+            let request = &job.request;
+            pipe.cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(3)
+                .arg(keys.stream(&request.room))
+                .arg(keys.idempotency(&request.room, request.cmid.as_deref()))
+                .arg(keys.channel(&request.room))
+                .arg(if request.cmid.is_some() { "1" } else { "0" })
+                .arg(frame_head(&request.room))
+                .arg(request.tail.as_str());
+        }
+        let results: Vec<redis::RedisResult<(i64, String, String)>> = match bounded(pipe.query_async(connection)).await
+        {
+            Ok(results) => results,
+            Err(error) => {
+                for job in batch {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+                return;
+            }
+        };
+        let mut refused = Vec::new();
+        for (job, result) in batch.into_iter().zip(results) {
+            match result {
+                Ok(reply) => {
+                    let _ = job.reply.send(parse_outcome(reply));
+                }
+                Err(error) if error.code() == Some("NOSCRIPT") && attempt == 0 => refused.push(job),
+                Err(error) => {
+                    let _ = job.reply.send(Err(unavailable(&error)));
+                }
+            }
+        }
+        if refused.is_empty() {
+            return;
+        }
+        if let Err(error) = bounded(script.load_async(connection)).await {
+            for job in refused {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+            return;
+        }
+        batch = refused;
+    }
 }
 
 /// The publish script with this node's retention settings filled in.
@@ -377,10 +488,17 @@ impl RedisBroker {
             hub: Mutex::new(None),
             connected: AtomicBool::new(false),
         });
+        let (publishes, jobs) = mpsc::unbounded_channel();
+        tokio::spawn(run_publisher(
+            jobs,
+            commands.clone(),
+            publish_script(&retention, "PUBLISH"),
+            keys.clone(),
+        ));
         let broker = Arc::new(Self {
             keys,
             commands,
-            script: publish_script(&retention, "PUBLISH"),
+            publishes,
             live: live.clone(),
         });
         tokio::spawn(LiveFeed::run(Arc::downgrade(&live), pubsub));
@@ -435,26 +553,22 @@ impl Broker for RedisBroker {
         *lock(&self.live.hub) = Some(sink);
     }
 
-    async fn publish(&self, request: PublishRequest) -> Result<PublishOutcome, BrokerError> {
-        let room = &request.room;
-        let mut invocation = self.script.prepare_invoke();
-        invocation
-            .key(self.keys.stream(room))
-            .key(self.keys.idempotency(room, request.cmid.as_deref()))
-            .key(self.keys.channel(room))
-            .arg(if request.cmid.is_some() { "1" } else { "0" })
-            .arg(frame_head(room))
-            .arg(request.tail.as_str());
-        let mut connection = self.connection();
-        let (duplicate, id, prev): (i64, String, String) = bounded(invocation.invoke_async(&mut connection)).await?;
-        let parse = |text: &str| {
-            text.parse::<MessageId>()
-                .map_err(|error| BrokerError::Internal(error.to_string()))
-        };
-        Ok(PublishOutcome {
-            id: parse(&id)?,
-            prev: parse(&prev)?,
-            duplicate: duplicate == 1,
+    fn publish(&self, request: PublishRequest) -> PendingPublish {
+        let (reply, answer) = oneshot::channel();
+        let queued = self.publishes.send(PublishJob { request, reply });
+        Box::pin(async move {
+            if queued.is_err() {
+                return Err(BrokerError::Unavailable("the publisher task stopped".to_owned()));
+            }
+            // Bounded even when Redis hangs; the publisher skips a job whose
+            // caller gave up before it was sent.
+            match tokio::time::timeout(COMMAND_TIMEOUT + Duration::from_millis(250), answer).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) => Err(BrokerError::Unavailable("the publisher task stopped".to_owned())),
+                Err(_) => Err(BrokerError::Unavailable(format!(
+                    "no answer from Redis within {COMMAND_TIMEOUT:?}"
+                ))),
+            }
         })
     }
 

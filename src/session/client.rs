@@ -51,10 +51,9 @@ pub struct ClientSession {
     subscriptions: HashMap<RoomName, Subscription>,
     publish_limiter: PublishRateLimiter,
     invalid_frames: InvalidFrameBudget,
-    /// Publishes awaiting the broker, oldest first. Futures in a
-    /// `FuturesOrdered` are first polled in the order they were pushed, so
-    /// the broker receives them in that order (the memory broker commits at
-    /// the first poll; the Redis connection queues the command there).
+    /// Publishes awaiting the broker, oldest first. They were submitted to
+    /// the broker in frame order (which fixes the commit order); this only
+    /// orders the acks.
     publishes_in_flight: FuturesOrdered<PendingReply>,
 }
 
@@ -288,11 +287,13 @@ impl ClientSession {
                 })
                 .await;
         }
+        // Submitted now, in frame order; only the wait for the outcome is
+        // deferred.
+        let pending = self.node.publish(room.clone(), self.identity.subject(), cmid, &body);
         let node = self.node.clone();
-        let subject = self.identity.subject().map(str::to_owned);
         let req = req.cloned();
         self.publishes_in_flight.push_back(Box::pin(async move {
-            match node.publish(room.clone(), subject.as_deref(), cmid, &body).await {
+            match pending.await {
                 Ok(outcome) => server_frame::ack(req.as_ref(), &room, outcome.id, outcome.prev, outcome.duplicate),
                 Err(error) => {
                     tracing::warn!(%room, %error, "publish failed");
