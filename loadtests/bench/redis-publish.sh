@@ -33,17 +33,18 @@ raw=$(redis-benchmark -p "$port" -n "$messages" -c 32 -P 32 -q \
   | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1 | cut -d' ' -f1)
 
 # 2. Through a relay node.
+# Not in a $(...) subshell: the pid must reach the cleanup trap.
 start_node() {
   local log="$1"
   REDIS_URL="redis://127.0.0.1:$port" RELAY_AUTH=none RELAY_LISTEN=127.0.0.1:0 RELAY_LOG_FORMAT=json \
     RELAY_PUBLISH_RATE=1000000 RUST_LOG=warn,chat_relay=info target/release/chat-relay >"$log" 2>&1 &
   pids+=($!)
   for _ in $(seq 100); do grep -q '"listen"' "$log" 2>/dev/null && break; sleep 0.05; done
-  grep -o '"listen":"[^"]*"' "$log" | head -1 | cut -d'"' -f4
+  node_address=$(grep -o '"listen":"[^"]*"' "$log" | head -1 | cut -d'"' -f4)
 }
 logs=$(mktemp -d)
-node1=$(start_node "$logs/node1.log")
-node2=$(start_node "$logs/node2.log")
+start_node "$logs/node1.log"; node1="$node_address"
+start_node "$logs/node2.log"; node2="$node_address"
 relay=$(target/release/relay-load throughput --url "ws://$node1/v1/ws" --connections 32 --window 32 --messages "$messages" --body-bytes "$body_bytes" --json)
 relay_rate=$(echo "$relay" | python3 -c 'import json,sys; print(round(json.load(sys.stdin)["publishes_per_second"]))')
 

@@ -45,6 +45,26 @@ pub async fn send(socket: &mut Socket, frame: &Value) -> anyhow::Result<()> {
         .context("send frame")
 }
 
+pub async fn send_text(socket: &mut Socket, frame: String) -> anyhow::Result<()> {
+    socket.send(Message::text(frame)).await.context("send frame")
+}
+
+/// The next text frame, unparsed.
+pub async fn next_text(socket: &mut Socket) -> anyhow::Result<tokio_tungstenite::tungstenite::Utf8Bytes> {
+    loop {
+        match socket
+            .next()
+            .await
+            .context("connection closed")?
+            .context("read frame")?
+        {
+            Message::Text(text) => return Ok(text),
+            Message::Close(frame) => bail!("connection closed by the server: {frame:?}"),
+            _ => {}
+        }
+    }
+}
+
 pub async fn next_json(socket: &mut Socket) -> anyhow::Result<Value> {
     loop {
         match socket
