@@ -100,6 +100,16 @@ async fn http_publish_flood_gets_429_with_retry_after() {
     assert_eq!(retry_after.as_deref(), Some("1"));
 }
 
+/// The `body` of every message of a history page.
+fn bodies(page: &Value) -> Vec<Value> {
+    page["messages"]
+        .as_array()
+        .expect("messages array")
+        .iter()
+        .map(|message| message["body"].clone())
+        .collect()
+}
+
 #[tokio::test]
 async fn history_pages_forwards_and_backwards_with_complete() {
     let relay = TestRelay::start(&[]).await;
@@ -114,24 +124,12 @@ async fn history_pages_forwards_and_backwards_with_complete() {
     };
     let (status, body) = page("after=0-0&limit=4".into()).await;
     assert_eq!(status, 200);
-    let bodies: Vec<_> = body["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].clone())
-        .collect();
-    assert_eq!(bodies, vec![json!(0), json!(1), json!(2), json!(3)]);
+    assert_eq!(bodies(&body), vec![json!(0), json!(1), json!(2), json!(3)]);
     assert_eq!(body["complete"], true);
 
     let (_, body) = page(format!("before={}&limit=3", ids[5])).await;
-    let bodies: Vec<_> = body["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].clone())
-        .collect();
     assert_eq!(
-        bodies,
+        bodies(&body),
         vec![json!(2), json!(3), json!(4)],
         "the N right before, oldest first"
     );
@@ -145,13 +143,7 @@ async fn history_pages_forwards_and_backwards_with_complete() {
     assert_eq!(body["complete"], false, "an id unknown to the room");
 
     let (_, body) = page("limit=2".into()).await;
-    let bodies: Vec<_> = body["messages"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|m| m["body"].clone())
-        .collect();
-    assert_eq!(bodies, vec![json!(8), json!(9)], "without a cursor: the newest");
+    assert_eq!(bodies(&body), vec![json!(8), json!(9)], "without a cursor: the newest");
 
     for bad in ["after=x", "before=1", "limit=0", "limit=1001", "after=0-0&before=1-0"] {
         let (status, body) = page(bad.into()).await;

@@ -66,18 +66,8 @@ pub async fn next_text(socket: &mut Socket) -> anyhow::Result<tokio_tungstenite:
 }
 
 pub async fn next_json(socket: &mut Socket) -> anyhow::Result<Value> {
-    loop {
-        match socket
-            .next()
-            .await
-            .context("connection closed")?
-            .context("read frame")?
-        {
-            Message::Text(text) => return serde_json::from_str(&text).context("frame is not JSON"),
-            Message::Close(frame) => bail!("connection closed by the server: {frame:?}"),
-            _ => {}
-        }
-    }
+    let text = next_text(socket).await?;
+    serde_json::from_str(&text).context("frame is not JSON")
 }
 
 /// Subscribes and waits for `subscribed`.
