@@ -125,6 +125,18 @@ pub struct Cli {
     #[arg(long, env = "RELAY_JWT_AUDIENCE")]
     pub jwt_audience: Option<String>,
 
+    /// Seconds of clock skew allowed when checking exp and nbf
+    #[arg(long, env = "RELAY_JWT_LEEWAY_SECS", default_value_t = 10)]
+    pub jwt_leeway_secs: u64,
+
+    /// Most WebSocket and SSE connections this node accepts; past it upgrades get 503 so a load balancer retries elsewhere
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Most concurrent connections per client (token subject, or address without auth); past it 429 (0 = no cap)
+    #[arg(long, env = "RELAY_MAX_CONNECTIONS_PER_CLIENT", default_value_t = 100)]
+    pub max_connections_per_client: usize,
+
     /// Comma-separated origins allowed to open WebSockets and granted CORS; * allows any
     #[arg(long, env = "RELAY_ALLOWED_ORIGINS", default_value = "*")]
     pub allowed_origins: String,
@@ -176,8 +188,29 @@ pub struct Settings {
     pub sse_keepalive: Duration,
     pub drain: Duration,
     pub auth: AuthMode,
+    pub jwt: Option<JwtSettings>,
+    pub max_connections: usize,
+    pub max_connections_per_client: usize,
     pub allowed_origins: AllowedOrigins,
     pub log_format: Option<LogFormat>,
+}
+
+/// Where a JWT verifier gets its key; the file is read at start, not here.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum JwtKeySource {
+    /// `RELAY_JWT_SECRET` (HS256).
+    Secret(String),
+    /// `RELAY_JWT_PUBLIC_KEY_FILE` (RS256 or ES256).
+    PublicKeyFile(std::path::PathBuf),
+}
+
+/// Validated JWT settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JwtSettings {
+    pub key: JwtKeySource,
+    pub issuer: Option<String>,
+    pub audience: Option<String>,
+    pub leeway: Duration,
 }
 
 /// A setting that cannot be used.
@@ -307,13 +340,47 @@ impl Cli {
             (None, None) => AuthMode::None,
             (None, Some(_)) => AuthMode::Jwt,
         };
-        if auth == AuthMode::Jwt {
-            return Err(invalid(
-                "RELAY_AUTH",
-                "auth",
-                "jwt authentication is not available in this build yet; set RELAY_AUTH=none to run without authentication",
-            ));
-        }
+        let jwt = match auth {
+            AuthMode::None => None,
+            AuthMode::Jwt => {
+                let key = match (
+                    self.jwt_secret.filter(|secret| !secret.is_empty()),
+                    self.jwt_public_key_file,
+                ) {
+                    (Some(secret), None) if secret.len() >= 32 => JwtKeySource::Secret(secret),
+                    (Some(_), None) => {
+                        return Err(invalid(
+                            "RELAY_JWT_SECRET",
+                            "jwt-secret",
+                            "is shorter than 32 bytes; use a long random secret (e.g. openssl rand -base64 48)",
+                        ));
+                    }
+                    (None, Some(path)) => JwtKeySource::PublicKeyFile(path),
+                    (Some(_), Some(_)) => {
+                        return Err(invalid(
+                            "RELAY_JWT_SECRET",
+                            "jwt-secret",
+                            "and RELAY_JWT_PUBLIC_KEY_FILE are both set; the key pins the algorithm, so set exactly one",
+                        ));
+                    }
+                    (None, None) => {
+                        let reason = if self.redis_url.is_some() {
+                            "is jwt (the default with REDIS_URL) but neither RELAY_JWT_SECRET nor RELAY_JWT_PUBLIC_KEY_FILE is set; set one, or RELAY_AUTH=none to run without authentication"
+                        } else {
+                            "is jwt but neither RELAY_JWT_SECRET nor RELAY_JWT_PUBLIC_KEY_FILE is set"
+                        };
+                        return Err(invalid("RELAY_AUTH", "auth", reason));
+                    }
+                };
+                Some(JwtSettings {
+                    key,
+                    issuer: self.jwt_issuer.filter(|issuer| !issuer.is_empty()),
+                    audience: self.jwt_audience.filter(|audience| !audience.is_empty()),
+                    leeway: Duration::from_secs(self.jwt_leeway_secs),
+                })
+            }
+        };
+        let max_connections = at_least(self.max_connections, 1, "RELAY_MAX_CONNECTIONS", "max-connections")?;
         let allowed_origins = parse_origins(&self.allowed_origins)?;
         Ok(Settings {
             listen: self.listen,
@@ -335,6 +402,9 @@ impl Cli {
             sse_keepalive: Duration::from_secs(sse_keepalive_secs),
             drain: Duration::from_secs(self.drain_secs),
             auth,
+            jwt,
+            max_connections,
+            max_connections_per_client: self.max_connections_per_client,
             allowed_origins,
             log_format: self.log_format,
         })
@@ -470,6 +540,36 @@ mod tests {
             panic!()
         };
         assert!(line.contains("RELAY_MAX_REPLAY"), "{line}");
+    }
+
+    #[test]
+    fn jwt_needs_exactly_one_long_enough_key() {
+        let line = |args: &[&str]| match parse(args).unwrap_err() {
+            SettingsFailure::Invalid(line) => line,
+            SettingsFailure::Display(_) => panic!(),
+        };
+        assert!(line(&["--auth", "jwt"]).contains("RELAY_JWT_SECRET nor RELAY_JWT_PUBLIC_KEY_FILE"));
+        assert!(line(&["--redis-url", "redis://127.0.0.1"]).contains("the default with REDIS_URL"));
+        assert!(line(&["--auth", "jwt", "--jwt-secret", "short"]).contains("shorter than 32 bytes"));
+        let both = [
+            "--auth",
+            "jwt",
+            "--jwt-secret",
+            &"s".repeat(40),
+            "--jwt-public-key-file",
+            "/k.pem",
+        ];
+        assert!(line(&both).contains("both set"));
+        let settings = parse(&["--auth", "jwt", "--jwt-secret", &"s".repeat(40), "--jwt-issuer", "i"]).unwrap();
+        let jwt = settings.jwt.unwrap();
+        assert_eq!(jwt.issuer.as_deref(), Some("i"));
+        assert_eq!(jwt.leeway, Duration::from_secs(10));
+        assert!(
+            parse(&["--redis-url", "redis://127.0.0.1", "--auth", "none"])
+                .unwrap()
+                .jwt
+                .is_none()
+        );
     }
 
     #[test]

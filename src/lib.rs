@@ -32,9 +32,9 @@ use std::time::Duration;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::auth::Authenticator;
+use crate::auth::{Authenticator, JwtKey, JwtVerifier};
 use crate::broker::{Broker, MemoryBroker, RedisBroker, RetentionSettings};
-use crate::config::{AuthMode, Settings};
+use crate::config::{JwtKeySource, Settings};
 use crate::node::Node;
 
 /// Why a node could not start.
@@ -51,6 +51,9 @@ pub enum StartError {
     /// The configured broker cannot be used.
     #[error("{0}")]
     Broker(String),
+    /// The authentication settings cannot be used.
+    #[error("{0}")]
+    Auth(String),
 }
 
 /// A node that serves on its listener until drained.
@@ -107,21 +110,36 @@ async fn build_broker(settings: &Settings) -> Result<Arc<dyn Broker>, StartError
     }
 }
 
+fn build_authenticator(settings: &Settings) -> Result<Authenticator, StartError> {
+    let Some(jwt) = &settings.jwt else {
+        return Ok(Authenticator::Open);
+    };
+    let pem;
+    let key = match &jwt.key {
+        JwtKeySource::Secret(secret) => JwtKey::Secret(secret),
+        JwtKeySource::PublicKeyFile(path) => {
+            pem = std::fs::read(path).map_err(|error| {
+                StartError::Auth(format!(
+                    "cannot read RELAY_JWT_PUBLIC_KEY_FILE {}: {error}",
+                    path.display()
+                ))
+            })?;
+            JwtKey::PublicKeyPem(&pem)
+        }
+    };
+    let verifier = JwtVerifier::new(key, jwt.issuer.as_deref(), jwt.audience.as_deref(), jwt.leeway)
+        .map_err(|error| StartError::Auth(error.to_string()))?;
+    Ok(Authenticator::Jwt(Box::new(verifier)))
+}
+
 /// Builds the node, binds the listener and starts serving in the background.
 /// Logs the one start-up line.
 ///
 /// # Errors
 /// [`StartError`] when the broker or the listener cannot be set up.
 pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
+    let authenticator = build_authenticator(&settings)?;
     let broker = build_broker(&settings).await?;
-    let authenticator = match settings.auth {
-        AuthMode::None => Authenticator::Open,
-        AuthMode::Jwt => {
-            return Err(StartError::Broker(
-                "RELAY_AUTH=jwt is not available in this build".to_owned(),
-            ));
-        }
-    };
     let address = settings.listen;
     let listener = tokio::net::TcpListener::bind(address)
         .await

@@ -12,7 +12,7 @@ use crate::auth::Authenticator;
 use crate::broker::{Broker, BrokerError, PublishOutcome, PublishRequest};
 use crate::config::Settings;
 use crate::protocol::{DecodeLimits, MessageFrameTail, RoomName, server_frame::AnnouncedLimits};
-use crate::session::{AddressRateLimiter, RoomHub};
+use crate::session::{AddressRateLimiter, Admission, RoomHub};
 use crate::telemetry::Metrics;
 
 /// The shared state of a node.
@@ -29,6 +29,8 @@ pub struct Node {
     pub authenticator: Authenticator,
     /// HTTP publish limits per client address.
     pub http_publish_limiter: AddressRateLimiter,
+    /// Connection caps per node and per client.
+    pub admission: Arc<Admission>,
     /// Cancelled when the node starts draining.
     pub draining: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
@@ -43,6 +45,7 @@ impl Node {
         let metrics = Arc::new(Metrics::new(&settings.node_id, broker.kind()));
         let hub = RoomHub::new(broker.clone(), metrics.clone(), settings.outbound_queue);
         let http_publish_limiter = AddressRateLimiter::new(settings.publish_rate);
+        let admission = Admission::new(settings.max_connections, settings.max_connections_per_client);
         Arc::new(Self {
             settings,
             broker,
@@ -50,6 +53,7 @@ impl Node {
             metrics,
             authenticator,
             http_publish_limiter,
+            admission,
             draining: CancellationToken::new(),
             connections: TaskTracker::new(),
             last_ts_ms: AtomicU64::new(0),

@@ -126,6 +126,49 @@ pub(crate) fn identify(node: &Node, headers: &HeaderMap, query: &AuthQuery) -> R
         .map_err(|error| ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, error.to_string()))
 }
 
+/// Takes a connection place for a client: keyed by token subject with
+/// authentication, else by address (a self-declared `user` proves nothing).
+pub(crate) fn admit(
+    node: &Node,
+    identity: &Identity,
+    address: Option<std::net::SocketAddr>,
+) -> Result<crate::session::ConnectionSlot, ApiError> {
+    let client = match (&node.authenticator, identity.subject(), address) {
+        (crate::auth::Authenticator::Jwt(_), Some(subject), _) => format!("sub:{subject}"),
+        (_, _, Some(address)) => format!("ip:{}", address.ip()),
+        _ => "unknown".to_owned(),
+    };
+    node.admission.admit(&client).map_err(|refusal| match refusal {
+        crate::session::AdmissionRefusal::NodeFull => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Overloaded,
+            "this node is at its connection limit; connect again to reach another node",
+        )
+        .retry_after(Duration::from_secs(1)),
+        crate::session::AdmissionRefusal::ClientFull => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            "too many open connections for this client (RELAY_MAX_CONNECTIONS_PER_CLIENT); close some first",
+        )
+        .retry_after(Duration::from_secs(5)),
+    })
+}
+
+/// How long until a token's expiry (plus the leeway), from now.
+pub(crate) fn until_expiry(node: &Node, identity: &Identity) -> Option<Duration> {
+    let expires_at = identity.expires_at()?;
+    let leeway = match &node.authenticator {
+        crate::auth::Authenticator::Jwt(verifier) => verifier.leeway_secs(),
+        crate::auth::Authenticator::Open => 0,
+    };
+    let deadline = std::time::UNIX_EPOCH + Duration::from_secs(expires_at.saturating_add(leeway));
+    Some(
+        deadline
+            .duration_since(std::time::SystemTime::now())
+            .unwrap_or(Duration::ZERO),
+    )
+}
+
 /// Validates the `{room}` path segment.
 pub(crate) fn room_from_path(room: &str) -> Result<RoomName, ApiError> {
     RoomName::parse(room).map_err(|error| ApiError::invalid_room(error.to_string()))

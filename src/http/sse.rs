@@ -14,7 +14,7 @@ use bytes::{Bytes, BytesMut};
 use futures_util::stream;
 use std::sync::Arc;
 
-use super::{ApiError, AuthQuery, GaugeGuard, bad_query, identify, room_from_path};
+use super::{ApiError, AuthQuery, GaugeGuard, admit, bad_query, identify, room_from_path, until_expiry};
 use crate::node::Node;
 use crate::protocol::{ErrorCode, MessageId, ReplayRequest, server_frame};
 use crate::session::{ConnectionHandle, ConnectionQueues, Outbound, ResumeError, ResumeTarget, subscribe_and_resume};
@@ -32,11 +32,13 @@ pub(crate) struct EventsQuery {
 /// Opens an event stream.
 pub async fn events(
     State(node): State<Arc<Node>>,
+    connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     room: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Response {
-    match open_stream(node, room, &headers, query).await {
+    let address = connect_info.map(|info| info.0.0);
+    match open_stream(node, address, room, &headers, query).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
@@ -44,6 +46,7 @@ pub async fn events(
 
 async fn open_stream(
     node: Arc<Node>,
+    address: Option<std::net::SocketAddr>,
     room: Result<Path<String>, PathRejection>,
     headers: &HeaderMap,
     query: Result<Query<EventsQuery>, QueryRejection>,
@@ -62,6 +65,10 @@ async fn open_stream(
             format!("your token does not allow reading {room}"),
         ));
     }
+    let slot = admit(&node, &identity, address)?;
+    // The stream ends when the token expires; the browser reconnects with
+    // a fresh one (and Last-Event-ID).
+    let expiry = until_expiry(&node, &identity).map(|left| Box::pin(tokio::time::sleep(left)));
     let last_event_id = headers
         .get("last-event-id")
         .and_then(|value| value.to_str().ok())
@@ -121,6 +128,8 @@ async fn open_stream(
         .get_or_create(&TransportLabel { transport: "sse" })
         .clone();
     let state = StreamState {
+        expiry,
+        _slot: slot,
         guard: GaugeGuard::inc(gauge),
         node,
         queues,
@@ -138,6 +147,8 @@ async fn open_stream(
 }
 
 struct StreamState {
+    expiry: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+    _slot: crate::session::ConnectionSlot,
     node: Arc<Node>,
     queues: ConnectionQueues,
     keepalive: tokio::time::Interval,
@@ -180,6 +191,7 @@ async fn next_chunk(mut state: StreamState) -> Option<(Chunk, StreamState)> {
                 let event = control_event("reconnect", &server_frame::reconnect("draining", fastrand::u64(0..window_ms)));
                 return Some((Ok(event), state));
             }
+            () = async { if let Some(expiry) = state.expiry.as_mut() { expiry.await } else { std::future::pending().await } } => return None,
             item = state.queues.replies.recv() => item,
             item = state.queues.live.recv() => item,
             _ = state.keepalive.tick() => return Some((Ok(Bytes::from_static(b": keepalive\n\n")), state)),

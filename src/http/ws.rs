@@ -17,12 +17,13 @@ use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 
-use super::{ApiError, AuthQuery, GaugeGuard, bad_query, identify};
+use super::{ApiError, AuthQuery, GaugeGuard, admit, bad_query, identify, until_expiry};
 use crate::auth::Identity;
 use crate::node::Node;
 use crate::protocol::{ErrorCode, close_code, server_frame};
 use crate::session::{
-    ClientSession, ConnectionHandle, ConnectionQueues, MAX_PUBLISHES_IN_FLIGHT, Outbound, SessionVerdict,
+    ClientSession, ConnectionHandle, ConnectionQueues, ConnectionSlot, MAX_PUBLISHES_IN_FLIGHT, Outbound,
+    SessionVerdict,
 };
 use crate::telemetry::TransportLabel;
 
@@ -38,6 +39,7 @@ const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// Handles the upgrade: draining, origin and credentials are checked first.
 pub async fn upgrade(
     State(node): State<Arc<Node>>,
+    connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     query: Result<Query<AuthQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -63,6 +65,10 @@ pub async fn upgrade(
         Ok(identity) => identity,
         Err(error) => return error.into_response(),
     };
+    let slot = match admit(&node, &identity, connect_info.map(|info| info.0.0)) {
+        Ok(slot) => slot,
+        Err(error) => return error.into_response(),
+    };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
         Err(rejection) => {
@@ -78,7 +84,7 @@ pub async fn upgrade(
         .max_write_buffer_size(WRITE_BUFFER_BYTES + settings.max_frame_bytes.max(settings.max_message_bytes + 4096) * 2)
         .max_message_size(settings.max_frame_bytes)
         .max_frame_size(settings.max_frame_bytes)
-        .on_upgrade(move |socket| tracker.track_future(serve_socket(node, identity, socket)))
+        .on_upgrade(move |socket| tracker.track_future(serve_socket(node, identity, slot, socket)))
 }
 
 enum ReadEnd {
@@ -86,7 +92,7 @@ enum ReadEnd {
     Close { code: u16, reason: &'static str },
 }
 
-async fn serve_socket(node: Arc<Node>, identity: Identity, socket: WebSocket) {
+async fn serve_socket(node: Arc<Node>, identity: Identity, _slot: ConnectionSlot, socket: WebSocket) {
     let _open = GaugeGuard::inc(
         node.metrics
             .connections
@@ -103,7 +109,7 @@ async fn serve_socket(node: Arc<Node>, identity: Identity, socket: WebSocket) {
     let writer = write_socket(&node, sink, queues, &missed_pongs);
     tokio::pin!(writer);
     let end = tokio::select! {
-        end = read_socket(stream, &mut session, &missed_pongs) => end,
+        end = read_socket(&node, stream, &mut session, &missed_pongs) => end,
         () = &mut writer => return,
     };
     // Leave every room before the socket goes.
@@ -117,13 +123,30 @@ async fn serve_socket(node: Arc<Node>, identity: Identity, socket: WebSocket) {
 }
 
 async fn read_socket(
+    node: &Node,
     mut stream: SplitStream<WebSocket>,
     session: &mut ClientSession,
     missed_pongs: &AtomicU32,
 ) -> ReadEnd {
+    // One timer per connection, moved when a refresh changes the expiry.
+    let far_future = Duration::from_secs(100 * 365 * 24 * 3600);
+    let deadline = |session: &ClientSession| {
+        tokio::time::Instant::now() + until_expiry(node, session.identity()).unwrap_or(far_future)
+    };
+    let expiry = tokio::time::sleep_until(deadline(session));
+    tokio::pin!(expiry);
+    let mut expiry_version = session.identity_version();
     let end = loop {
+        if session.identity_version() != expiry_version {
+            expiry_version = session.identity_version();
+            expiry.as_mut().reset(deadline(session));
+        }
         let received = tokio::select! {
             biased;
+            () = &mut expiry => {
+                let SessionVerdict::Close { code, reason } = session.token_expired().await else { continue };
+                break ReadEnd::Close { code, reason };
+            }
             Some(reply) = session.next_publish_reply() => {
                 if !session.deliver_reply(reply).await {
                     return ReadEnd::ClientClosed;

@@ -55,6 +55,8 @@ pub struct ClientSession {
     /// the broker in frame order (which fixes the commit order); this only
     /// orders the acks.
     publishes_in_flight: FuturesOrdered<PendingReply>,
+    /// Bumped when a refresh replaces the identity (and so its expiry).
+    identity_version: u64,
 }
 
 struct Refusal<'a> {
@@ -85,6 +87,36 @@ impl ClientSession {
             publish_limiter,
             invalid_frames,
             publishes_in_flight: FuturesOrdered::new(),
+            identity_version: 0,
+        }
+    }
+
+    /// Who the client is now.
+    #[must_use]
+    pub fn identity(&self) -> &Identity {
+        &self.identity
+    }
+
+    /// Changes whenever a refresh replaces the identity.
+    #[must_use]
+    pub fn identity_version(&self) -> u64 {
+        self.identity_version
+    }
+
+    /// The token expired: says so and asks for close 4001.
+    pub async fn token_expired(&mut self) -> SessionVerdict {
+        let message = "your token has expired; connect again with a new token, or send refresh before it expires";
+        self.refuse(Refusal {
+            req: None,
+            code: ErrorCode::Unauthorized,
+            message,
+            room: None,
+            retry_after_ms: None,
+        })
+        .await;
+        SessionVerdict::Close {
+            code: close_code::TOKEN_EXPIRED,
+            reason: "token expired",
         }
     }
 
@@ -183,19 +215,76 @@ impl ClientSession {
             }
             ClientRequest::Publish { room, body, cmid } => self.publish(req, room, body, cmid).await,
             ClientRequest::Ping => self.reply(server_frame::pong(req)).await,
-            ClientRequest::Refresh { .. } => {
-                let message = "this node runs without authentication (RELAY_AUTH=none); there is no token to refresh";
-                self.refuse(Refusal {
+            ClientRequest::Refresh { token } => return self.refresh(req, &token).await,
+        };
+        if delivered { SessionVerdict::Continue } else { gone() }
+    }
+
+    /// Replaces the identity with a new token's: same subject required;
+    /// rooms it no longer allows are left, each with a `forbidden` error.
+    async fn refresh(&mut self, req: Option<&RequestTag>, token: &str) -> SessionVerdict {
+        if matches!(self.node.authenticator, crate::auth::Authenticator::Open) {
+            let message = "this node runs without authentication (RELAY_AUTH=none); there is no token to refresh";
+            let delivered = self
+                .refuse(Refusal {
                     req,
                     code: ErrorCode::BadRequest,
                     message,
                     room: None,
                     retry_after_ms: None,
                 })
-                .await
+                .await;
+            return if delivered { SessionVerdict::Continue } else { gone() };
+        }
+        let refused = match self.node.authenticator.refresh(token) {
+            Err(error) => Some(error.to_string()),
+            Ok(identity) if identity.subject() != self.identity.subject() => {
+                Some("the new token is for another subject; connect again to change user".to_owned())
+            }
+            Ok(identity) => {
+                self.identity = identity;
+                self.identity_version += 1;
+                None
             }
         };
-        if delivered { SessionVerdict::Continue } else { gone() }
+        if let Some(message) = refused {
+            self.refuse(Refusal {
+                req,
+                code: ErrorCode::Unauthorized,
+                message: &message,
+                room: None,
+                retry_after_ms: None,
+            })
+            .await;
+            return SessionVerdict::Close {
+                code: close_code::TOKEN_EXPIRED,
+                reason: "token refused",
+            };
+        }
+        let no_longer_allowed: Vec<RoomName> = self
+            .subscriptions
+            .keys()
+            .filter(|room| !self.identity.may_subscribe(room))
+            .cloned()
+            .collect();
+        for room in no_longer_allowed {
+            self.subscriptions.remove(&room);
+            let message = format!("your refreshed token no longer allows reading {room}; you were unsubscribed");
+            self.refuse(Refusal {
+                req: None,
+                code: ErrorCode::Forbidden,
+                message: &message,
+                room: Some(&room),
+                retry_after_ms: None,
+            })
+            .await;
+        }
+        let exp = self.identity.expires_at().unwrap_or(0);
+        if self.reply(server_frame::refreshed(req, exp)).await {
+            SessionVerdict::Continue
+        } else {
+            gone()
+        }
     }
 
     async fn subscribe(&mut self, req: Option<&RequestTag>, room: RoomName, replay: ReplayRequest) -> SessionVerdict {

@@ -5,12 +5,14 @@
 //! Uses `broker` and `protocol`; knows nothing of sockets beyond the frame
 //! type the WebSocket writer sends.
 
+mod admission;
 mod client;
 mod hub;
 mod outbound;
 mod rate_limit;
 mod resume;
 
+pub use admission::{Admission, ConnectionSlot, Refusal as AdmissionRefusal};
 pub use client::{ClientSession, MAX_PUBLISHES_IN_FLIGHT, SessionVerdict};
 pub use hub::{RoomHub, Subscription};
 pub use outbound::{ConnectionHandle, ConnectionQueues, LiveMessage, Outbound, REPLY_QUEUE_CAPACITY};
