@@ -42,6 +42,8 @@ impl RelayProcess {
             .env("RELAY_LOG_FORMAT", "json")
             .env("RELAY_NODE_ID", node_id)
             .env("RELAY_PUBLISH_RATE", "100000")
+            // Every test client comes from 127.0.0.1.
+            .env("RELAY_MAX_CONNECTIONS_PER_CLIENT", "0")
             .env("RUST_LOG", "info");
         for (name, value) in extra {
             command.env(name, value);
@@ -85,6 +87,18 @@ impl RelayProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// The process id, for signals.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Waits for the process to exit.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        let status = self.child.wait().expect("wait for the node");
+        std::mem::forget(self);
+        status
     }
 
     /// SIGKILL: no drain, no goodbye.
