@@ -291,12 +291,20 @@ async fn an_expired_token_closes_its_connection_with_4001_within_a_second() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn refresh_extends_a_connection_and_narrowing_unsubscribes() {
+async fn refresh_extends_widens_and_narrowing_unsubscribes() {
     let relay = jwt_relay(&[]).await;
     let mut client = connect_with(&relay, &hs256(&claims("ann", &["a", "b"], &[], 2))).await;
     client.subscribe("a", json!({})).await;
     client.subscribe("b", json!({})).await;
-    let longer = claims("ann", &["a"], &[], 30);
+    client
+        .send_json(json!({"type": "subscribe", "room": "c", "req": "c-before"}))
+        .await;
+    assert_eq!(
+        client.reply_to("c-before").await["code"],
+        "forbidden",
+        "c is not granted yet"
+    );
+    let longer = claims("ann", &["a"], &["c"], 30);
     client
         .send_json(json!({"type": "refresh", "token": hs256(&longer), "req": "r1"}))
         .await;
@@ -308,6 +316,7 @@ async fn refresh_extends_a_connection_and_narrowing_unsubscribes() {
         (dropped["code"].as_str(), dropped["room"].as_str()),
         (Some("forbidden"), Some("b"))
     );
+    client.subscribe("c", json!({})).await; // widened: c is readable now
     let mut publisher = connect_with(&relay, &hs256(&claims("pub", &["*"], &[], 60))).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
     publisher.publish("b", json!("not for ann any more"), None).await;
