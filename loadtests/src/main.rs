@@ -7,11 +7,13 @@
 //!   subscribers of another node, the time from the publisher's send to each
 //!   subscriber's receive (one clock: both ends run in this process), with
 //!   an HDR histogram; checks every subscriber got every message in order.
+//! - `idle`: server memory per idle WebSocket connection (RSS growth).
 //!
 //! Each prints a human summary and one JSON line (`--json`) for scripts. The
 //! generator runs on one thread, as redis-benchmark does, so that on a small
 //! machine it leaves the other cores to the system under test.
 
+mod idle;
 mod latency;
 mod throughput;
 mod wire;
@@ -31,6 +33,8 @@ enum Scenario {
     Throughput(throughput::Options),
     /// Publish-to-delivery latency across nodes.
     Latency(latency::Options),
+    /// Server memory per idle connection.
+    Idle(idle::Options),
 }
 
 #[tokio::main(flavor = "current_thread")]
@@ -38,5 +42,6 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Throughput(options) => throughput::run(options).await,
         Scenario::Latency(options) => latency::run(options).await,
+        Scenario::Idle(options) => idle::run(options).await,
     }
 }

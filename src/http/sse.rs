@@ -198,8 +198,8 @@ async fn next_chunk(mut state: StreamState) -> Option<(Chunk, StreamState)> {
         };
         match item {
             Some(Outbound::Message(message)) => return Some((Ok(message.sse_event()), state)),
-            Some(Outbound::Control { event, text }) => {
-                return Some((Ok(control_event(event, &text)), state));
+            Some(Outbound::Control { kind, text }) => {
+                return Some((Ok(control_event(kind.event_name(), &text)), state));
             }
             Some(Outbound::Barrier(reached)) => {
                 let _ = reached.send(());

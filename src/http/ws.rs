@@ -30,7 +30,7 @@ use crate::telemetry::TransportLabel;
 /// Frames written per flush at most.
 pub const WRITE_BATCH: usize = 64;
 /// Bytes the reader buffers per connection (grows for a larger frame).
-const READ_BUFFER_BYTES: usize = 2048;
+const READ_BUFFER_BYTES: usize = 1024;
 /// Bytes the writer collects before writing to the socket.
 const WRITE_BUFFER_BYTES: usize = 8192;
 /// How long a closing connection may take to flush its last frames.

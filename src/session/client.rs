@@ -11,7 +11,7 @@ use futures_util::stream::FuturesOrdered;
 use tokio::sync::mpsc;
 
 use super::hub::Subscription;
-use super::outbound::{ConnectionHandle, Outbound};
+use super::outbound::{ConnectionHandle, ControlKind, Outbound};
 use super::rate_limit::{InvalidFrameBudget, PublishRateLimiter};
 use super::resume::{ResumeError, ResumeTarget, subscribe_and_resume};
 use crate::auth::Identity;
@@ -142,7 +142,7 @@ impl ClientSession {
     #[must_use]
     pub fn welcome(&self) -> Outbound {
         Outbound::control(
-            "welcome",
+            ControlKind::Welcome,
             server_frame::welcome(
                 &self.node.settings.node_id,
                 self.identity.subject(),
@@ -152,7 +152,10 @@ impl ClientSession {
     }
 
     async fn reply(&mut self, json: String) -> bool {
-        self.replies.send(Outbound::control("reply", json)).await.is_ok()
+        self.replies
+            .send(Outbound::control(ControlKind::Reply, json))
+            .await
+            .is_ok()
     }
 
     async fn refuse(&mut self, refusal: Refusal<'_>) -> bool {
@@ -318,7 +321,16 @@ impl ClientSession {
             connection: self.connection.clone(),
             req,
         };
-        match subscribe_and_resume(&self.node.hub, &room, replay, self.node.settings.max_replay, target).await {
+        // Boxed: it is large and rare, and would otherwise size every connection's future.
+        match Box::pin(subscribe_and_resume(
+            &self.node.hub,
+            &room,
+            replay,
+            self.node.settings.max_replay,
+            target,
+        ))
+        .await
+        {
             Ok(resumed) => {
                 self.node
                     .metrics

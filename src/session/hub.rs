@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use axum::extract::ws::Utf8Bytes;
 
-use super::outbound::{ConnectionHandle, LiveMessage, Outbound};
+use super::outbound::{ConnectionHandle, ControlKind, LiveMessage, Outbound};
 use crate::broker::{Broker, BrokerError, LiveSink, StoredMessage};
 use crate::protocol::{MessageId, RoomName, server_frame};
 use crate::telemetry::Metrics;
@@ -261,7 +261,7 @@ impl RoomHub {
             // A buffering subscriber finds the break itself from the chain.
             if matches!(subscriber.mode, Mode::Live { .. }) {
                 subscriber.connection.offer(Outbound::Control {
-                    event: "gap",
+                    kind: ControlKind::Gap,
                     text: text.clone(),
                 });
             }

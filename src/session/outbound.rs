@@ -65,15 +65,42 @@ impl LiveMessage {
     }
 }
 
+/// The kind of a control frame, which is its SSE event name. One byte, so
+/// that every slot of every connection's queues stays small.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlKind {
+    /// `welcome`.
+    Welcome,
+    /// `subscribed`.
+    Subscribed,
+    /// `gap`.
+    Gap,
+    /// Replies only WebSockets carry: `ack`, `error`, `pong`, ...
+    Reply,
+}
+
+impl ControlKind {
+    /// The SSE event name.
+    #[must_use]
+    pub const fn event_name(self) -> &'static str {
+        match self {
+            ControlKind::Welcome => "welcome",
+            ControlKind::Subscribed => "subscribed",
+            ControlKind::Gap => "gap",
+            ControlKind::Reply => "reply",
+        }
+    }
+}
+
 /// One item on a connection's queues.
 #[derive(Debug)]
 pub enum Outbound {
     /// A room message.
     Message(Arc<LiveMessage>),
-    /// A control frame (JSON) with its SSE event name.
+    /// A control frame (JSON).
     Control {
-        /// SSE event name: `subscribed`, `gap`, `reconnect`, `error`, ...
-        event: &'static str,
+        /// What it is (and its SSE event name).
+        kind: ControlKind,
         /// The JSON frame.
         text: Utf8Bytes,
     },
@@ -92,9 +119,9 @@ pub enum Outbound {
 impl Outbound {
     /// A control frame.
     #[must_use]
-    pub fn control(event: &'static str, json: String) -> Self {
+    pub fn control(kind: ControlKind, json: String) -> Self {
         Outbound::Control {
-            event,
+            kind,
             text: Utf8Bytes::from(json),
         }
     }
@@ -183,7 +210,7 @@ mod tests {
     #[test]
     fn a_full_live_queue_marks_the_connection_slow_instead_of_dropping_silently() {
         let (handle, _replies, mut queues) = ConnectionHandle::new(2);
-        let control = || Outbound::control("gap", "{}".to_owned());
+        let control = || Outbound::control(ControlKind::Gap, "{}".to_owned());
         assert!(handle.offer(control()));
         assert!(handle.offer(control()));
         assert!(!handle.is_slow());
@@ -202,5 +229,18 @@ mod tests {
         };
         let live = LiveMessage::from_stored(&stored).unwrap();
         assert_eq!(&live.sse_event()[..], b"event: message\nid: 3-1\ndata: {\"a\":1}\n\n");
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    #[test]
+    fn a_queue_slot_stays_small() {
+        // Every connection's two queues allocate 32 slots each up front.
+        assert!(
+            std::mem::size_of::<super::Outbound>() <= 40,
+            "{}",
+            std::mem::size_of::<super::Outbound>()
+        );
     }
 }

@@ -17,7 +17,7 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use super::hub::{RoomHub, Subscription, live_message};
-use super::outbound::{ConnectionHandle, LiveMessage, Outbound};
+use super::outbound::{ConnectionHandle, ControlKind, LiveMessage, Outbound};
 use crate::broker::{Broker, BrokerError};
 use crate::protocol::{MessageId, ReplayRequest, RequestTag, RoomName, server_frame};
 
@@ -130,7 +130,7 @@ pub async fn subscribe_and_resume(
     send(
         target.replies,
         Outbound::control(
-            "subscribed",
+            ControlKind::Subscribed,
             server_frame::subscribed(target.req, room, history.recovered, replayed),
         ),
     )
@@ -191,7 +191,10 @@ async fn fill_from_history(
             if message.prev != cursor {
                 send(
                     replies,
-                    Outbound::control("gap", server_frame::gap(room, Some(cursor), Some(message.id))),
+                    Outbound::control(
+                        ControlKind::Gap,
+                        server_frame::gap(room, Some(cursor), Some(message.id)),
+                    ),
                 )
                 .await?;
             }
@@ -205,7 +208,7 @@ async fn fill_from_history(
     if next.prev != cursor {
         send(
             replies,
-            Outbound::control("gap", server_frame::gap(room, Some(cursor), Some(next.id))),
+            Outbound::control(ControlKind::Gap, server_frame::gap(room, Some(cursor), Some(next.id))),
         )
         .await?;
     }
