@@ -102,18 +102,7 @@ async fn a_draining_node_tells_every_client_and_they_resume_elsewhere_losing_not
     }
 
     publisher.await.unwrap();
-    let history = {
-        let mut all: Vec<Value> = Vec::new();
-        let mut after = "0-0".to_owned();
-        loop {
-            let (_, page) =
-                common::http_get_json(&staying.url(&format!("/v1/rooms/d/messages?after={after}&limit=1000"))).await;
-            let page = page["messages"].as_array().cloned().unwrap_or_default();
-            let Some(last) = page.last() else { break all };
-            after = last["id"].as_str().unwrap().to_owned();
-            all.extend(page);
-        }
-    };
+    let history = common::history_at(&staying.url(""), "d", 1000).await;
     assert_eq!(history.len(), MESSAGES);
     for (index, (mut messages, mut resumed)) in survivors.into_iter().enumerate() {
         let already = messages.len();

@@ -12,19 +12,10 @@ use common::redis::TestRedis;
 use common::{WsClient, assert_exact_sequence, http_get_json};
 use serde_json::{Value, json};
 
-/// Every message of a room, oldest first, through a node's history API.
+/// Every message of a room, oldest first, through a node's history API
+/// (pages of 20: some nodes here have a small max_replay).
 async fn history(node: &RelayProcess, room: &str) -> Vec<Value> {
-    let mut all: Vec<Value> = Vec::new();
-    let mut after = "0-0".to_owned();
-    loop {
-        let (status, body) =
-            http_get_json(&node.url(&format!("/v1/rooms/{room}/messages?after={after}&limit=20"))).await;
-        assert_eq!(status, 200, "{body}");
-        let page = body["messages"].as_array().cloned().unwrap_or_default();
-        let Some(last) = page.last() else { return all };
-        after = last["id"].as_str().unwrap().to_owned();
-        all.extend(page);
-    }
+    common::history_at(&node.url(""), room, 20).await
 }
 
 /// Publishes until acked, retrying `unavailable` with the same cmid.

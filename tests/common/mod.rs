@@ -348,11 +348,16 @@ pub async fn http_get_json(url: &str) -> (u16, Value) {
 
 /// Every message of a room's history, oldest first, paging with `after`.
 pub async fn full_history(relay: &TestRelay, room: &str, page: usize) -> Vec<Value> {
+    history_at(&relay.url(""), room, page).await
+}
+
+/// The same through any node, given its base URL (`http://host:port`).
+pub async fn history_at(base: &str, room: &str, page: usize) -> Vec<Value> {
     let mut all: Vec<Value> = Vec::new();
     let mut after = "0-0".to_owned();
     loop {
         let (status, body) =
-            http_get_json(&relay.url(&format!("/v1/rooms/{room}/messages?after={after}&limit={page}"))).await;
+            http_get_json(&format!("{base}/v1/rooms/{room}/messages?after={after}&limit={page}")).await;
         assert_eq!(status, 200, "history page: {body}");
         let messages = body["messages"].as_array().expect("messages array").clone();
         if messages.is_empty() {
