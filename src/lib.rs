@@ -4,7 +4,8 @@
 //! `broker` and `protocol`; `broker` and `protocol` never import axum):
 //! - [`config`]: settings from flags and environment, validated, no I/O.
 //! - [`protocol`]: wire types, ids, room names, frame decoding and encoding.
-//! - [`broker`]: the [`broker::Broker`] seam and the embedded memory broker.
+//! - [`broker`]: the [`broker::Broker`] seam, the embedded memory broker and
+//!   the Redis broker.
 //! - [`session`]: room hub (fan-out, live-feed repair), resume, queues,
 //!   rate limits, per-connection frame handling.
 //! - [`http`]: the axum router: WebSocket, SSE, REST, health, metrics.

@@ -115,11 +115,12 @@ impl Node {
         async move {
             let outcome = pending.await?;
             metrics.publish_duration.observe(started.elapsed().as_secs_f64());
-            let outcome_label = if outcome.duplicate { "duplicate" } else { "stored" };
-            metrics
-                .messages_published
-                .get_or_create(&crate::telemetry::OutcomeLabel { outcome: outcome_label })
-                .inc();
+            if outcome.duplicate {
+                &metrics.published_duplicate
+            } else {
+                &metrics.published_stored
+            }
+            .inc();
             Ok(outcome)
         }
     }

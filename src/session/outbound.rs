@@ -8,7 +8,6 @@
 
 use std::sync::Arc;
 use std::sync::OnceLock;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::{Bytes, BytesMut};
@@ -127,12 +126,9 @@ impl Outbound {
     }
 }
 
-static NEXT_CONNECTION_ID: AtomicU64 = AtomicU64::new(1);
-
 /// The node's handle on one connection's live queue.
 #[derive(Debug, Clone)]
 pub struct ConnectionHandle {
-    id: u64,
     live: mpsc::Sender<Outbound>,
     slow: CancellationToken,
 }
@@ -157,7 +153,6 @@ impl ConnectionHandle {
         let (reply_tx, reply_rx) = mpsc::channel(REPLY_QUEUE_CAPACITY);
         let slow = CancellationToken::new();
         let handle = Self {
-            id: NEXT_CONNECTION_ID.fetch_add(1, Ordering::Relaxed),
             live: live_tx,
             slow: slow.clone(),
         };
@@ -170,12 +165,6 @@ impl ConnectionHandle {
                 slow,
             },
         )
-    }
-
-    /// A number unique to this connection within the process.
-    #[must_use]
-    pub fn id(&self) -> u64 {
-        self.id
     }
 
     /// Queues a live item; a full queue marks the connection slow instead.

@@ -63,6 +63,10 @@ pub struct Metrics {
     pub rooms: Gauge,
     /// Publishes committed, by outcome.
     pub messages_published: Family<OutcomeLabel, Counter>,
+    /// `relay_messages_published_total{outcome="stored"}`, fetched once.
+    pub published_stored: Counter,
+    /// `relay_messages_published_total{outcome="duplicate"}`, fetched once.
+    pub published_duplicate: Counter,
     /// Messages queued to subscribers (live fan-out and replay).
     pub messages_delivered: Counter,
     /// Time from receiving a publish to its commit by the broker.
@@ -111,9 +115,13 @@ impl Metrics {
             "Publishes committed through this node, by outcome (stored or duplicate)",
             messages_published.clone(),
         );
-        for outcome in ["stored", "duplicate"] {
-            let _ = messages_published.get_or_create(&OutcomeLabel { outcome });
-        }
+        // Kept as handles so a publish does not look the family up.
+        let published_stored = messages_published
+            .get_or_create(&OutcomeLabel { outcome: "stored" })
+            .clone();
+        let published_duplicate = messages_published
+            .get_or_create(&OutcomeLabel { outcome: "duplicate" })
+            .clone();
         let messages_delivered = Counter::default();
         registry.register(
             "relay_messages_delivered",
@@ -179,6 +187,8 @@ impl Metrics {
             subscriptions,
             rooms,
             messages_published,
+            published_stored,
+            published_duplicate,
             messages_delivered,
             publish_duration,
             slow_consumer_closes,
