@@ -19,7 +19,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    chat_relay::telemetry::init_logging(settings.log_format);
+    // Dropped last, after the runtime: sends the spans still queued.
+    let _telemetry = match chat_relay::telemetry::init(settings.log_format, &settings.node_id) {
+        Ok(guard) => guard,
+        Err(line) => {
+            eprintln!("chat-relay: {line}");
+            return ExitCode::from(2);
+        }
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(runtime) => runtime,
         Err(error) => {

@@ -3,7 +3,6 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -13,7 +12,8 @@ use crate::broker::{Broker, BrokerError, PublishOutcome, PublishRequest};
 use crate::config::Settings;
 use crate::protocol::{DecodeLimits, MessageFrameTail, RoomName, server_frame::AnnouncedLimits};
 use crate::session::{AddressRateLimiter, Admission, RoomHub};
-use crate::telemetry::Metrics;
+use crate::telemetry::{Metrics, trace_context};
+use tracing::Instrument;
 
 /// The shared state of a node.
 pub struct Node {
@@ -88,9 +88,7 @@ impl Node {
     /// Server time for a message's `ts`: wall-clock milliseconds, never
     /// going backwards on this node.
     fn message_ts_ms(&self) -> u64 {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX));
+        let now = crate::protocol::wall_clock_ms();
         let previous = self.last_ts_ms.fetch_max(now, Ordering::Relaxed);
         now.max(previous)
     }
@@ -110,9 +108,12 @@ impl Node {
     ) -> impl Future<Output = Result<PublishOutcome, BrokerError>> + Send + 'static {
         let started = std::time::Instant::now();
         let tail = MessageFrameTail::new(from, self.message_ts_ms(), cmid.as_deref(), body);
-        let pending = self.broker.publish(PublishRequest { room, cmid, tail });
+        // While traces are exported, the publish span is the parent of the
+        // broker's spans and its context travels with the message.
+        let span = trace_context::publish_span(&room);
+        let pending = span.in_scope(|| self.broker.publish(PublishRequest { room, cmid, tail }));
         let metrics = self.metrics.clone();
-        async move {
+        let committed = async move {
             let outcome = pending.await?;
             metrics.publish_duration.observe(started.elapsed().as_secs_f64());
             if outcome.duplicate {
@@ -122,6 +123,7 @@ impl Node {
             }
             .inc();
             Ok(outcome)
-        }
+        };
+        committed.instrument(span)
     }
 }

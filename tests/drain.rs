@@ -111,3 +111,106 @@ async fn a_draining_node_tells_every_client_and_they_resume_elsewhere_losing_not
         assert_exact_sequence(&format!("client {index}"), &messages, &history, "0-0");
     }
 }
+
+fn signal(node_pid: u32, name: &str) {
+    let status = std::process::Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(node_pid.to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+/// Holds every write to Redis (the publish script included) for `millis`.
+async fn pause_redis_writes(redis: &TestRedis, millis: u64) {
+    let mut connection = redis.command_connection().await;
+    let _: () = redis::cmd("CLIENT")
+        .arg("PAUSE")
+        .arg(millis)
+        .arg("WRITE")
+        .query_async(&mut connection)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn while_draining_newcomers_get_503_a_publish_in_flight_is_acked_and_sse_is_told() {
+    let redis = TestRedis::start().await;
+    let node = RelayProcess::spawn(&redis.url(), "drainer", &[("RELAY_DRAIN_SECS", "4")]);
+    let mut events = common::SseClient::open(&node.url("/v1/rooms/s/events"), &[]).await;
+    assert_eq!(events.status, 200);
+    assert_eq!(events.next_event().await.retry.as_deref(), Some("1000"));
+    events.next_named("subscribed").await;
+    let mut client = WsClient::connect_url(&node.ws_url()).await;
+
+    // The publish waits on a paused Redis while the drain begins.
+    pause_redis_writes(&redis, 1500).await;
+    client
+        .send_json(json!({"type": "publish", "room": "s", "body": "last words", "cmid": "w1", "req": 7}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    signal(node.pid(), "TERM");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let (status, _) = common::http_get_json(&node.url("/readyz")).await;
+    assert_eq!(status, 503, "readiness fails at once");
+    let upgrade = tokio_tungstenite::connect_async(node.ws_url()).await;
+    match upgrade {
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => assert_eq!(response.status(), 503),
+        other => panic!("a new WebSocket during the drain must get 503, got {other:?}"),
+    }
+    let newcomer = common::SseClient::open(&node.url("/v1/rooms/s/events"), &[]).await;
+    assert_eq!(newcomer.status, 503, "a new SSE stream during the drain gets 503");
+
+    let reconnect = events.next_named("reconnect").await.json();
+    assert_eq!(reconnect["reason"], "draining");
+    assert!(
+        reconnect["delay_ms"].as_u64().is_some_and(|delay| delay < 4000),
+        "{reconnect}"
+    );
+    assert!(
+        events.ended_within(Duration::from_secs(2)).await,
+        "the SSE stream ends after reconnect"
+    );
+
+    // The ack comes first, then reconnect, then 1012.
+    let ack = client.next_frame().await;
+    assert_eq!(ack["type"], "ack", "{ack}");
+    assert_eq!(ack["req"], 7);
+    let reconnect = client.next_frame().await;
+    assert_eq!(reconnect["type"], "reconnect", "{reconnect}");
+    let (code, _) = client.expect_close().await;
+    assert_eq!(code, 1012);
+    let exit = tokio::task::spawn_blocking(move || node.wait()).await.unwrap();
+    assert!(exit.success(), "exit status {exit}");
+
+    let survivor = RelayProcess::spawn(&redis.url(), "survivor", &[]);
+    let history = common::history_at(&survivor.url(""), "s", 10).await;
+    assert_eq!(history.len(), 1);
+    assert_eq!(history[0]["id"], ack["id"]);
+    assert_eq!(history[0]["body"], "last words");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_second_signal_ends_the_drain_at_once() {
+    let redis = TestRedis::start().await;
+    let node = RelayProcess::spawn(&redis.url(), "impatient", &[("RELAY_DRAIN_SECS", "30")]);
+    let mut client = WsClient::connect_url(&node.ws_url()).await;
+    // A publish held by a paused Redis keeps the drain busy for seconds.
+    pause_redis_writes(&redis, 5000).await;
+    client
+        .send_json(json!({"type": "publish", "room": "i", "body": 1, "req": 1}))
+        .await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    signal(node.pid(), "TERM");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let second = Instant::now();
+    signal(node.pid(), "INT");
+    let exit = tokio::task::spawn_blocking(move || node.wait()).await.unwrap();
+    let took = second.elapsed();
+    assert!(
+        took < Duration::from_millis(1000),
+        "exited {took:?} after the second signal"
+    );
+    assert_eq!(exit.code(), Some(1), "a cut-short drain exits 1");
+}

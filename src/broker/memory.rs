@@ -7,7 +7,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -17,7 +17,8 @@ use super::{
     Broker, BrokerError, HistoryPage, LiveSink, PendingPublish, PublishOutcome, PublishRequest, RetentionSettings,
     StoredMessage,
 };
-use crate::protocol::{MessageId, RoomName, server_frame};
+use crate::protocol::{MessageId, RoomName, server_frame, wall_clock_ms};
+use crate::telemetry::TraceParent;
 
 /// How often expired rooms and `cmid`s are swept out of memory.
 const SWEEP_INTERVAL: Duration = Duration::from_secs(30);
@@ -69,12 +70,6 @@ pub struct MemoryBroker {
     rooms: Mutex<HashMap<RoomName, Arc<Mutex<RoomHistory>>>>,
     live_rooms: Mutex<HashSet<RoomName>>,
     sink: Mutex<Option<Weak<dyn LiveSink>>>,
-}
-
-fn wall_clock_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -187,6 +182,7 @@ impl MemoryBroker {
             id,
             prev,
             frame: Bytes::from(frame),
+            trace: TraceParent::of_span(&tracing::Span::current()),
         });
         history.entries.push_back(message.clone());
         history.last_id = id;

@@ -16,6 +16,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::protocol::{MessageFrameTail, MessageId, RoomName};
+use crate::telemetry::TraceParent;
 
 pub use memory::MemoryBroker;
 pub use redis::{RedisBroker, RedisStartError};
@@ -40,6 +41,9 @@ pub struct StoredMessage {
     pub prev: MessageId,
     /// The complete `message` frame, UTF-8 JSON, ready to send.
     pub frame: Bytes,
+    /// The publisher's trace context, on live messages while traces are
+    /// exported; never part of the frame.
+    pub trace: Option<TraceParent>,
 }
 
 /// A publish, as the broker receives it.

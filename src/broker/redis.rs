@@ -39,6 +39,7 @@ use super::{
     StoredMessage,
 };
 use crate::protocol::{MessageId, RoomName, server_frame};
+use crate::telemetry::TraceParent;
 
 /// Longest wait for any single Redis command.
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
@@ -104,6 +105,22 @@ fn frame_head(room: &RoomName) -> String {
     format!("{{\"type\":\"message\",\"room\":\"{room}\",\"id\":\"")
 }
 
+/// Splits a live payload into the publisher's trace context, which the
+/// script puts before the frame as `<traceparent>\n` while traces are
+/// exported, and the frame itself (which always starts with `{`).
+fn split_trace_prefix(payload: &[u8]) -> (Option<TraceParent>, &[u8]) {
+    if payload.first() == Some(&b'{') {
+        return (None, payload);
+    }
+    let Some(newline) = payload.iter().position(|&byte| byte == b'\n') else {
+        return (None, payload);
+    };
+    let trace = std::str::from_utf8(&payload[..newline])
+        .ok()
+        .and_then(TraceParent::parse);
+    (trace, &payload[newline + 1..])
+}
+
 /// Reads `id` and `prev` out of a frame the script composed.
 fn parse_frame_ids(room: &RoomName, frame: &[u8]) -> Option<(MessageId, MessageId)> {
     let text = std::str::from_utf8(frame).ok()?;
@@ -159,6 +176,7 @@ fn parse_entries(room: &RoomName, reply: &Value) -> Result<Vec<Arc<StoredMessage
             id,
             prev,
             frame: Bytes::from(frame),
+            trace: None,
         }));
     }
     Ok(messages)
@@ -191,6 +209,7 @@ impl LiveFeed {
         let Some(room) = self.keys.room_of_channel(channel) else {
             return;
         };
+        let (trace, payload) = split_trace_prefix(payload);
         let Some((id, prev)) = parse_frame_ids(&room, payload) else {
             tracing::error!(%room, "live message from Redis is not a message frame; skipped");
             return;
@@ -202,6 +221,7 @@ impl LiveFeed {
                     id,
                     prev,
                     frame: Bytes::copy_from_slice(payload),
+                    trace,
                 }),
             );
         }
@@ -295,6 +315,12 @@ const MAX_PUBLISH_BATCH: usize = 256;
 struct PublishJob {
     request: PublishRequest,
     reply: oneshot::Sender<Result<PublishOutcome, BrokerError>>,
+    /// The script's round trip, while traces are exported; it ends when
+    /// the job is answered and dropped.
+    _round_trip: tracing::Span,
+    /// `<traceparent>\n` of that span, sent before the live frame; empty
+    /// while traces are not exported.
+    trace_prefix: String,
 }
 
 /// Sends publishes to Redis in exactly the order they were submitted: what
@@ -360,7 +386,8 @@ async fn publish_batch(
                 .arg(keys.channel(&request.room))
                 .arg(if request.cmid.is_some() { "1" } else { "0" })
                 .arg(frame_head(&request.room))
-                .arg(request.tail.as_str());
+                .arg(request.tail.as_str())
+                .arg(job.trace_prefix.as_str());
         }
         let results: Vec<redis::RedisResult<(i64, String, String)>> = match bounded(pipe.query_async(connection)).await
         {
@@ -555,7 +582,19 @@ impl Broker for RedisBroker {
 
     fn publish(&self, request: PublishRequest) -> PendingPublish {
         let (reply, answer) = oneshot::channel();
-        let queued = self.publishes.send(PublishJob { request, reply });
+        let span = if crate::telemetry::trace_context::is_exporting() {
+            tracing::info_span!("redis publish", "otel.kind" = "client", "db.system" = "redis", "db.operation" = "EVALSHA", room = %request.room)
+        } else {
+            tracing::Span::none()
+        };
+        let trace_prefix =
+            TraceParent::of_span(&span).map_or_else(String::new, |trace| format!("{}\n", trace.as_str()));
+        let queued = self.publishes.send(PublishJob {
+            request,
+            reply,
+            _round_trip: span,
+            trace_prefix,
+        });
         Box::pin(async move {
             if queued.is_err() {
                 return Err(BrokerError::Unavailable("the publisher task stopped".to_owned()));

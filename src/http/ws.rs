@@ -22,7 +22,7 @@ use crate::auth::Identity;
 use crate::node::Node;
 use crate::protocol::{ErrorCode, close_code, server_frame};
 use crate::session::{
-    ClientSession, ConnectionHandle, ConnectionQueues, ConnectionSlot, MAX_PUBLISHES_IN_FLIGHT, Outbound,
+    ClientSession, ConnectionHandle, ConnectionQueues, ConnectionSlot, ControlKind, MAX_PUBLISHES_IN_FLIGHT, Outbound,
     SessionVerdict,
 };
 use crate::telemetry::TransportLabel;
@@ -89,7 +89,12 @@ pub async fn upgrade(
 
 enum ReadEnd {
     ClientClosed,
-    Close { code: u16, reason: &'static str },
+    Close {
+        code: u16,
+        reason: &'static str,
+    },
+    /// The node is draining: tell the client to reconnect elsewhere.
+    Draining,
 }
 
 async fn serve_socket(node: Arc<Node>, identity: Identity, _slot: ConnectionSlot, socket: WebSocket) {
@@ -114,9 +119,23 @@ async fn serve_socket(node: Arc<Node>, identity: Identity, _slot: ConnectionSlot
     };
     // Leave every room before the socket goes.
     drop(session);
-    if let ReadEnd::Close { code, reason } = end {
-        node.metrics.count_close(code);
-        let _ = replies.send(Outbound::Close { code, reason }).await;
+    match end {
+        ReadEnd::ClientClosed => {}
+        ReadEnd::Close { code, reason } => {
+            node.metrics.count_close(code);
+            let _ = replies.send(Outbound::Close { code, reason }).await;
+        }
+        // After the acks of the publishes that were in flight.
+        ReadEnd::Draining => {
+            node.metrics.count_close(close_code::RESTARTING);
+            let _ = replies.send(drain_notice(&node)).await;
+            let _ = replies
+                .send(Outbound::Close {
+                    code: close_code::RESTARTING,
+                    reason: "node draining: reconnect and resume",
+                })
+                .await;
+        }
     }
     drop(replies);
     let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
@@ -147,6 +166,7 @@ async fn read_socket(
                 let SessionVerdict::Close { code, reason } = session.token_expired().await else { continue };
                 break ReadEnd::Close { code, reason };
             }
+            () = node.draining.cancelled() => break ReadEnd::Draining,
             Some(reply) = session.next_publish_reply() => {
                 if !session.deliver_reply(reply).await {
                     return ReadEnd::ClientClosed;
@@ -246,7 +266,6 @@ async fn write_socket(node: &Node, mut sink: Sink, mut queues: ConnectionQueues,
         let first = tokio::select! {
             biased;
             () = queues.slow.cancelled() => return close_slow_consumer(node, &mut sink, &mut queues).await,
-            () = node.draining.cancelled() => return tell_to_reconnect(node, &mut sink).await,
             item = queues.replies.recv(), if replies_open => match item {
                 Some(item) => item,
                 None => { replies_open = false; continue; }
@@ -336,23 +355,14 @@ async fn close_slow_consumer(node: &Node, sink: &mut Sink, queues: &mut Connecti
     .await;
 }
 
-/// Draining: `reconnect` with a delay jittered over the drain window, then
-/// close 1012.
-async fn tell_to_reconnect(node: &Node, sink: &mut Sink) {
+/// Draining: `reconnect` with a delay jittered over the drain window, so
+/// that the node's clients do not all arrive elsewhere at once.
+fn drain_notice(node: &Node) -> Outbound {
     let window_ms = u64::try_from(node.settings.drain.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);
-    let delay_ms = fastrand::u64(0..window_ms);
-    node.metrics.count_close(close_code::RESTARTING);
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        sink.feed(Message::Text(server_frame::reconnect("draining", delay_ms).into()))
-            .await?;
-        sink.feed(Message::Close(Some(CloseFrame {
-            code: close_code::RESTARTING,
-            reason: "node draining: reconnect and resume".into(),
-        })))
-        .await?;
-        sink.flush().await
-    })
-    .await;
+    Outbound::control(
+        ControlKind::Reply,
+        server_frame::reconnect("draining", fastrand::u64(0..window_ms)),
+    )
 }

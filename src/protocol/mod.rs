@@ -13,7 +13,7 @@ pub use client_frame::{
     ClientFrame, ClientRequest, DecodeLimits, FrameRejection, MAX_CMID_BYTES, MAX_REQ_BYTES, ReplayRequest, RequestTag,
     compact_json, decode_client_frame,
 };
-pub use message_id::{InvalidMessageId, MessageId};
+pub use message_id::{InvalidMessageId, MessageId, wall_clock_ms};
 pub use room::{InvalidRoomName, MAX_ROOM_NAME_BYTES, RoomName};
 pub use server_frame::MessageFrameTail;
 

@@ -251,6 +251,17 @@ impl MessageFrameTail {
     }
 }
 
+/// The `ts` of a `message` frame composed by [`message_frame`] (or the
+/// script that mirrors it). The first `,"ts":` is the key: it follows
+/// `from`, a JSON string or null in which a bare quote cannot occur.
+#[must_use]
+pub fn message_ts_ms(frame: &[u8]) -> Option<u64> {
+    const KEY: &[u8] = b",\"ts\":";
+    let start = frame.windows(KEY.len()).position(|window| window == KEY)? + KEY.len();
+    let digits = frame[start..].iter().take_while(|byte| byte.is_ascii_digit()).count();
+    std::str::from_utf8(&frame[start..start + digits]).ok()?.parse().ok()
+}
+
 /// Composes a whole `message` frame from the broker's parts and the tail.
 #[must_use]
 pub fn message_frame(room: &RoomName, id: MessageId, prev: MessageId, tail: &str) -> String {
@@ -270,6 +281,15 @@ pub fn message_frame(room: &RoomName, id: MessageId, prev: MessageId, tail: &str
 mod tests {
     use super::*;
     use serde_json::{Value, json};
+
+    #[test]
+    fn ts_is_read_from_the_frame_even_when_from_or_body_mention_it() {
+        let room = RoomName::parse("lobby").unwrap();
+        let tail = MessageFrameTail::new(Some(r#"x","ts":1"#), 1_795_579_107_415, None, r#"{"ts":3}"#);
+        let frame = message_frame(&room, MessageId::new(5, 1), MessageId::new(4, 0), tail.as_str());
+        assert_eq!(message_ts_ms(frame.as_bytes()), Some(1_795_579_107_415));
+        assert_eq!(message_ts_ms(b"{\"type\":\"message\"}"), None);
+    }
 
     #[test]
     fn message_frame_is_valid_json_with_every_field() {

@@ -215,6 +215,7 @@ mod tests {
             id: MessageId::new(3, 1),
             prev: MessageId::ZERO,
             frame: Bytes::from_static(b"{\"a\":1}"),
+            trace: None,
         };
         let live = LiveMessage::from_stored(&stored).unwrap();
         assert_eq!(&live.sse_event()[..], b"event: message\nid: 3-1\ndata: {\"a\":1}\n\n");

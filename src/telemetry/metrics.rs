@@ -71,6 +71,9 @@ pub struct Metrics {
     pub messages_delivered: Counter,
     /// Time from receiving a publish to its commit by the broker.
     pub publish_duration: Histogram,
+    /// Time from a message's `ts` (set by the publishing node) to its
+    /// hand-over to this node's local subscribers.
+    pub delivery_latency: Histogram,
     /// Connections closed because they did not read fast enough.
     pub slow_consumer_closes: Counter,
     /// Errors sent to clients, by code.
@@ -136,6 +139,14 @@ impl Metrics {
             "Time from receiving a publish to its commit by the broker",
             publish_duration.clone(),
         );
+        let delivery_latency = Histogram::new([
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ]);
+        registry.register(
+            "relay_delivery_latency_seconds",
+            "Time from a message's publish (its ts, millisecond resolution, the publishing node's clock) to its hand-over to this node's live subscribers",
+            delivery_latency.clone(),
+        );
         let slow_consumer_closes = Counter::default();
         registry.register(
             "relay_slow_consumer_closes",
@@ -191,6 +202,7 @@ impl Metrics {
             published_duplicate,
             messages_delivered,
             publish_duration,
+            delivery_latency,
             slow_consumer_closes,
             errors,
             closes,

@@ -1,31 +1,87 @@
-//! Logs and metrics: the `tracing` subscriber set-up and the node's metrics.
+//! Logs, metrics and traces: the `tracing` subscriber with its JSON log
+//! format and optional OpenTelemetry export, the trace context carried in
+//! messages, and the node's Prometheus metrics.
 
+mod json_log;
 mod metrics;
+mod otel;
+pub mod trace_context;
 
 pub use metrics::{Metrics, OutcomeLabel, TransportLabel};
+pub use trace_context::TraceParent;
 
 use std::io::IsTerminal;
 
-use tracing_subscriber::EnvFilter;
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_sdk::trace::SdkTracerProvider;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer as _};
 
 use crate::config::LogFormat;
 
-/// Installs the global log subscriber: `pretty` on a terminal, else JSON
-/// lines, unless `format` says otherwise. The level comes from `RUST_LOG`
-/// (default `info`).
-pub fn init_logging(format: Option<LogFormat>) {
+/// Keeps the trace exporter alive; dropping it sends the spans still queued.
+#[must_use = "dropping the guard stops trace export"]
+pub struct TelemetryGuard {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Drop for TelemetryGuard {
+    fn drop(&mut self) {
+        if let Some(provider) = self.provider.take()
+            && let Err(error) = provider.shutdown()
+        {
+            eprintln!("chat-relay: trace export did not finish: {error}");
+        }
+    }
+}
+
+/// Installs the global subscriber: log lines (`pretty` on a terminal, else
+/// JSON lines naming the node and trace, unless `format` says otherwise;
+/// level from `RUST_LOG`, default `info`) and, when the `OTEL_*` variables
+/// ask for it, span export over OTLP/HTTP.
+///
+/// # Errors
+/// One line naming an `OTEL_*` variable that cannot be honoured.
+pub fn init(format: Option<LogFormat>, node_id: &str) -> Result<TelemetryGuard, String> {
     let format = format.unwrap_or(if std::io::stdout().is_terminal() {
         LogFormat::Pretty
     } else {
         LogFormat::Json
     });
+    let provider = otel::tracer_provider(node_id)?;
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stdout);
-    // A second initialisation (tests) keeps the first subscriber.
-    let _ = match format {
-        LogFormat::Pretty => builder.try_init(),
-        LogFormat::Json => builder.json().flatten_event(true).with_current_span(false).try_init(),
+    let log_layer = match format {
+        LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(std::io::stdout).boxed(),
+        LogFormat::Json => {
+            let json = tracing_subscriber::fmt::format()
+                .json()
+                .flatten_event(true)
+                .with_current_span(false)
+                .with_span_list(false);
+            tracing_subscriber::fmt::layer()
+                .with_writer(std::io::stdout)
+                .fmt_fields(tracing_subscriber::fmt::format::JsonFields::new())
+                .event_format(json_log::NodeJsonFormat::new(node_id, json))
+                .boxed()
+        }
     };
+    // Only the relay's own spans are exported, whatever the log level.
+    let otel_layer = provider.as_ref().map(|provider| {
+        tracing_opentelemetry::layer()
+            .with_tracer(provider.tracer("chat-relay"))
+            .with_filter(Targets::new().with_target("chat_relay", tracing::Level::INFO))
+    });
+    // A second initialisation (tests) keeps the first subscriber.
+    let installed = tracing_subscriber::registry()
+        .with(json_log::TraceIdLayer)
+        .with(log_layer.with_filter(filter))
+        .with(otel_layer)
+        .try_init()
+        .is_ok();
+    if installed && provider.is_some() {
+        trace_context::set_exporting();
+    }
+    Ok(TelemetryGuard { provider })
 }

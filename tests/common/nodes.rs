@@ -5,11 +5,14 @@
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
 
 pub struct RelayProcess {
     child: Child,
     pub addr: String,
     pub node_id: String,
+    /// Every line the node logged.
+    pub log: Arc<Mutex<Vec<String>>>,
 }
 
 /// The binary under test: `target/release/chat-relay` when present, else
@@ -55,11 +58,13 @@ impl RelayProcess {
             .expect("spawn chat-relay");
         let stdout = child.stdout.take().expect("piped stdout");
         let mut lines = BufReader::new(stdout).lines();
+        let log = Arc::new(Mutex::new(Vec::new()));
         let addr = loop {
             let line = lines
                 .next()
                 .unwrap_or_else(|| panic!("{node_id} exited before listening"))
                 .expect("log line");
+            log.lock().unwrap().push(line.clone());
             if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) {
                 if let Some(listen) = entry["listen"].as_str() {
                     break listen.to_owned();
@@ -67,17 +72,20 @@ impl RelayProcess {
             }
         };
         let name = node_id.to_owned();
+        let kept = log.clone();
         std::thread::spawn(move || {
             for line in lines.map_while(Result::ok) {
                 if line.contains("\"WARN\"") || line.contains("\"ERROR\"") {
                     eprintln!("[{name}] {line}");
                 }
+                kept.lock().unwrap().push(line);
             }
         });
         Self {
             child,
             addr,
             node_id: node_id.to_owned(),
+            log,
         }
     }
 
