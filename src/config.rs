@@ -31,7 +31,14 @@ pub enum AuthMode {
 /// Every setting is an environment variable and the same-named flag; flags
 /// win. Without REDIS_URL the relay runs on an embedded memory broker.
 #[derive(Debug, Clone, Parser)]
-#[command(name = "chat-relay", version, about, long_about = None, max_term_width = 100)]
+#[command(
+    name = "chat-relay",
+    version,
+    about,
+    long_about = None,
+    max_term_width = 100,
+    after_help = "Traces: set OTEL_EXPORTER_OTLP_ENDPOINT (http:// address of a local collector) and the other\nstandard OTEL_* variables to export OpenTelemetry traces over OTLP/HTTP; see docs/operations.md."
+)]
 pub struct Cli {
     /// HTTP and WebSocket listen address (port 0 picks a free port, logged at start)
     #[arg(long, env = "RELAY_LISTEN", default_value = "0.0.0.0:8080")]

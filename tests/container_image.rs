@@ -29,7 +29,11 @@ fn docker_inspect(what: &str, format: &str) -> String {
 async fn the_image_serves_as_nonroot_and_drains_on_sigterm() {
     let image = std::env::var("RELAY_TEST_RELAY_IMAGE").unwrap_or_else(|_| DEFAULT_RELAY_IMAGE.to_owned());
     let (name, tag) = image.rsplit_once(':').unwrap_or((image.as_str(), "latest"));
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let container = GenericImage::new(name, tag)
         .with_wait_for(WaitFor::message_on_stdout("chat-relay listening"))
         .with_network("host")
@@ -40,7 +44,9 @@ async fn the_image_serves_as_nonroot_and_drains_on_sigterm() {
         .start()
         .await
         .unwrap_or_else(|error| {
-            panic!("cannot start {image}: {error}. Build it with scripts/build-relay-image or set RELAY_TEST_RELAY_IMAGE")
+            panic!(
+                "cannot start {image}: {error}. Build it with scripts/build-relay-image or set RELAY_TEST_RELAY_IMAGE"
+            )
         });
     let id = container.id().to_owned();
 
@@ -67,10 +73,19 @@ async fn the_image_serves_as_nonroot_and_drains_on_sigterm() {
 
     let stop = tokio::task::spawn_blocking({
         let id = id.clone();
-        move || Command::new("docker").args(["stop", "--time", "10", &id]).output().unwrap()
+        move || {
+            Command::new("docker")
+                .args(["stop", "--time", "10", &id])
+                .output()
+                .unwrap()
+        }
     });
     let reconnect = subscriber.wait_type("reconnect").await;
     assert_eq!(reconnect["reason"], "draining");
     assert!(stop.await.unwrap().status.success());
-    assert_eq!(docker_inspect(&id, "{{.State.ExitCode}}"), "0", "a drained relay exits 0");
+    assert_eq!(
+        docker_inspect(&id, "{{.State.ExitCode}}"),
+        "0",
+        "a drained relay exits 0"
+    );
 }

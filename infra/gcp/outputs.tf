@@ -1,0 +1,14 @@
+output "url" {
+  description = "Base URL of the relay (WebSockets at wss://<host>/v1/ws)."
+  value       = google_cloud_run_v2_service.relay.uri
+}
+
+output "cache_host" {
+  description = "Private address of the Memorystore instance (TLS, AUTH)."
+  value       = google_redis_instance.relay.host
+}
+
+output "service_account" {
+  description = "Identity of the relay's instances."
+  value       = google_service_account.relay.email
+}
