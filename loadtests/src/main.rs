@@ -1,47 +1,272 @@
-//! relay-load: load generator and benchmarks for chat-relay.
+//! relay-load: load generator and benchmarks for chat-relay, side by side
+//! with Socket.IO and Nchan.
 //!
-//! - `throughput`: publishes through one node as fast as the node acks them
-//!   (many connections, a window of outstanding publishes each) and reports
-//!   acked publishes per second.
-//! - `latency`: publishes at a fixed rate on one node and measures, on
-//!   subscribers of another node, the time from the publisher's send to each
-//!   subscriber's receive (one clock: both ends run in this process), with
-//!   an HDR histogram; checks every subscriber got every message in order.
-//! - `idle`: server memory per idle WebSocket connection (RSS growth).
+//! - `run`: the four scenarios (fan-out, many rooms, idle, reconnect storm)
+//!   against each chosen system, deployed here as Redis plus two nodes on
+//!   loopback; writes `results.json`, `results.md` and SVG charts.
+//! - `throughput`: acked publishes per second through one running node.
+//! - `latency`: publish-to-delivery latency across two running nodes.
+//! - `hold`: a worker that keeps idle connections open (used by `run`).
 //!
-//! Each prints a human summary and one JSON line (`--json`) for scripts. The
-//! generator runs on one thread, as redis-benchmark does, so that on a small
-//! machine it leaves the other cores to the system under test.
+//! The generator measures with one clock (publishers and subscribers live
+//! in this process) and only ever connects to loopback addresses.
 
-mod idle;
+mod client;
 mod latency;
+mod ledger;
+mod report;
+mod scenarios;
+mod systems;
 mod throughput;
 mod wire;
 
-use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+use anyhow::bail;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::report::{Report, ScenarioResults};
+use crate::systems::{Deployment, Endpoint, Locations, SystemKind};
 
 #[derive(Parser)]
-#[command(name = "relay-load", about = "Load generator and benchmarks for chat-relay")]
+#[command(
+    name = "relay-load",
+    about = "Load generator and benchmarks for chat-relay, side by side with its peers"
+)]
 struct Cli {
     #[command(subcommand)]
-    scenario: Scenario,
+    command: Command,
 }
 
 #[derive(Subcommand)]
-enum Scenario {
-    /// Acked publishes per second through one node.
+enum Command {
+    /// Run scenarios against systems it deploys itself (Redis + two nodes each).
+    Run(RunOptions),
+    /// Acked publishes per second through one running node.
     Throughput(throughput::Options),
-    /// Publish-to-delivery latency across nodes.
+    /// Publish-to-delivery latency across two running nodes.
     Latency(latency::Options),
-    /// Server memory per idle connection.
-    Idle(idle::Options),
+    /// Keep idle connections open until killed (a worker of `run`).
+    Hold(HoldOptions),
 }
 
-#[tokio::main(flavor = "current_thread")]
-async fn main() -> anyhow::Result<()> {
-    match Cli::parse().scenario {
-        Scenario::Throughput(options) => throughput::run(options).await,
-        Scenario::Latency(options) => latency::run(options).await,
-        Scenario::Idle(options) => idle::run(options).await,
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ScenarioName {
+    Fanout,
+    Rooms,
+    Idle,
+    Storm,
+}
+
+#[derive(clap::Args)]
+struct RunOptions {
+    /// Systems to measure, in this order
+    #[arg(long, value_delimiter = ',', default_value = "relay,socketio,nchan")]
+    systems: Vec<SystemKind>,
+    /// Scenarios to run
+    #[arg(long, value_delimiter = ',', default_value = "fanout,rooms,idle,storm")]
+    scenarios: Vec<ScenarioName>,
+    /// Sizes that run in seconds (CI); the default sizes are the full ones
+    #[arg(long)]
+    quick: bool,
+    /// Folder for results, charts and server logs
+    #[arg(long, default_value = "target/load-results")]
+    out: PathBuf,
+    /// Fail (exit 1) unless chat-relay lost, doubled and reordered nothing
+    #[arg(long)]
+    require_exact: bool,
+    #[command(flatten)]
+    locations: Locations,
+}
+
+#[derive(clap::Args)]
+struct HoldOptions {
+    #[arg(long)]
+    system: SystemKind,
+    /// Node ports on 127.0.0.1, comma-separated
+    #[arg(long, value_delimiter = ',')]
+    ports: Vec<u16>,
+    #[arg(long)]
+    first: usize,
+    #[arg(long)]
+    count: usize,
+}
+
+fn main() -> anyhow::Result<()> {
+    // Every connection is a file; take the whole allowance.
+    let _ = rlimit::increase_nofile_limit(u64::MAX);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match Cli::parse().command {
+            Command::Run(options) => run(options).await,
+            Command::Throughput(options) => throughput::run(options).await,
+            Command::Latency(options) => latency::run(options).await,
+            Command::Hold(options) => hold(options).await,
+        }
+    })
+}
+
+async fn hold(options: HoldOptions) -> anyhow::Result<()> {
+    let endpoints: Vec<Endpoint> = options
+        .ports
+        .iter()
+        .map(|&port| Endpoint {
+            kind: options.system,
+            port,
+        })
+        .collect();
+    let _held = scenarios::idle::open_idle(&endpoints, options.first, options.count).await?;
+    println!("ready");
+    std::future::pending::<()>().await;
+    Ok(())
+}
+
+async fn run(options: RunOptions) -> anyhow::Result<()> {
+    let size = if options.quick { "quick" } else { "full" };
+    let mut results = Vec::new();
+    for scenario in &options.scenarios {
+        let (name, description) = match scenario {
+            ScenarioName::Fanout => {
+                let size = if options.quick {
+                    scenarios::fanout::QUICK
+                } else {
+                    scenarios::fanout::FULL
+                };
+                (
+                    "fan-out",
+                    format!(
+                        "One room, {} subscribers over 2 nodes, 1 publisher on node 1 at {} messages/s, {} messages.",
+                        size.subscribers, size.rate, size.messages
+                    ),
+                )
+            }
+            ScenarioName::Rooms => {
+                let size = if options.quick {
+                    scenarios::rooms::QUICK
+                } else {
+                    scenarios::rooms::FULL
+                };
+                (
+                    "many rooms",
+                    format!(
+                        "{} rooms of 2 to 5 members over 2 nodes; every member publishes {} messages, one every {} s (through 16 publisher connections).",
+                        size.rooms, size.messages_per_member, size.interval_s
+                    ),
+                )
+            }
+            ScenarioName::Idle => {
+                let size = if options.quick {
+                    scenarios::idle::QUICK
+                } else {
+                    scenarios::idle::FULL
+                };
+                (
+                    "idle",
+                    format!(
+                        "{} idle WebSocket connections over 2 nodes, each subscribed to one of 100 rooms; node RSS growth per connection.",
+                        size.connections
+                    ),
+                )
+            }
+            ScenarioName::Storm => {
+                let size = if options.quick {
+                    scenarios::storm::QUICK
+                } else {
+                    scenarios::storm::FULL
+                };
+                (
+                    "reconnect storm",
+                    format!(
+                        "{} subscribers on node 1, {} messages at {}/s from node 2; node 1 is killed (SIGKILL) a third of the way in; subscribers resume on node 2 (Nchan: EventSource with Last-Event-ID).",
+                        size.subscribers, size.messages, size.rate
+                    ),
+                )
+            }
+        };
+        let mut outcomes = Vec::new();
+        for &system in &options.systems {
+            let work = options
+                .out
+                .join("servers")
+                .join(format!("{name}-{system:?}").replace(' ', "-").to_lowercase());
+            let mut deployment = Deployment::start(system, &options.locations, &work)?;
+            eprintln!("{name}: {} ({})", system.label(), deployment.version);
+            let outcome = match scenario {
+                ScenarioName::Fanout => {
+                    scenarios::fanout::run(
+                        &deployment,
+                        if options.quick {
+                            scenarios::fanout::QUICK
+                        } else {
+                            scenarios::fanout::FULL
+                        },
+                    )
+                    .await?
+                }
+                ScenarioName::Rooms => {
+                    scenarios::rooms::run(
+                        &deployment,
+                        if options.quick {
+                            scenarios::rooms::QUICK
+                        } else {
+                            scenarios::rooms::FULL
+                        },
+                    )
+                    .await?
+                }
+                ScenarioName::Idle => {
+                    scenarios::idle::run(
+                        &deployment,
+                        if options.quick {
+                            scenarios::idle::QUICK
+                        } else {
+                            scenarios::idle::FULL
+                        },
+                    )
+                    .await?
+                }
+                ScenarioName::Storm => {
+                    scenarios::storm::run(
+                        &mut deployment,
+                        if options.quick {
+                            scenarios::storm::QUICK
+                        } else {
+                            scenarios::storm::FULL
+                        },
+                    )
+                    .await?
+                }
+            };
+            eprintln!("  {}", serde_json::to_string(&outcome)?);
+            outcomes.push(outcome);
+        }
+        results.push(ScenarioResults {
+            name,
+            description,
+            outcomes,
+        });
     }
+    let report = Report {
+        date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
+        machine: report::machine(),
+        size,
+        command: std::env::args().collect::<Vec<_>>().join(" "),
+        scenarios: results,
+    };
+    report.write(&options.out)?;
+    print!("{}", report.markdown());
+    eprintln!("results in {}", options.out.display());
+    if options.require_exact {
+        for scenario in &report.scenarios {
+            for outcome in &scenario.outcomes {
+                if outcome.system == SystemKind::Relay && !outcome.correctness.is_exact() {
+                    bail!("{}: chat-relay was not exact: {:?}", scenario.name, outcome.correctness);
+                }
+                if outcome.system == SystemKind::Relay && scenario.name != "idle" && outcome.correctness.expected == 0 {
+                    bail!("{}: nothing was expected; the scenario measured nothing", scenario.name);
+                }
+            }
+        }
+    }
+    Ok(())
 }

@@ -1,0 +1,263 @@
+//! The four scenarios, run the same way against every system, and the
+//! subscriber loop they share: read, account every delivery, reconnect and
+//! resume when told to.
+
+pub mod fanout;
+pub mod idle;
+pub mod rooms;
+pub mod storm;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+
+use crate::client::{Resume, Subscriber, now_us};
+use crate::ledger::{Correctness, SubscriberLedger};
+use crate::systems::{Endpoint, SystemKind};
+
+/// Latency percentiles in milliseconds.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct Percentiles {
+    pub p50: f64,
+    pub p90: f64,
+    pub p99: f64,
+    pub p999: f64,
+    pub max: f64,
+}
+
+impl Percentiles {
+    pub fn of(histogram: &Histogram<u64>) -> Self {
+        let ms = |micros: u64| micros as f64 / 1000.0;
+        Self {
+            p50: ms(histogram.value_at_quantile(0.5)),
+            p90: ms(histogram.value_at_quantile(0.9)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+        }
+    }
+}
+
+/// Reconnect-storm figures.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct ResumeStats {
+    /// Subscribers that lost their node.
+    pub disconnected: u64,
+    /// Of those, resumed on the other node.
+    pub resumed: u64,
+    /// Seconds from the kill until the last one resumed.
+    pub all_resumed_s: f64,
+    /// Median seconds from the kill to a resume.
+    pub p50_resume_s: f64,
+}
+
+/// One system's result in one scenario.
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    pub system: SystemKind,
+    pub version: String,
+    pub connections: u64,
+    pub published: u64,
+    pub deliveries: u64,
+    pub seconds: f64,
+    pub deliveries_per_second: f64,
+    pub node_cpu_seconds: f64,
+    pub cpu_seconds_per_million_deliveries: Option<f64>,
+    pub latency_ms: Option<Percentiles>,
+    pub rss_per_connection_kib: Option<f64>,
+    pub resume: Option<ResumeStats>,
+    pub correctness: Correctness,
+    /// Latency CDF points (ms, fraction) for the chart.
+    #[serde(skip)]
+    pub latency_cdf: Vec<(f64, f64)>,
+}
+
+impl Outcome {
+    pub fn new(system: SystemKind, version: &str) -> Self {
+        Self {
+            system,
+            version: version.to_owned(),
+            connections: 0,
+            published: 0,
+            deliveries: 0,
+            seconds: 0.0,
+            deliveries_per_second: 0.0,
+            node_cpu_seconds: 0.0,
+            cpu_seconds_per_million_deliveries: None,
+            latency_ms: None,
+            rss_per_connection_kib: None,
+            resume: None,
+            correctness: Correctness::default(),
+            latency_cdf: Vec::new(),
+        }
+    }
+
+    pub fn set_latency(&mut self, histogram: &Histogram<u64>) {
+        if histogram.is_empty() {
+            return;
+        }
+        self.latency_ms = Some(Percentiles::of(histogram));
+        self.latency_cdf = histogram
+            .iter_quantiles(2)
+            .map(|step| (step.value_iterated_to() as f64 / 1000.0, step.quantile_iterated_to()))
+            .collect();
+    }
+}
+
+/// Shared counters the progress bar reads.
+#[derive(Default)]
+pub struct Progress {
+    pub deliveries: AtomicU64,
+    /// `now_us` of the newest delivery.
+    pub last_delivery_us: AtomicU64,
+}
+
+/// Where a subscriber goes when its connection drops.
+#[derive(Clone)]
+pub struct Failover {
+    pub endpoint: Endpoint,
+    /// Set by the scenario when it kills the node.
+    pub killed_at: Arc<std::sync::OnceLock<Instant>>,
+}
+
+/// What one subscriber saw.
+pub struct SubscriberReport {
+    pub ledger: SubscriberLedger,
+    pub latency: Histogram<u64>,
+    /// Disconnected, then resumed after this long (from the kill).
+    pub resumed_after: Option<Option<Duration>>,
+}
+
+pub fn new_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
+}
+
+/// Reads until every expected message arrived or `deadline`; on a lost
+/// connection, resumes through `failover` if given.
+pub async fn read_subscriber(
+    mut subscriber: Subscriber,
+    mut ledger: SubscriberLedger,
+    room: String,
+    mut resume: Resume,
+    failover: Option<Failover>,
+    progress: Arc<Progress>,
+    deadline: tokio::time::Instant,
+) -> SubscriberReport {
+    let mut latency = new_histogram();
+    let mut resumed_after = None;
+    let event_source = failover.is_some();
+    while !ledger.complete() {
+        match tokio::time::timeout_at(deadline, subscriber.next()).await {
+            Err(_) => break,
+            Ok(Ok((payload, position))) => {
+                let now = now_us();
+                latency.saturating_record(now.saturating_sub(payload.sent_us).max(1));
+                ledger.record(&payload);
+                if !matches!(position, Resume::Fresh) {
+                    resume = position;
+                }
+                progress.deliveries.fetch_add(1, Ordering::Relaxed);
+                progress.last_delivery_us.fetch_max(now, Ordering::Relaxed);
+            }
+            Ok(Err(_)) => {
+                let Some(failover) = &failover else { break };
+                if resumed_after.is_some() {
+                    break;
+                }
+                let mut reconnected = None;
+                while tokio::time::Instant::now() < deadline {
+                    if let Ok(fresh) = Subscriber::connect(&failover.endpoint, &room, &resume, event_source).await {
+                        reconnected = Some(fresh);
+                        break;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                let Some(fresh) = reconnected else {
+                    resumed_after = Some(None);
+                    break;
+                };
+                subscriber = fresh;
+                resumed_after = Some(failover.killed_at.get().map(Instant::elapsed));
+            }
+        }
+    }
+    SubscriberReport {
+        ledger,
+        latency,
+        resumed_after,
+    }
+}
+
+/// Connects `count` subscribers, `connect(index)` each, at most 100 at a
+/// time.
+pub async fn connect_many<F, Fut, T>(count: usize, connect: F) -> anyhow::Result<Vec<T>>
+where
+    F: Fn(usize) -> Fut,
+    Fut: Future<Output = anyhow::Result<T>>,
+{
+    let mut results: Vec<(usize, T)> = futures_util::stream::iter(0..count)
+        .map(|index| {
+            let attempt = connect(index);
+            async move { attempt.await.map(|value| (index, value)) }
+        })
+        .buffer_unordered(100)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .collect::<anyhow::Result<_>>()?;
+    results.sort_by_key(|(index, _)| *index);
+    Ok(results.into_iter().map(|(_, value)| value).collect())
+}
+
+/// A progress bar of deliveries, drawn on a terminal only.
+pub fn progress_bar(label: &str, total: u64, progress: Arc<Progress>) -> tokio::task::JoinHandle<()> {
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{prefix:>28} {bar:40} {pos}/{len} deliveries {per_sec}")
+            .expect("valid template"),
+    );
+    bar.set_prefix(label.to_owned());
+    tokio::spawn(async move {
+        loop {
+            let done = progress.deliveries.load(Ordering::Relaxed);
+            bar.set_position(done);
+            if done >= total {
+                bar.finish_and_clear();
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    })
+}
+
+/// Merges subscriber reports into an outcome.
+pub fn merge_reports(outcome: &mut Outcome, reports: Vec<SubscriberReport>) -> Histogram<u64> {
+    let mut latency = new_histogram();
+    let mut resumes = Vec::new();
+    let mut disconnected = 0;
+    for report in reports {
+        outcome.correctness.add(report.ledger.tally());
+        outcome.deliveries += report.ledger.received();
+        let _ = latency.add(&report.latency);
+        if let Some(resumed) = report.resumed_after {
+            disconnected += 1;
+            if let Some(after) = resumed {
+                resumes.push(after.as_secs_f64());
+            }
+        }
+    }
+    if disconnected > 0 {
+        resumes.sort_by(f64::total_cmp);
+        outcome.resume = Some(ResumeStats {
+            disconnected,
+            resumed: resumes.len() as u64,
+            all_resumed_s: resumes.last().copied().unwrap_or(0.0),
+            p50_resume_s: resumes.get(resumes.len() / 2).copied().unwrap_or(0.0),
+        });
+    }
+    latency
+}

@@ -1,0 +1,137 @@
+//! Server processes the load generator starts, stops and measures: RSS and
+//! CPU time read from `/proc`, for a process and its children (nginx's
+//! workers).
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// A started server process, killed when dropped.
+pub struct ServerProcess {
+    child: Child,
+}
+
+impl ServerProcess {
+    /// Starts `command` with its output in `log` and waits until something
+    /// accepts connections on `port` of 127.0.0.1.
+    pub fn start(name: &str, mut command: Command, port: u16, log: &Path) -> anyhow::Result<Self> {
+        let output = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(output.try_clone()?)
+            .stderr(output)
+            .spawn()
+            .with_context(|| format!("start {name}"))?;
+        let mut process = Self { child };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Some(status) = process.child.try_wait()? {
+                bail!("{name} exited ({status}) before listening; see {}", log.display());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{name} did not listen on 127.0.0.1:{port} within 30 s; see {}",
+                    log.display()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(process)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGKILL, as a crash or an evicted container.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// This process and its descendants.
+    fn family(&self) -> Vec<u32> {
+        let mut family = vec![self.pid()];
+        let mut index = 0;
+        while index < family.len() {
+            let parent = family[index];
+            if let Ok(children) = std::fs::read_to_string(format!("/proc/{parent}/task/{parent}/children")) {
+                family.extend(children.split_whitespace().filter_map(|pid| pid.parse::<u32>().ok()));
+            }
+            index += 1;
+        }
+        family
+    }
+
+    /// Resident memory of the process and its descendants, in bytes.
+    pub fn rss_bytes(&self) -> u64 {
+        self.family().into_iter().map(rss_of).sum()
+    }
+
+    /// CPU time (user + system) of the process and its descendants.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.family().into_iter().map(cpu_of).sum()
+    }
+}
+
+impl Drop for ServerProcess {
+    fn drop(&mut self) {
+        // nginx's master takes its workers with it on SIGTERM; SIGKILL
+        // would orphan them, so ask first.
+        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        let deadline = Instant::now() + Duration::from_secs(3);
+        while Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill();
+    }
+}
+
+fn rss_of(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|status| {
+            status
+                .lines()
+                .find_map(|line| line.strip_prefix("VmRSS:"))
+                .and_then(|value| value.split_whitespace().next()?.parse::<u64>().ok())
+        })
+        .map_or(0, |kib| kib * 1024)
+}
+
+fn cpu_of(pid: u32) -> f64 {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return 0.0;
+    };
+    // Fields after the command name (which may hold spaces) start at state.
+    let Some((_, rest)) = stat.rsplit_once(") ") else {
+        return 0.0;
+    };
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |index: usize| {
+        fields
+            .get(index)
+            .and_then(|value| value.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    // utime and stime are fields 14 and 15 of stat, 12 and 13 after state.
+    #[allow(clippy::cast_precision_loss)]
+    let seconds = (ticks(11) + ticks(12)) as f64 / clock_ticks_per_second();
+    seconds
+}
+
+fn clock_ticks_per_second() -> f64 {
+    // SAFETY: sysconf reads a constant of the running system.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if ticks > 0 { ticks as f64 } else { 100.0 }
+}
+
+/// A free port on 127.0.0.1.
+pub fn free_port() -> anyhow::Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}

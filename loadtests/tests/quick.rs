@@ -1,0 +1,96 @@
+//! Every scenario at its quick size against chat-relay, as CI runs it, so
+//! the tooling never rots: the run must succeed, find chat-relay exact
+//! (nothing lost, doubled or reordered, every subscriber of the storm
+//! resumed) and write the JSON, the Markdown and both charts.
+
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+fn relay_binary() -> PathBuf {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
+    let release = target.join("release").join("chat-relay");
+    assert!(
+        release.exists(),
+        "{} is missing: scripts/test builds it (cargo build --release -p chat-relay)",
+        release.display()
+    );
+    release
+}
+
+#[test]
+fn every_quick_scenario_runs_against_chat_relay_and_finds_it_exact() {
+    let out = std::env::temp_dir().join(format!("relay-load-quick-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_relay-load"))
+        .args(["run", "--quick", "--systems", "relay", "--require-exact", "--out"])
+        .arg(&out)
+        .arg("--relay-binary")
+        .arg(relay_binary())
+        .spawn()
+        .expect("start relay-load");
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("relay-load run --quick took over 5 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    assert!(status.success(), "relay-load exited {status}");
+
+    let results: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("results.json")).unwrap()).unwrap();
+    let scenarios = results["scenarios"].as_array().unwrap();
+    let names: Vec<&str> = scenarios
+        .iter()
+        .map(|scenario| scenario["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["fan-out", "many rooms", "idle", "reconnect storm"]);
+    for scenario in scenarios {
+        let relay = &scenario["outcomes"][0];
+        assert_eq!(relay["system"], "relay");
+        let correctness = &relay["correctness"];
+        for field in ["lost", "duplicated", "out_of_order", "unexpected"] {
+            assert_eq!(correctness[field], 0, "{}: {field} in {correctness}", scenario["name"]);
+        }
+        assert_eq!(
+            correctness["expected"], correctness["delivered"],
+            "{}",
+            scenario["name"]
+        );
+        if scenario["name"] == "idle" {
+            assert!(relay["rss_per_connection_kib"].as_f64().unwrap() > 0.0, "{relay}");
+        } else {
+            assert!(correctness["expected"].as_u64().unwrap() > 0, "{relay}");
+        }
+        if scenario["name"] == "fan-out" {
+            assert!(relay["latency_ms"]["p99"].as_f64().unwrap() > 0.0, "{relay}");
+            assert!(
+                relay["cpu_seconds_per_million_deliveries"].as_f64().unwrap() > 0.0,
+                "{relay}"
+            );
+        }
+        if scenario["name"] == "reconnect storm" {
+            let resume = &relay["resume"];
+            assert!(resume["disconnected"].as_u64().unwrap() > 0, "{relay}");
+            assert_eq!(resume["disconnected"], resume["resumed"], "{relay}");
+        }
+    }
+    let markdown = std::fs::read_to_string(out.join("results.md")).unwrap();
+    assert!(markdown.contains("| chat-relay |"), "{markdown}");
+    for chart in ["latency-cdf.svg", "memory.svg"] {
+        let svg = std::fs::read_to_string(out.join(chart)).unwrap();
+        assert!(svg.starts_with("<svg") && svg.contains("chat-relay"), "{chart}");
+    }
+    assert!(
+        std::fs::read_to_string(out.join("latency-cdf.svg"))
+            .unwrap()
+            .contains("<polyline")
+    );
+    let _ = std::fs::remove_dir_all(&out);
+}
