@@ -106,7 +106,11 @@ impl Subscriber {
             }
             SystemKind::SocketIo => {
                 let (mut socket, pid) = socketio_connect(endpoint, resume).await?;
-                if !matches!(resume, Resume::SocketIo { .. }) {
+                // A recovered session keeps its rooms (the server answers
+                // with the same pid); otherwise join again, as an
+                // application would, and count what was missed as lost.
+                let recovered = matches!(resume, Resume::SocketIo { pid: old, .. } if *old == pid);
+                if !recovered {
                     socketio_join(&mut socket, room).await?;
                 }
                 Ok(Subscriber::SocketIo { socket, pid })

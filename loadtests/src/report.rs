@@ -95,7 +95,7 @@ impl Report {
                     cell(latency.map(|l| l.p99), 2),
                     cell(latency.map(|l| l.p999), 2),
                     cell(latency.map(|l| l.max), 2),
-                    if outcome.deliveries > 0 {
+                    if outcome.deliveries_per_second > 0.0 {
                         format!("{:.0}", outcome.deliveries_per_second)
                     } else {
                         "–".to_owned()
@@ -140,6 +140,17 @@ impl Report {
                         parts.push(format!(
                             "memory per connection {}x",
                             ratio(relay.rss_per_connection_kib, peer.rss_per_connection_kib)
+                        ));
+                    }
+                    if let (Some(ours), Some(theirs)) = (relay.resume, peer.resume) {
+                        parts.push(format!(
+                            "all resumed after {:.2} s against {:.2} s; lost {} against {}, duplicated {} against {}",
+                            ours.all_resumed_s,
+                            theirs.all_resumed_s,
+                            relay.correctness.lost,
+                            peer.correctness.lost,
+                            relay.correctness.duplicated,
+                            peer.correctness.duplicated
                         ));
                     }
                     let _ = writeln!(text, "- vs {}: {}", peer.system.label(), parts.join(", "));

@@ -45,9 +45,13 @@ impl ServerProcess {
         self.child.id()
     }
 
-    /// SIGKILL, as a crash or an evicted container.
+    /// SIGKILL to the process and its descendants (nginx's workers too),
+    /// as a crash or an evicted container.
     pub fn kill(&mut self) {
-        let _ = self.child.kill();
+        for pid in self.family().into_iter().rev() {
+            // SAFETY: kill(2) with a pid read from /proc and a valid signal.
+            unsafe { libc::kill(pid as libc::pid_t, libc::SIGKILL) };
+        }
         let _ = self.child.wait();
     }
 
@@ -78,9 +82,12 @@ impl ServerProcess {
 
 impl Drop for ServerProcess {
     fn drop(&mut self) {
-        // nginx's master takes its workers with it on SIGTERM; SIGKILL
-        // would orphan them, so ask first.
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        if matches!(self.child.try_wait(), Ok(Some(_))) {
+            return;
+        }
+        // nginx's master takes its workers with it on SIGTERM; ask first.
+        // SAFETY: kill(2) on our own child, which has not been reaped.
+        unsafe { libc::kill(self.pid() as libc::pid_t, libc::SIGTERM) };
         let deadline = Instant::now() + Duration::from_secs(3);
         while Instant::now() < deadline {
             if matches!(self.child.try_wait(), Ok(Some(_))) {
