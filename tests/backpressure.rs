@@ -13,12 +13,7 @@ use serde_json::{Value, json};
 use tokio_tungstenite::tungstenite::Message;
 
 async fn metric(relay: &TestRelay, line_start: &str) -> f64 {
-    let text = reqwest::get(relay.url("/metrics")).await.unwrap().text().await.unwrap();
-    text.lines()
-        .find(|line| line.starts_with(line_start))
-        .and_then(|line| line.rsplit(' ').next())
-        .and_then(|value| value.parse().ok())
-        .unwrap_or_else(|| panic!("no metric {line_start}:\n{text}"))
+    common::metric_at(&relay.url(""), line_start).await
 }
 
 async fn wait_for_metric(relay: &TestRelay, line_start: &str, wanted: impl Fn(f64) -> bool) {

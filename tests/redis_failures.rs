@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use common::nodes::RelayProcess;
 use common::redis::TestRedis;
-use common::{WsClient, assert_exact_sequence, http_get_json};
+use common::{WsClient, assert_exact_sequence, http_get_json, metric_at};
 use serde_json::{Value, json};
 
 /// Every message of a room, oldest first, through a node's history API
@@ -284,21 +284,54 @@ async fn a_redis_blip_loses_nothing_and_doubles_nothing() {
     }
     let (status, _) = http_get_json(&node_b.url("/readyz")).await;
     assert_eq!(status, 200, "ready again after the blip");
-    let metrics = reqwest::get(node_b.url("/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let repairs: f64 = metrics
-        .lines()
-        .find_map(|line| line.strip_prefix("relay_live_repairs_total "))
-        .and_then(|value| value.parse().ok())
-        .expect("repair counter");
+    let repairs = metric_at(&node_b.url(""), "relay_live_repairs_total ").await;
     assert!(
         repairs >= 1.0,
         "the live feed was caught up from the stream after reconnecting"
     );
+    let resyncs = metric_at(&node_b.url(""), "relay_live_feed_resyncs_total ").await;
+    assert!(resyncs >= 1.0, "the lost Pub/Sub connection was counted");
+}
+
+/// A healthy Pub/Sub connection survives its health checks (a PING every
+/// 3 s, answered `["pong", ""]` in subscribed mode): no reconnect, no
+/// repair, and every message arrives once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_healthy_live_feed_is_kept_across_health_checks() {
+    const ROOMS: [&str; 3] = ["steady-a", "steady-b", "steady-c"];
+    const PER_ROOM: usize = 8;
+    let redis = TestRedis::start().await;
+    let node = RelayProcess::spawn(&redis.url(), "steady", &[]);
+    let mut subscriber = WsClient::connect_url(&node.ws_url()).await;
+    for room in ROOMS {
+        subscriber.subscribe(room, json!({})).await;
+    }
+    let mut publisher = WsClient::connect_url(&node.ws_url()).await;
+    // Three health checks pass during these 8 s (at 3, 6 s, and one at
+    // start-up), with messages flowing.
+    for n in 0..PER_ROOM {
+        for room in ROOMS {
+            let ack = publisher.publish(room, json!({"n": n}), None).await;
+            assert_eq!(ack["type"], "ack", "{ack}");
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    let mut received: Vec<Value> = Vec::new();
+    while received.len() < ROOMS.len() * PER_ROOM {
+        let frame = subscriber.next_frame().await;
+        assert_ne!(frame["type"], "gap", "{frame}");
+        if frame["type"] == "message" {
+            received.push(frame);
+        }
+    }
+    for room in ROOMS {
+        let mine: Vec<Value> = received.iter().filter(|frame| frame["room"] == room).cloned().collect();
+        assert_exact_sequence(room, &mine, &history(&node, room).await, "0-0");
+    }
+    let base = node.url("");
+    assert_eq!(metric_at(&base, "relay_live_feed_resyncs_total ").await, 0.0);
+    assert_eq!(metric_at(&base, "relay_live_repairs_total ").await, 0.0);
+    assert_eq!(http_get_json(&node.url("/readyz")).await.0, 200);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -254,10 +254,10 @@ impl LiveFeed {
                 }
             };
             let Some(live) = feed.upgrade() else { return };
-            let (mut sink, mut stream) = pubsub.split();
+            let (sink, mut stream) = pubsub.split();
             let channels: Vec<String> = lock(&live.wanted).iter().map(|room| live.keys.channel(room)).collect();
-            if !channels.is_empty() && bounded(sink.subscribe(&channels)).await.is_err() {
-                tracing::warn!("resubscribing the live feed failed; reconnecting");
+            if let Err(error) = resubscribe(&sink, &channels).await {
+                tracing::warn!(%error, rooms = channels.len(), "resubscribing the live feed failed; reconnecting");
                 continue;
             }
             *lock(&live.sink) = Some(sink.clone());
@@ -276,27 +276,62 @@ impl LiveFeed {
             drop(live);
             let mut health =
                 tokio::time::interval_at(tokio::time::Instant::now() + LIVE_HEALTH_INTERVAL, LIVE_HEALTH_INTERVAL);
-            loop {
+            // The health PING runs beside the stream, which keeps flowing
+            // while the answer is awaited.
+            let mut ping: Option<HealthPing> = None;
+            let reason = loop {
                 tokio::select! {
                     message = stream.next() => match message {
                         Some(message) => match feed.upgrade() {
                             Some(live) => live.dispatch(message.get_channel_name(), message.get_payload_bytes()),
                             None => return,
                         },
-                        None => break,
+                        None => break "the connection closed".to_owned(),
                     },
-                    _ = health.tick() => {
-                        if bounded(sink.ping::<String>()).await.is_err() {
-                            break;
+                    _ = health.tick(), if ping.is_none() => {
+                        let mut pinger = sink.clone();
+                        // In subscribed mode Redis answers PING with
+                        // `["pong", ""]`, not `PONG`: any answer will do.
+                        ping = Some(Box::pin(async move { bounded(pinger.ping::<Value>()).await.map(drop) }));
+                    }
+                    Some(answer) = async { Some(ping.as_mut()?.await) }, if ping.is_some() => {
+                        ping = None;
+                        if let Err(error) = answer {
+                            break format!("the health check failed: {error}");
                         }
                     }
                 }
-            }
+            };
             let Some(live) = feed.upgrade() else { return };
             live.connected.store(false, Ordering::Release);
             *lock(&live.sink) = None;
-            tracing::warn!("live feed connection to Redis lost; reconnecting");
+            tracing::warn!(%reason, "live feed connection to Redis lost; reconnecting");
         }
+    }
+}
+
+/// A health-check PING of the live feed connection in flight.
+type HealthPing = std::pin::Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send>>;
+
+/// Subscribes a fresh Pub/Sub connection to `channels`, one `SUBSCRIBE`
+/// each (pipelined): the client pairs one reply with one request, and a
+/// `SUBSCRIBE` of many channels gets a reply per channel, which would
+/// answer later requests too early.
+async fn resubscribe(sink: &PubSubSink, channels: &[String]) -> Result<(), BrokerError> {
+    let subscribes = channels.iter().map(|channel| {
+        let mut sink = sink.clone();
+        async move { sink.subscribe(channel).await }
+    });
+    let all = futures_util::future::try_join_all(subscribes);
+    // Bounded as one command would be, with time for many rooms.
+    match tokio::time::timeout(COMMAND_TIMEOUT * 2, all).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(error)) => Err(unavailable(&error)),
+        Err(_) => Err(BrokerError::Unavailable(format!(
+            "Redis did not confirm {} subscriptions within {:?}",
+            channels.len(),
+            COMMAND_TIMEOUT * 2
+        ))),
     }
 }
 

@@ -420,6 +420,7 @@ impl LiveSink for RoomHub {
     }
 
     fn resync_all(&self) {
+        self.metrics.live_feed_resyncs.inc();
         let rooms: Vec<_> = lock(&self.rooms).values().cloned().collect();
         for local in rooms {
             let start = {

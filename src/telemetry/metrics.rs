@@ -82,6 +82,9 @@ pub struct Metrics {
     pub closes: Family<CloseLabel, Counter>,
     /// Times the live feed of a room was repaired from history.
     pub live_repairs: Counter,
+    /// Times the broker's live feed connection came back after a loss and
+    /// every room was caught up from history.
+    pub live_feed_resyncs: Counter,
     /// `gap`s: live messages lost that history no longer held.
     pub gaps: Counter,
 }
@@ -174,6 +177,12 @@ impl Metrics {
             "Times a room's live feed was caught up from history",
             live_repairs.clone(),
         );
+        let live_feed_resyncs = Counter::default();
+        registry.register(
+            "relay_live_feed_resyncs",
+            "Times the live feed connection to the broker was lost and re-established, after which every room was caught up from history",
+            live_feed_resyncs.clone(),
+        );
         let gaps = Counter::default();
         registry.register(
             "relay_gaps",
@@ -207,6 +216,7 @@ impl Metrics {
             errors,
             closes,
             live_repairs,
+            live_feed_resyncs,
             gaps,
         }
     }

@@ -346,6 +346,22 @@ pub async fn http_get_json(url: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// The value of the first `/metrics` line of the node at `base`
+/// (`http://host:port`) that starts with `line_start`.
+pub async fn metric_at(base: &str, line_start: &str) -> f64 {
+    let text = reqwest::get(format!("{base}/metrics"))
+        .await
+        .expect("GET /metrics")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines()
+        .find(|line| line.starts_with(line_start))
+        .and_then(|line| line.rsplit(' ').next())
+        .and_then(|value| value.parse().ok())
+        .unwrap_or_else(|| panic!("no metric {line_start}:\n{text}"))
+}
+
 /// Every message of a room's history, oldest first, paging with `after`.
 pub async fn full_history(relay: &TestRelay, room: &str, page: usize) -> Vec<Value> {
     history_at(&relay.url(""), room, page).await
