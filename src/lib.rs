@@ -30,6 +30,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt as _;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -160,6 +161,13 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
     let stop_server = CancellationToken::new();
     let app = http::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
     let stop = stop_server.clone();
+    // Frames are small and the writer batches them itself; Nagle's
+    // algorithm would hold a frame back until the previous one is acked.
+    let listener = listener.tap_io(|socket| {
+        if let Err(error) = socket.set_nodelay(true) {
+            tracing::debug!(%error, "could not set TCP_NODELAY on a client connection");
+        }
+    });
     let server = tokio::spawn(async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })

@@ -129,16 +129,12 @@ struct Collected {
 }
 
 async fn subscriber(setup: &Setup, replay: ReplayRequest) -> Collected {
-    let (connection, replies, mut queues) = ConnectionHandle::new(10_000);
+    let (connection, replies, queues) = ConnectionHandle::new(10_000);
     let frames = Arc::new(Mutex::new(Vec::new()));
     let sink = frames.clone();
     tokio::spawn(async move {
         loop {
-            let item = tokio::select! {
-                item = queues.replies.recv() => item,
-                item = queues.live.recv() => item,
-            };
-            match item {
+            match queues.next().await {
                 Some(Outbound::Message(message)) => {
                     sink.lock().unwrap().push(serde_json::from_str(&message.text).unwrap())
                 }

@@ -181,7 +181,7 @@ async fn next_chunk(mut state: StreamState) -> Option<(Chunk, StreamState)> {
     loop {
         let item = tokio::select! {
             biased;
-            () = state.queues.slow.cancelled() => {
+            () = state.queues.slow() => {
                 state.node.metrics.slow_consumer_closes.inc();
                 return None;
             }
@@ -192,8 +192,7 @@ async fn next_chunk(mut state: StreamState) -> Option<(Chunk, StreamState)> {
                 return Some((Ok(event), state));
             }
             () = async { if let Some(expiry) = state.expiry.as_mut() { expiry.await } else { std::future::pending().await } } => return None,
-            item = state.queues.replies.recv() => item,
-            item = state.queues.live.recv() => item,
+            item = state.queues.next() => item,
             _ = state.keepalive.tick() => return Some((Ok(Bytes::from_static(b": keepalive\n\n")), state)),
         };
         match item {

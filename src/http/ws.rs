@@ -239,7 +239,7 @@ where
     tokio::select! {
         biased;
         result = io => result.map_err(|_| WriteStop::Broken),
-        () = queues.slow.cancelled() => Err(WriteStop::Slow),
+        () = queues.slow() => Err(WriteStop::Slow),
         () = tokio::time::sleep(stall) => Err(WriteStop::Stalled),
     }
 }
@@ -257,22 +257,16 @@ async fn write_socket(node: &Node, mut sink: Sink, mut queues: ConnectionQueues,
     let stall = ping_interval * 2;
     let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let (mut replies_open, mut live_open) = (true, true);
     loop {
-        if !replies_open && !live_open {
-            let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
-            return;
-        }
         let first = tokio::select! {
             biased;
-            () = queues.slow.cancelled() => return close_slow_consumer(node, &mut sink, &mut queues).await,
-            item = queues.replies.recv(), if replies_open => match item {
+            () = queues.slow() => return close_slow_consumer(node, &mut sink, &mut queues).await,
+            item = queues.next() => match item {
                 Some(item) => item,
-                None => { replies_open = false; continue; }
-            },
-            item = queues.live.recv(), if live_open => match item {
-                Some(item) => item,
-                None => { live_open = false; continue; }
+                None => {
+                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+                    return;
+                }
             },
             _ = pings.tick() => {
                 if missed_pongs.fetch_add(1, Ordering::Relaxed) >= 2 {
@@ -289,13 +283,7 @@ async fn write_socket(node: &Node, mut sink: Sink, mut queues: ConnectionQueues,
         let mut step = feed(&mut sink, first, &queues, stall).await;
         let mut written = 1;
         while matches!(step, Ok(Step::Continue)) && written < WRITE_BATCH {
-            let next = match queues.replies.try_recv() {
-                Ok(item) => item,
-                Err(_) => match queues.live.try_recv() {
-                    Ok(item) => item,
-                    Err(_) => break,
-                },
-            };
+            let Some(next) = queues.try_next() else { break };
             step = feed(&mut sink, next, &queues, stall).await;
             written += 1;
         }
@@ -341,9 +329,7 @@ async fn feed(sink: &mut Sink, item: Outbound, queues: &ConnectionQueues, stall:
 async fn close_slow_consumer(node: &Node, sink: &mut Sink, queues: &mut ConnectionQueues) {
     node.metrics.slow_consumer_closes.inc();
     node.metrics.count_close(close_code::SLOW_CONSUMER);
-    queues.live.close();
-    queues.replies.close();
-    while queues.live.try_recv().is_ok() || queues.replies.try_recv().is_ok() {}
+    queues.close();
     let close = Message::Close(Some(CloseFrame {
         code: close_code::SLOW_CONSUMER,
         reason: "slow consumer: reconnect and resume with since".into(),

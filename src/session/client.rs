@@ -8,10 +8,9 @@ use std::sync::Arc;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
-use tokio::sync::mpsc;
 
 use super::hub::Subscription;
-use super::outbound::{ConnectionHandle, ControlKind, Outbound};
+use super::outbound::{ConnectionHandle, ControlKind, Outbound, ReplySender};
 use super::rate_limit::{InvalidFrameBudget, PublishRateLimiter};
 use super::resume::{ResumeError, ResumeTarget, subscribe_and_resume};
 use crate::auth::Identity;
@@ -47,7 +46,7 @@ pub struct ClientSession {
     node: Arc<Node>,
     identity: Identity,
     connection: ConnectionHandle,
-    replies: mpsc::Sender<Outbound>,
+    replies: ReplySender,
     subscriptions: HashMap<RoomName, Subscription>,
     publish_limiter: PublishRateLimiter,
     invalid_frames: InvalidFrameBudget,
@@ -70,12 +69,7 @@ struct Refusal<'a> {
 impl ClientSession {
     /// A session for an authenticated connection.
     #[must_use]
-    pub fn new(
-        node: Arc<Node>,
-        identity: Identity,
-        connection: ConnectionHandle,
-        replies: mpsc::Sender<Outbound>,
-    ) -> Self {
+    pub fn new(node: Arc<Node>, identity: Identity, connection: ConnectionHandle, replies: ReplySender) -> Self {
         let publish_limiter = PublishRateLimiter::new(node.settings.publish_rate);
         let invalid_frames = InvalidFrameBudget::new(node.settings.invalid_frame_limit);
         Self {

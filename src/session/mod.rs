@@ -15,6 +15,8 @@ mod resume;
 pub use admission::{Admission, ConnectionSlot, Refusal as AdmissionRefusal};
 pub use client::{ClientSession, MAX_PUBLISHES_IN_FLIGHT, SessionVerdict};
 pub use hub::{RoomHub, Subscription};
-pub use outbound::{ConnectionHandle, ConnectionQueues, ControlKind, LiveMessage, Outbound};
+pub use outbound::{
+    ConnectionClosed, ConnectionHandle, ConnectionQueues, ControlKind, LiveMessage, Outbound, ReplySender,
+};
 pub use rate_limit::{AddressRateLimiter, InvalidFrameBudget, PublishRateLimiter};
 pub use resume::{HistoryDecision, ResumeError, ResumeTarget, Resumed, read_requested_history, subscribe_and_resume};

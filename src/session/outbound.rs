@@ -1,18 +1,22 @@
 //! What flows from the node to one client connection, and the bounded queue
 //! that carries it.
 //!
-//! Live messages go through the connection's live queue with `try_send`:
-//! a full queue marks the connection a slow consumer (closed with 4000),
-//! never blocks the room and never skips a message silently. Replies and
-//! replays go through a small reply queue with backpressure instead.
+//! Live messages go through the connection's live queue with
+//! [`ConnectionHandle::offer`]: a full queue marks the connection a slow
+//! consumer (closed with 4000), never blocks the room and never skips a
+//! message silently. Replies and replays go through a small reply queue
+//! with backpressure instead ([`ReplySender::send`]). The writer takes
+//! replies first, then live messages.
 
-use std::sync::Arc;
-use std::sync::OnceLock;
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::task::{Context, Poll};
 
 use axum::extract::ws::Utf8Bytes;
 use bytes::{Bytes, BytesMut};
-use tokio::sync::{mpsc, oneshot};
-use tokio_util::sync::CancellationToken;
+use futures_util::task::AtomicWaker;
+use tokio::sync::{Notify, oneshot};
 
 use crate::broker::StoredMessage;
 use crate::protocol::MessageId;
@@ -126,87 +130,469 @@ impl Outbound {
     }
 }
 
-/// The node's handle on one connection's live queue.
-#[derive(Debug, Clone)]
-pub struct ConnectionHandle {
-    live: mpsc::Sender<Outbound>,
-    slow: CancellationToken,
+/// Why a reply could not be queued: the connection's writer is gone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("the connection is closed")]
+pub struct ConnectionClosed;
+
+/// A live queue that grew past this many slots in a burst gives the memory
+/// back once drained.
+const LIVE_SHRINK_ABOVE: usize = 256;
+const LIVE_SHRINK_TO: usize = 16;
+
+/// One connection's outbound queues, shared by the node (live messages),
+/// the session (replies and replays) and the connection's writer.
+///
+/// Two deques behind one short lock, one waker slot for the writer and a
+/// `Notify` for reply senders waiting for room. An idle connection's
+/// queues allocate nothing; tokio's channels allocate a 32-slot block each
+/// up front (about 3.4 KiB per connection for the pair). The writer is
+/// woken only when the queues go from empty to not empty, so a busy writer
+/// takes a burst without a wake-up per frame.
+#[derive(Debug)]
+struct Outbox {
+    state: Mutex<OutboxState>,
+    /// The writer, the queues' only reader.
+    writer: AtomicWaker,
+    /// Reply senders waiting for room, or for the writer to go.
+    reply_room: Notify,
+    /// Set once when the connection fell behind; read without the lock.
+    slow: AtomicBool,
 }
 
-/// The receiving ends a connection's writer drains.
+#[derive(Debug)]
+struct OutboxState {
+    live: VecDeque<Outbound>,
+    replies: VecDeque<Outbound>,
+    live_capacity: usize,
+    live_senders: usize,
+    reply_senders: usize,
+    /// The writer stopped (closed or dropped its end): nothing more is queued.
+    writer_gone: bool,
+}
+
+impl OutboxState {
+    fn is_empty(&self) -> bool {
+        self.live.is_empty() && self.replies.is_empty()
+    }
+}
+
+impl Outbox {
+    fn state(&self) -> MutexGuard<'_, OutboxState> {
+        // Every critical section leaves the deques consistent before
+        // anything that could panic, so a poisoned lock is still usable.
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn raise_slow(&self) {
+        self.slow.store(true, Ordering::Release);
+        self.writer.wake();
+    }
+}
+
+/// The node's handle on one connection's live queue (the hub holds one per
+/// subscription). The writer finishes once every handle and every
+/// [`ReplySender`] is gone and the queues are drained.
+#[derive(Debug)]
+pub struct ConnectionHandle {
+    outbox: Arc<Outbox>,
+}
+
+/// Queues replies and replays for one connection, waiting for room when
+/// its reply queue is full (backpressure on the client's own requests).
+#[derive(Debug)]
+pub struct ReplySender {
+    outbox: Arc<Outbox>,
+}
+
+/// The writer's end of a connection's queues. Dropping it (or
+/// [`ConnectionQueues::close`]) discards what is queued and refuses more.
 #[derive(Debug)]
 pub struct ConnectionQueues {
-    /// Live messages, bounded by `RELAY_OUTBOUND_QUEUE`.
-    pub live: mpsc::Receiver<Outbound>,
-    /// Replies and replays.
-    pub replies: mpsc::Receiver<Outbound>,
-    /// Cancelled when the connection fell behind.
-    pub slow: CancellationToken,
+    outbox: Arc<Outbox>,
 }
 
 impl ConnectionHandle {
     /// Creates a connection's queues; returns the node-side handle, the
-    /// sender for replies and the receivers for its writer.
+    /// sender for replies and the writer's end.
     #[must_use]
-    pub fn new(live_capacity: usize) -> (Self, mpsc::Sender<Outbound>, ConnectionQueues) {
-        let (live_tx, live_rx) = mpsc::channel(live_capacity.max(1));
-        let (reply_tx, reply_rx) = mpsc::channel(REPLY_QUEUE_CAPACITY);
-        let slow = CancellationToken::new();
-        let handle = Self {
-            live: live_tx,
-            slow: slow.clone(),
-        };
+    pub fn new(live_capacity: usize) -> (Self, ReplySender, ConnectionQueues) {
+        let outbox = Arc::new(Outbox {
+            state: Mutex::new(OutboxState {
+                live: VecDeque::new(),
+                replies: VecDeque::new(),
+                live_capacity: live_capacity.max(1),
+                live_senders: 1,
+                reply_senders: 1,
+                writer_gone: false,
+            }),
+            writer: AtomicWaker::new(),
+            reply_room: Notify::new(),
+            slow: AtomicBool::new(false),
+        });
         (
-            handle,
-            reply_tx,
-            ConnectionQueues {
-                live: live_rx,
-                replies: reply_rx,
-                slow,
-            },
+            Self { outbox: outbox.clone() },
+            ReplySender { outbox: outbox.clone() },
+            ConnectionQueues { outbox },
         )
     }
 
     /// Queues a live item; a full queue marks the connection slow instead.
     /// Returns whether the item was queued.
     pub fn offer(&self, item: Outbound) -> bool {
-        match self.live.try_send(item) {
-            Ok(()) => true,
-            Err(mpsc::error::TrySendError::Full(_)) => {
-                self.mark_slow();
-                false
-            }
-            Err(mpsc::error::TrySendError::Closed(_)) => false,
+        let mut state = self.outbox.state();
+        if state.writer_gone || self.outbox.slow.load(Ordering::Acquire) {
+            return false;
         }
+        if state.live.len() >= state.live_capacity {
+            drop(state);
+            self.outbox.raise_slow();
+            return false;
+        }
+        let was_empty = state.is_empty();
+        state.live.push_back(item);
+        drop(state);
+        if was_empty {
+            self.outbox.writer.wake();
+        }
+        true
     }
 
     /// Marks the connection a slow consumer: its writer closes it with 4000.
     pub fn mark_slow(&self) {
-        self.slow.cancel();
+        self.outbox.raise_slow();
     }
 
     /// Whether the connection was marked slow.
     #[must_use]
     pub fn is_slow(&self) -> bool {
-        self.slow.is_cancelled()
+        self.outbox.slow.load(Ordering::Acquire)
+    }
+}
+
+impl Clone for ConnectionHandle {
+    fn clone(&self) -> Self {
+        self.outbox.state().live_senders += 1;
+        Self {
+            outbox: self.outbox.clone(),
+        }
+    }
+}
+
+impl Drop for ConnectionHandle {
+    fn drop(&mut self) {
+        let last = {
+            let mut state = self.outbox.state();
+            state.live_senders -= 1;
+            state.live_senders == 0
+        };
+        if last {
+            self.outbox.writer.wake();
+        }
+    }
+}
+
+impl ReplySender {
+    /// Queues `item` behind the replies before it, waiting while the reply
+    /// queue is full.
+    ///
+    /// # Errors
+    /// [`ConnectionClosed`] once the writer is gone.
+    pub async fn send(&self, item: Outbound) -> Result<(), ConnectionClosed> {
+        loop {
+            // Registered before the check, so room made in between is seen.
+            let room = self.outbox.reply_room.notified();
+            tokio::pin!(room);
+            room.as_mut().enable();
+            {
+                let mut state = self.outbox.state();
+                if state.writer_gone {
+                    return Err(ConnectionClosed);
+                }
+                if state.replies.len() < REPLY_QUEUE_CAPACITY {
+                    let was_empty = state.is_empty();
+                    state.replies.push_back(item);
+                    drop(state);
+                    if was_empty {
+                        self.outbox.writer.wake();
+                    }
+                    return Ok(());
+                }
+            }
+            room.await;
+        }
+    }
+
+    /// Completes once the writer is gone (the client left).
+    pub async fn closed(&self) {
+        loop {
+            let gone = self.outbox.reply_room.notified();
+            tokio::pin!(gone);
+            gone.as_mut().enable();
+            if self.outbox.state().writer_gone {
+                return;
+            }
+            gone.await;
+        }
+    }
+}
+
+impl Clone for ReplySender {
+    fn clone(&self) -> Self {
+        self.outbox.state().reply_senders += 1;
+        Self {
+            outbox: self.outbox.clone(),
+        }
+    }
+}
+
+impl Drop for ReplySender {
+    fn drop(&mut self) {
+        let last = {
+            let mut state = self.outbox.state();
+            state.reply_senders -= 1;
+            state.reply_senders == 0
+        };
+        if last {
+            self.outbox.writer.wake();
+        }
+    }
+}
+
+impl ConnectionQueues {
+    /// The next item without waiting: replies first, then live messages.
+    pub fn try_next(&self) -> Option<Outbound> {
+        let mut state = self.outbox.state();
+        if let Some(item) = state.replies.pop_front() {
+            let had_waiters = state.replies.len() + 1 == REPLY_QUEUE_CAPACITY;
+            drop(state);
+            if had_waiters {
+                self.outbox.reply_room.notify_waiters();
+            }
+            return Some(item);
+        }
+        let item = state.live.pop_front();
+        if state.live.is_empty() && state.live.capacity() > LIVE_SHRINK_ABOVE {
+            state.live.shrink_to(LIVE_SHRINK_TO);
+        }
+        item
+    }
+
+    /// The next item; `Ready(None)` once every sender is gone and nothing
+    /// is left.
+    pub fn poll_next(&self, context: &mut Context<'_>) -> Poll<Option<Outbound>> {
+        if let Some(item) = self.try_next() {
+            return Poll::Ready(Some(item));
+        }
+        self.outbox.writer.register(context.waker());
+        // Queued (or the last sender left) between the check and the
+        // registration: not missed.
+        if let Some(item) = self.try_next() {
+            return Poll::Ready(Some(item));
+        }
+        let state = self.outbox.state();
+        if state.live_senders == 0 && state.reply_senders == 0 {
+            Poll::Ready(None)
+        } else {
+            Poll::Pending
+        }
+    }
+
+    /// The next item; `None` once every sender is gone and nothing is left.
+    pub async fn next(&self) -> Option<Outbound> {
+        std::future::poll_fn(|context| self.poll_next(context)).await
+    }
+
+    /// Whether the connection fell behind.
+    #[must_use]
+    pub fn is_slow(&self) -> bool {
+        self.outbox.slow.load(Ordering::Acquire)
+    }
+
+    /// Completes once the connection is marked slow.
+    pub async fn slow(&self) {
+        std::future::poll_fn(|context| {
+            if self.is_slow() {
+                return Poll::Ready(());
+            }
+            self.outbox.writer.register(context.waker());
+            if self.is_slow() { Poll::Ready(()) } else { Poll::Pending }
+        })
+        .await;
+    }
+
+    /// Stops the queues: what is queued is dropped, senders are refused
+    /// from now on and reply senders waiting for room are released.
+    pub fn close(&mut self) {
+        let discarded = {
+            let mut state = self.outbox.state();
+            state.writer_gone = true;
+            (std::mem::take(&mut state.live), std::mem::take(&mut state.replies))
+        };
+        // Dropped outside the lock: a dropped barrier wakes its waiter.
+        drop(discarded);
+        self.outbox.reply_room.notify_waiters();
+    }
+}
+
+impl Drop for ConnectionQueues {
+    fn drop(&mut self) {
+        self.close();
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
+
+    fn control(text: &str) -> Outbound {
+        Outbound::control(ControlKind::Reply, text.to_owned())
+    }
+
+    fn text_of(item: Option<Outbound>) -> String {
+        match item {
+            Some(Outbound::Control { text, .. }) => text.as_str().to_owned(),
+            other => panic!("expected a control frame, got {other:?}"),
+        }
+    }
 
     #[test]
     fn a_full_live_queue_marks_the_connection_slow_instead_of_dropping_silently() {
-        let (handle, _replies, mut queues) = ConnectionHandle::new(2);
-        let control = || Outbound::control(ControlKind::Gap, "{}".to_owned());
-        assert!(handle.offer(control()));
-        assert!(handle.offer(control()));
+        let (handle, _replies, queues) = ConnectionHandle::new(2);
+        assert!(handle.offer(control("1")));
+        assert!(handle.offer(control("2")));
         assert!(!handle.is_slow());
-        assert!(!handle.offer(control()));
+        assert!(!handle.offer(control("3")));
         assert!(handle.is_slow());
-        assert!(queues.slow.is_cancelled());
-        assert!(queues.live.try_recv().is_ok());
+        assert!(queues.is_slow());
+        assert_eq!(text_of(queues.try_next()), "1");
+    }
+
+    #[tokio::test]
+    async fn marking_a_connection_slow_wakes_its_writer() {
+        let (handle, _replies, queues) = ConnectionHandle::new(2);
+        let writer = tokio::spawn(async move { queues.slow().await });
+        tokio::task::yield_now().await;
+        assert!(!writer.is_finished());
+        handle.mark_slow();
+        tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .expect("the waiting writer was woken")
+            .expect("writer task");
+    }
+
+    #[tokio::test]
+    async fn replies_go_before_live_messages_and_each_keeps_its_order() {
+        let (handle, replies, queues) = ConnectionHandle::new(8);
+        assert!(handle.offer(control("live-1")));
+        replies.send(control("reply-1")).await.unwrap();
+        assert!(handle.offer(control("live-2")));
+        replies.send(control("reply-2")).await.unwrap();
+        let order: Vec<String> = (0..4).map(|_| text_of(queues.try_next())).collect();
+        assert_eq!(order, ["reply-1", "reply-2", "live-1", "live-2"]);
+        assert!(queues.try_next().is_none());
+    }
+
+    #[tokio::test]
+    async fn a_waiting_writer_is_woken_by_a_live_message_and_by_a_reply() {
+        let (handle, replies, queues) = ConnectionHandle::new(8);
+        let writer = tokio::spawn(async move {
+            let first = text_of(queues.next().await);
+            let second = text_of(queues.next().await);
+            (first, second)
+        });
+        tokio::task::yield_now().await;
+        assert!(handle.offer(control("live")));
+        tokio::task::yield_now().await;
+        replies.send(control("reply")).await.unwrap();
+        let (first, second) = tokio::time::timeout(Duration::from_secs(5), writer)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!((first.as_str(), second.as_str()), ("live", "reply"));
+    }
+
+    #[tokio::test]
+    async fn a_full_reply_queue_holds_the_sender_until_the_writer_takes_one() {
+        let (_handle, replies, queues) = ConnectionHandle::new(8);
+        for n in 0..REPLY_QUEUE_CAPACITY {
+            replies.send(control(&n.to_string())).await.unwrap();
+        }
+        let extra = replies.clone();
+        let blocked = tokio::spawn(async move { extra.send(control("extra")).await });
+        tokio::task::yield_now().await;
+        assert!(!blocked.is_finished(), "the sender waits for room");
+        assert_eq!(text_of(queues.try_next()), "0");
+        tokio::time::timeout(Duration::from_secs(5), blocked)
+            .await
+            .expect("room made wakes the sender")
+            .unwrap()
+            .unwrap();
+        let rest: Vec<String> = std::iter::from_fn(|| queues.try_next().map(|item| text_of(Some(item)))).collect();
+        assert_eq!(rest.len(), REPLY_QUEUE_CAPACITY);
+        assert_eq!(rest.last().map(String::as_str), Some("extra"));
+    }
+
+    #[tokio::test]
+    async fn the_writer_finishes_after_the_last_sender_and_the_last_item() {
+        let (handle, replies, queues) = ConnectionHandle::new(8);
+        let subscription = handle.clone();
+        assert!(subscription.offer(control("last words")));
+        drop(handle);
+        drop(replies);
+        assert_eq!(text_of(queues.next().await), "last words");
+        let writer = tokio::spawn(async move { queues.next().await.is_none() });
+        tokio::task::yield_now().await;
+        assert!(!writer.is_finished(), "a live handle is still held");
+        drop(subscription);
+        assert!(
+            tokio::time::timeout(Duration::from_secs(5), writer)
+                .await
+                .unwrap()
+                .unwrap()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_closed_writer_refuses_senders_and_releases_waiters() {
+        let (handle, replies, mut queues) = ConnectionHandle::new(8);
+        for n in 0..REPLY_QUEUE_CAPACITY {
+            replies.send(control(&n.to_string())).await.unwrap();
+        }
+        let (reached, barrier) = oneshot::channel();
+        assert!(handle.offer(Outbound::Barrier(reached)));
+        let waiting = replies.clone();
+        let blocked = tokio::spawn(async move { waiting.send(control("late")).await });
+        let watcher = replies.clone();
+        let closed = tokio::spawn(async move { watcher.closed().await });
+        tokio::task::yield_now().await;
+        queues.close();
+        assert_eq!(
+            tokio::time::timeout(Duration::from_secs(5), blocked)
+                .await
+                .unwrap()
+                .unwrap(),
+            Err(ConnectionClosed)
+        );
+        tokio::time::timeout(Duration::from_secs(5), closed)
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(barrier.await.is_err(), "a discarded barrier tells its waiter");
+        assert!(!handle.offer(control("after")));
+        assert_eq!(replies.send(control("after")).await, Err(ConnectionClosed));
+    }
+
+    #[test]
+    fn a_drained_burst_gives_its_memory_back() {
+        let (handle, _replies, queues) = ConnectionHandle::new(1024);
+        for _ in 0..1000 {
+            assert!(handle.offer(control("x")));
+        }
+        while queues.try_next().is_some() {}
+        assert!(queues.outbox.state().live.capacity() <= LIVE_SHRINK_ABOVE);
     }
 
     #[test]
@@ -226,7 +612,8 @@ mod tests {
 mod size_tests {
     #[test]
     fn a_queue_slot_stays_small() {
-        // Every connection's two queues allocate 32 slots each up front.
+        // Queued items are what a slow reader's queue holds, up to
+        // RELAY_OUTBOUND_QUEUE of them.
         assert!(
             std::mem::size_of::<super::Outbound>() <= 40,
             "{}",

@@ -14,10 +14,10 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 use super::hub::{RoomHub, Subscription, live_message};
-use super::outbound::{ConnectionHandle, ControlKind, LiveMessage, Outbound};
+use super::outbound::{ConnectionHandle, ControlKind, LiveMessage, Outbound, ReplySender};
 use crate::broker::{Broker, BrokerError};
 use crate::protocol::{MessageId, ReplayRequest, RequestTag, RoomName, server_frame};
 
@@ -92,7 +92,7 @@ pub async fn read_requested_history(
 /// Where a resume writes, in order: the connection's reply queue.
 pub struct ResumeTarget<'a> {
     /// The connection's reply queue.
-    pub replies: &'a mpsc::Sender<Outbound>,
+    pub replies: &'a ReplySender,
     /// The connection's live handle, for the hub.
     pub connection: ConnectionHandle,
     /// The subscribe's `req`.
@@ -107,7 +107,7 @@ pub struct Resumed {
     pub replayed: usize,
 }
 
-async fn send(replies: &mpsc::Sender<Outbound>, item: Outbound) -> Result<(), ResumeError> {
+async fn send(replies: &ReplySender, item: Outbound) -> Result<(), ResumeError> {
     replies.send(item).await.map_err(|_| ResumeError::ConnectionClosed)
 }
 
@@ -175,7 +175,7 @@ async fn fill_from_history(
     last: MessageId,
     next: &LiveMessage,
     page_size: usize,
-    replies: &mpsc::Sender<Outbound>,
+    replies: &ReplySender,
 ) -> Result<(), ResumeError> {
     let mut cursor = last;
     'pages: loop {

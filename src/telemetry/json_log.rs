@@ -37,6 +37,14 @@ impl<S> tracing_subscriber::Layer<S> for TraceIdLayer
 where
     S: Subscriber + for<'a> LookupSpan<'a>,
 {
+    /// The traced spans are all at INFO. Without a hint this layer would
+    /// count as wanting TRACE, which lifts the `log` bridge to TRACE and
+    /// sends every `log::trace!` of the WebSocket library through the
+    /// subscriber: a measurable cost per frame.
+    fn max_level_hint(&self) -> Option<tracing::level_filters::LevelFilter> {
+        Some(tracing::level_filters::LevelFilter::INFO)
+    }
+
     fn on_new_span(&self, attributes: &Attributes<'_>, id: &Id, context: Context<'_, S>) {
         let mut visitor = TraceIdVisitor(None);
         attributes.record(&mut visitor);

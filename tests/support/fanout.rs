@@ -88,7 +88,7 @@ pub fn stored_message(room: &RoomName, sequence: u64) -> Arc<StoredMessage> {
 pub fn drain_live_queues(subscribers: &mut [LiveSubscriber]) -> usize {
     let mut received = 0;
     for (_, queues) in subscribers.iter_mut() {
-        while queues.live.try_recv().is_ok() {
+        while queues.try_next().is_some() {
             received += 1;
         }
     }
