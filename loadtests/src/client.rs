@@ -82,25 +82,25 @@ impl Subscriber {
                     Resume::Relay(id) => format!(r#","since":"{id}""#),
                     _ => String::new(),
                 };
-                wire::send_text(
-                    &mut socket,
-                    format!(r#"{{"type":"subscribe","room":"{room}","req":"s"{since}}}"#),
-                )
-                .await?;
-                // Replayed messages may come before `subscribed`; keep them.
-                let mut early = Vec::new();
+                let subscribe = format!(r#"{{"type":"subscribe","room":"{room}","req":"s"{since}}}"#);
+                wire::send_text(&mut socket, subscribe.clone()).await?;
+                let mut refusals = 0;
                 loop {
                     let text = wire::next_text(&mut socket).await?;
                     let frame: serde_json::Value = serde_json::from_str(&text)?;
                     match frame["type"].as_str() {
                         Some("subscribed") => break,
+                        // As the protocol asks of clients: try again later.
+                        Some("error") if frame["code"] == "unavailable" && refusals < 10 => {
+                            refusals += 1;
+                            let wait = frame["retry_after_ms"].as_u64().unwrap_or(1000);
+                            tokio::time::sleep(std::time::Duration::from_millis(wait)).await;
+                            wire::send_text(&mut socket, subscribe.clone()).await?;
+                        }
                         Some("error") => bail!("subscribe refused: {frame}"),
-                        Some("message") => early.push(text),
+                        Some("message") => bail!("relay sent a message before subscribed"),
                         _ => {}
                     }
-                }
-                if !early.is_empty() {
-                    bail!("relay sent messages before subscribed");
                 }
                 Ok(Subscriber::Relay(socket))
             }

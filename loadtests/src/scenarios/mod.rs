@@ -14,8 +14,9 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde::Serialize;
+use tokio::sync::watch;
 
-use crate::client::{Resume, Subscriber, now_us};
+use crate::client::{Publisher, Resume, Subscriber, now_us, payload_json};
 use crate::ledger::{Correctness, SubscriberLedger};
 use crate::systems::{Endpoint, SystemKind};
 
@@ -114,6 +115,46 @@ pub struct Progress {
     pub deliveries: AtomicU64,
     /// `now_us` of the newest delivery.
     pub last_delivery_us: AtomicU64,
+    /// Subscribers that received a warm-up message.
+    pub warmed: AtomicU64,
+}
+
+/// Publisher id of warm-up messages, which are never counted.
+pub const WARM_UP_PUBLISHER: u32 = u32::MAX;
+
+/// How long warming up may take before the run is called off.
+const WARM_UP_LIMIT: Duration = Duration::from_secs(60);
+
+/// Publishes warm-up messages into `rooms` (one each per round, a round a
+/// second) until every one of `subscribers` got one. Measuring starts only
+/// then, with every subscription proven live: systems that subscribe to
+/// their broker lazily (Nchan) or propagate joins across nodes
+/// (Socket.IO) are not charged for messages sent before that.
+pub async fn warm_up(
+    publisher: &mut Publisher,
+    rooms: &[String],
+    subscribers: u64,
+    progress: &Progress,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let mut round = 0;
+    while progress.warmed.load(Ordering::Relaxed) < subscribers {
+        if started.elapsed() > WARM_UP_LIMIT {
+            anyhow::bail!(
+                "only {} of {subscribers} subscribers received a message within {WARM_UP_LIMIT:?}: the system under test does not deliver",
+                progress.warmed.load(Ordering::Relaxed)
+            );
+        }
+        for room in rooms {
+            publisher.publish(room, &payload_json(WARM_UP_PUBLISHER, round)).await?;
+        }
+        round += 1;
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while progress.warmed.load(Ordering::Relaxed) < subscribers && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    Ok(())
 }
 
 /// Where a subscriber goes when its connection drops.
@@ -136,24 +177,95 @@ pub fn new_histogram() -> Histogram<u64> {
     Histogram::new_with_bounds(1, 600_000_000, 3).expect("valid histogram bounds")
 }
 
-/// Reads until every expected message arrived or `deadline`; on a lost
-/// connection, resumes through `failover` if given.
-pub async fn read_subscriber(
+/// The reader tasks of one run: one per subscriber, each accounting every
+/// delivery until it has everything it expects or is told to stop.
+pub struct Readers {
+    tasks: Vec<tokio::task::JoinHandle<SubscriberReport>>,
+    stop: watch::Sender<bool>,
+    pub progress: Arc<Progress>,
+}
+
+impl Readers {
+    pub fn new() -> Self {
+        Self {
+            tasks: Vec::new(),
+            stop: watch::channel(false).0,
+            progress: Arc::new(Progress::default()),
+        }
+    }
+
+    /// Reads `subscriber` into `ledger`; on a lost connection, resumes
+    /// through `failover` if given.
+    pub fn spawn(
+        &mut self,
+        subscriber: Subscriber,
+        ledger: SubscriberLedger,
+        room: String,
+        resume: Resume,
+        failover: Option<Failover>,
+    ) {
+        self.tasks.push(tokio::spawn(read_subscriber(
+            subscriber,
+            ledger,
+            room,
+            resume,
+            failover,
+            self.progress.clone(),
+            self.stop.subscribe(),
+        )));
+    }
+
+    pub fn count(&self) -> u64 {
+        self.tasks.len() as u64
+    }
+
+    /// Called after the last publish: waits until every reader has what it
+    /// expects, or `grace` has passed (then what is missing is lost).
+    pub async fn finish(self, grace: Duration) -> anyhow::Result<Vec<SubscriberReport>> {
+        let stop = self.stop;
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let _ = stop.send(true);
+        });
+        let mut reports = Vec::with_capacity(self.tasks.len());
+        for task in self.tasks {
+            reports.push(task.await?);
+        }
+        stopper.abort();
+        Ok(reports)
+    }
+}
+
+async fn read_subscriber(
     mut subscriber: Subscriber,
     mut ledger: SubscriberLedger,
     room: String,
     mut resume: Resume,
     failover: Option<Failover>,
     progress: Arc<Progress>,
-    deadline: tokio::time::Instant,
+    mut stop: watch::Receiver<bool>,
 ) -> SubscriberReport {
     let mut latency = new_histogram();
     let mut resumed_after = None;
+    let mut warmed = false;
     let event_source = failover.is_some();
     while !ledger.complete() {
-        match tokio::time::timeout_at(deadline, subscriber.next()).await {
-            Err(_) => break,
-            Ok(Ok((payload, position))) => {
+        let next = tokio::select! {
+            biased;
+            _ = stop.wait_for(|stopped| *stopped) => break,
+            next = subscriber.next() => next,
+        };
+        match next {
+            Ok((payload, position)) if payload.publisher == WARM_UP_PUBLISHER => {
+                if !warmed {
+                    warmed = true;
+                    progress.warmed.fetch_add(1, Ordering::Relaxed);
+                }
+                if !matches!(position, Resume::Fresh) {
+                    resume = position;
+                }
+            }
+            Ok((payload, position)) => {
                 let now = now_us();
                 latency.saturating_record(now.saturating_sub(payload.sent_us).max(1));
                 ledger.record(&payload);
@@ -163,13 +275,13 @@ pub async fn read_subscriber(
                 progress.deliveries.fetch_add(1, Ordering::Relaxed);
                 progress.last_delivery_us.fetch_max(now, Ordering::Relaxed);
             }
-            Ok(Err(_)) => {
+            Err(_) => {
                 let Some(failover) = &failover else { break };
                 if resumed_after.is_some() {
                     break;
                 }
                 let mut reconnected = None;
-                while tokio::time::Instant::now() < deadline {
+                while !*stop.borrow() {
                     if let Ok(fresh) = Subscriber::connect(&failover.endpoint, &room, &resume, event_source).await {
                         reconnected = Some(fresh);
                         break;

@@ -3,12 +3,11 @@
 //! publisher connections on both nodes (one connection per member would
 //! double the sockets without changing the servers' work per message).
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client::{Publisher, Resume, Subscriber, payload_json};
 use crate::ledger::SubscriberLedger;
-use crate::scenarios::{Outcome, Progress, connect_many, merge_reports, progress_bar, read_subscriber};
+use crate::scenarios::{Outcome, Readers, connect_many, merge_reports, progress_bar, warm_up};
 use crate::systems::Deployment;
 
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +32,9 @@ pub const FULL: Size = Size {
 };
 
 const PUBLISHERS_PER_NODE: usize = 8;
+
+/// How long members may still take after the last publish.
+const GRACE: Duration = Duration::from_secs(30);
 
 fn members_of(room: usize) -> usize {
     2 + room % 4
@@ -65,11 +67,23 @@ pub async fn run(deployment: &Deployment, size: Size) -> anyhow::Result<Outcome>
         async move { Subscriber::connect(&endpoint, &room, &Resume::Fresh, false).await }
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
+    let mut readers = Readers::new();
+    for (member, subscriber) in subscribers.into_iter().enumerate() {
+        let room = room_of_member[member];
+        readers.spawn(
+            subscriber,
+            SubscriberLedger::expecting(members[room].iter().copied(), size.messages_per_member),
+            format!("room{room}"),
+            Resume::Fresh,
+            None,
+        );
+    }
+    let room_names: Vec<String> = (0..size.rooms).map(|room| format!("room{room}")).collect();
+    let mut warmer = Publisher::connect(&deployment.endpoints[0]).await?;
+    warm_up(&mut warmer, &room_names, readers.count(), &readers.progress).await?;
+    drop(warmer);
 
-    let progress = Arc::new(Progress::default());
-    let publish_time = Duration::from_secs_f64(f64::from(size.messages_per_member) * size.interval_s);
-    let deadline = tokio::time::Instant::now() + publish_time + Duration::from_secs(30);
+    let progress = readers.progress.clone();
     let total: u64 =
         members.iter().map(|ids| (ids.len() * ids.len()) as u64).sum::<u64>() * u64::from(size.messages_per_member);
     let bar = progress_bar(
@@ -77,23 +91,6 @@ pub async fn run(deployment: &Deployment, size: Size) -> anyhow::Result<Outcome>
         total,
         progress.clone(),
     );
-    let readers: Vec<_> = subscribers
-        .into_iter()
-        .enumerate()
-        .map(|(member, subscriber)| {
-            let room = room_of_member[member];
-            let ledger = SubscriberLedger::expecting(members[room].iter().copied(), size.messages_per_member);
-            tokio::spawn(read_subscriber(
-                subscriber,
-                ledger,
-                format!("room{room}"),
-                Resume::Fresh,
-                None,
-                progress.clone(),
-                deadline,
-            ))
-        })
-        .collect();
 
     let cpu_before = deployment.nodes_cpu_seconds();
     let started = Instant::now();
@@ -130,10 +127,7 @@ pub async fn run(deployment: &Deployment, size: Size) -> anyhow::Result<Outcome>
     for task in tasks {
         published += task.await??;
     }
-    let mut reports = Vec::new();
-    for reader in readers {
-        reports.push(reader.await?);
-    }
+    let reports = readers.finish(GRACE).await?;
     bar.abort();
     let cpu = deployment.nodes_cpu_seconds() - cpu_before;
 

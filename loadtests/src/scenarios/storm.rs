@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use crate::client::{Publisher, Resume, Subscriber, payload_json};
 use crate::ledger::SubscriberLedger;
-use crate::scenarios::{Failover, Outcome, Progress, connect_many, merge_reports, progress_bar, read_subscriber};
+use crate::scenarios::{Failover, Outcome, Readers, connect_many, merge_reports, progress_bar, warm_up};
 use crate::systems::{Deployment, SystemKind};
 
 #[derive(Debug, Clone, Copy)]
@@ -32,6 +32,9 @@ pub const FULL: Size = Size {
     rate: 20,
 };
 
+/// How long subscribers may still take after the last publish.
+const GRACE: Duration = Duration::from_secs(20);
+
 pub async fn run(deployment: &mut Deployment, size: Size) -> anyhow::Result<Outcome> {
     let room = "storm";
     let doomed = deployment.endpoints[0].clone();
@@ -48,34 +51,30 @@ pub async fn run(deployment: &mut Deployment, size: Size) -> anyhow::Result<Outc
         async move { Subscriber::connect(&endpoint, room, &resume, true).await }
     })
     .await?;
-    tokio::time::sleep(Duration::from_secs(1)).await;
-
-    let progress = Arc::new(Progress::default());
     let killed_at = Arc::new(std::sync::OnceLock::new());
     let failover = Failover {
         endpoint: survivor.clone(),
         killed_at: killed_at.clone(),
     };
-    let publish_time = Duration::from_secs_f64(f64::from(size.messages) / f64::from(size.rate));
-    let deadline = tokio::time::Instant::now() + publish_time + Duration::from_secs(20);
-    let total = size.subscribers as u64 * u64::from(size.messages);
-    let bar = progress_bar(&format!("storm {}", deployment.kind.label()), total, progress.clone());
-    let readers: Vec<_> = subscribers
-        .into_iter()
-        .map(|subscriber| {
-            tokio::spawn(read_subscriber(
-                subscriber,
-                SubscriberLedger::expecting([0], size.messages),
-                room.to_owned(),
-                first_resume.clone(),
-                Some(failover.clone()),
-                progress.clone(),
-                deadline,
-            ))
-        })
-        .collect();
-
+    let mut readers = Readers::new();
+    for subscriber in subscribers {
+        readers.spawn(
+            subscriber,
+            SubscriberLedger::expecting([0], size.messages),
+            room.to_owned(),
+            first_resume.clone(),
+            Some(failover.clone()),
+        );
+    }
     let mut publisher = Publisher::connect(&survivor).await?;
+    warm_up(&mut publisher, &[room.to_owned()], readers.count(), &readers.progress).await?;
+
+    let total = size.subscribers as u64 * u64::from(size.messages);
+    let bar = progress_bar(
+        &format!("storm {}", deployment.kind.label()),
+        total,
+        readers.progress.clone(),
+    );
     let started = Instant::now();
     let mut ticks = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(size.rate)));
     for seq in 0..size.messages {
@@ -86,10 +85,7 @@ pub async fn run(deployment: &mut Deployment, size: Size) -> anyhow::Result<Outc
         }
         publisher.publish(room, &payload_json(0, seq)).await?;
     }
-    let mut reports = Vec::new();
-    for reader in readers {
-        reports.push(reader.await?);
-    }
+    let reports = readers.finish(GRACE).await?;
     bar.abort();
 
     let mut outcome = Outcome::new(deployment.kind, &deployment.version);
