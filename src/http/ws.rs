@@ -23,14 +23,14 @@ use crate::node::Node;
 use crate::protocol::{ErrorCode, close_code, server_frame};
 use crate::session::{
     ClientSession, ConnectionHandle, ConnectionQueues, ConnectionSlot, ControlKind, MAX_PUBLISHES_IN_FLIGHT, Outbound,
-    SessionVerdict,
+    ReplySender, SessionVerdict,
 };
 use crate::telemetry::TransportLabel;
 
 /// Frames written per flush at most.
 pub const WRITE_BATCH: usize = 64;
 /// Bytes the reader buffers per connection (grows for a larger frame).
-const READ_BUFFER_BYTES: usize = 1024;
+const READ_BUFFER_BYTES: usize = 512;
 /// Bytes the writer collects before writing to the socket.
 const WRITE_BUFFER_BYTES: usize = 8192;
 /// How long a closing connection may take to flush its last frames.
@@ -106,7 +106,8 @@ async fn serve_socket(node: Arc<Node>, identity: Identity, _slot: ConnectionSlot
     );
     let (connection, replies, queues) = ConnectionHandle::new(node.settings.outbound_queue);
     let mut session = ClientSession::new(node.clone(), identity, connection, replies.clone());
-    if replies.send(session.welcome()).await.is_err() {
+    // A fresh queue has room: no await, so no state holding the socket.
+    if replies.try_send(session.welcome()).is_err() {
         return;
     }
     let (sink, stream) = socket.split();
@@ -119,6 +120,19 @@ async fn serve_socket(node: Arc<Node>, identity: Identity, _slot: ConnectionSlot
     };
     // Leave every room before the socket goes.
     drop(session);
+    // Boxed: this runs once, at the end; no idle task carries its state.
+    Box::pin(close_after_reading(&node, replies, end, writer)).await;
+}
+
+/// Queues what the end of reading calls for (a close, or `reconnect` and
+/// 1012 when draining) behind the frames already queued, and lets the
+/// writer send it all, bounded by [`CLOSE_GRACE`].
+async fn close_after_reading(
+    node: &Node,
+    replies: ReplySender,
+    end: ReadEnd,
+    writer: std::pin::Pin<&mut impl Future<Output = ()>>,
+) {
     match end {
         ReadEnd::ClientClosed => {}
         ReadEnd::Close { code, reason } => {
@@ -128,7 +142,7 @@ async fn serve_socket(node: Arc<Node>, identity: Identity, _slot: ConnectionSlot
         // After the acks of the publishes that were in flight.
         ReadEnd::Draining => {
             node.metrics.count_close(close_code::RESTARTING);
-            let _ = replies.send(drain_notice(&node)).await;
+            let _ = replies.send(drain_notice(node)).await;
             let _ = replies
                 .send(Outbound::Close {
                     code: close_code::RESTARTING,
@@ -163,7 +177,7 @@ async fn read_socket(
         let received = tokio::select! {
             biased;
             () = &mut expiry => {
-                let SessionVerdict::Close { code, reason } = session.token_expired().await else { continue };
+                let SessionVerdict::Close { code, reason } = Box::pin(session.token_expired()).await else { continue };
                 break ReadEnd::Close { code, reason };
             }
             () = node.draining.cancelled() => break ReadEnd::Draining,
@@ -177,7 +191,9 @@ async fn read_socket(
         };
         match received {
             Some(Ok(Message::Text(text))) => {
-                if let SessionVerdict::Close { code, reason } = session.handle_text(&text).await {
+                // Boxed: the frame's work takes heap only while it runs,
+                // not a slot in every idle connection's task.
+                if let SessionVerdict::Close { code, reason } = Box::pin(session.handle_text(&text)).await {
                     break ReadEnd::Close { code, reason };
                 }
             }
@@ -260,7 +276,7 @@ async fn write_socket(node: &Node, mut sink: Sink, mut queues: ConnectionQueues,
     loop {
         let first = tokio::select! {
             biased;
-            () = queues.slow() => return close_slow_consumer(node, &mut sink, &mut queues).await,
+            () = queues.slow() => return Box::pin(close_slow_consumer(node, &mut sink, &mut queues)).await,
             item = queues.next() => match item {
                 Some(item) => item,
                 None => {
@@ -275,7 +291,7 @@ async fn write_socket(node: &Node, mut sink: Sink, mut queues: ConnectionQueues,
                 }
                 match guarded(sink.send(Message::Ping(bytes::Bytes::new())), &queues, stall).await {
                     Ok(()) => continue,
-                    Err(WriteStop::Slow) => return close_slow_consumer(node, &mut sink, &mut queues).await,
+                    Err(WriteStop::Slow) => return Box::pin(close_slow_consumer(node, &mut sink, &mut queues)).await,
                     Err(WriteStop::Stalled | WriteStop::Broken) => return,
                 }
             }
@@ -294,7 +310,7 @@ async fn write_socket(node: &Node, mut sink: Sink, mut queues: ConnectionQueues,
         match outcome {
             Ok(Step::Continue) => {}
             Ok(Step::Finish) | Err(WriteStop::Stalled | WriteStop::Broken) => return,
-            Err(WriteStop::Slow) => return close_slow_consumer(node, &mut sink, &mut queues).await,
+            Err(WriteStop::Slow) => return Box::pin(close_slow_consumer(node, &mut sink, &mut queues)).await,
         }
     }
 }

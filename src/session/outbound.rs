@@ -292,35 +292,58 @@ impl Drop for ConnectionHandle {
     }
 }
 
+/// Why a reply was not queued.
+enum ReplyRefusal {
+    /// The reply queue is full; here is the item back.
+    Full(Outbound),
+    /// The writer is gone.
+    Closed,
+}
+
 impl ReplySender {
+    fn try_queue(&self, item: Outbound) -> Result<(), ReplyRefusal> {
+        let mut state = self.outbox.state();
+        if state.writer_gone {
+            return Err(ReplyRefusal::Closed);
+        }
+        if state.replies.len() >= REPLY_QUEUE_CAPACITY {
+            return Err(ReplyRefusal::Full(item));
+        }
+        let was_empty = state.is_empty();
+        state.replies.push_back(item);
+        drop(state);
+        if was_empty {
+            self.outbox.writer.wake();
+        }
+        Ok(())
+    }
+
     /// Queues `item` behind the replies before it, waiting while the reply
     /// queue is full.
     ///
     /// # Errors
     /// [`ConnectionClosed`] once the writer is gone.
-    pub async fn send(&self, item: Outbound) -> Result<(), ConnectionClosed> {
+    pub async fn send(&self, mut item: Outbound) -> Result<(), ConnectionClosed> {
         loop {
-            // Registered before the check, so room made in between is seen.
+            // Registered before the attempt, so room made in between is seen.
             let room = self.outbox.reply_room.notified();
             tokio::pin!(room);
             room.as_mut().enable();
-            {
-                let mut state = self.outbox.state();
-                if state.writer_gone {
-                    return Err(ConnectionClosed);
-                }
-                if state.replies.len() < REPLY_QUEUE_CAPACITY {
-                    let was_empty = state.is_empty();
-                    state.replies.push_back(item);
-                    drop(state);
-                    if was_empty {
-                        self.outbox.writer.wake();
-                    }
-                    return Ok(());
-                }
+            match self.try_queue(item) {
+                Ok(()) => return Ok(()),
+                Err(ReplyRefusal::Closed) => return Err(ConnectionClosed),
+                Err(ReplyRefusal::Full(back)) => item = back,
             }
             room.await;
         }
+    }
+
+    /// Queues `item` if the reply queue has room, without waiting.
+    ///
+    /// # Errors
+    /// [`ConnectionClosed`] when the queue is full or the writer is gone.
+    pub fn try_send(&self, item: Outbound) -> Result<(), ConnectionClosed> {
+        self.try_queue(item).map_err(|_| ConnectionClosed)
     }
 
     /// Completes once the writer is gone (the client left).
