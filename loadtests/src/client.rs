@@ -244,10 +244,22 @@ pub enum Publisher {
     Relay(SocketSink),
     /// Shared with the task that answers the server's pings.
     SocketIo(std::sync::Arc<tokio::sync::Mutex<SocketSink>>),
+    /// HTTP publishes, several in flight (at most one per room, so that a
+    /// room's order is the publisher's): a lane waiting for each answer
+    /// would fall behind the schedule and offer Nchan a lighter load than
+    /// the others get over their pipelined WebSockets.
     Nchan {
         http: reqwest::Client,
         base: String,
+        in_flight: std::collections::HashMap<String, tokio::task::JoinHandle<anyhow::Result<()>>>,
     },
+}
+
+/// Most HTTP publishes one Nchan publisher keeps in flight.
+const NCHAN_PUBLISHES_IN_FLIGHT: usize = 64;
+
+async fn settled(request: tokio::task::JoinHandle<anyhow::Result<()>>) -> anyhow::Result<()> {
+    request.await.context("Nchan publish task")?
 }
 
 impl Publisher {
@@ -276,8 +288,11 @@ impl Publisher {
                 Ok(Publisher::SocketIo(sink))
             }
             SystemKind::Nchan => Ok(Publisher::Nchan {
-                http: reqwest::Client::builder().pool_max_idle_per_host(64).build()?,
+                http: reqwest::Client::builder()
+                    .pool_max_idle_per_host(NCHAN_PUBLISHES_IN_FLIGHT)
+                    .build()?,
                 base: endpoint.http_url(""),
+                in_flight: std::collections::HashMap::new(),
             }),
         }
     }
@@ -297,19 +312,38 @@ impl Publisher {
                 .send(Message::text(format!(r#"42["publish","{room}",{payload}]"#)))
                 .await
                 .context("Socket.IO publish"),
-            Publisher::Nchan { http, base } => {
-                let response = http
-                    .post(format!("{base}/pub/{room}"))
-                    .body(payload.to_owned())
-                    .send()
-                    .await
-                    .context("Nchan publish")?;
-                if !response.status().is_success() {
-                    bail!("Nchan publish answered {}", response.status());
+            Publisher::Nchan { http, base, in_flight } => {
+                if let Some(previous) = in_flight.remove(room) {
+                    settled(previous).await?;
                 }
+                if in_flight.len() >= NCHAN_PUBLISHES_IN_FLIGHT {
+                    for (_, request) in in_flight.drain() {
+                        settled(request).await?;
+                    }
+                }
+                let request = http.post(format!("{base}/pub/{room}")).body(payload.to_owned());
+                let sent = tokio::spawn(async move {
+                    let response = request.send().await.context("Nchan publish")?;
+                    if !response.status().is_success() {
+                        bail!("Nchan publish answered {}", response.status());
+                    }
+                    Ok(())
+                });
+                in_flight.insert(room.to_owned(), sent);
                 Ok(())
             }
         }
+    }
+
+    /// Waits until every publish has been answered (Nchan's HTTP
+    /// publishes; the WebSocket publishers have nothing outstanding).
+    pub async fn finish(&mut self) -> anyhow::Result<()> {
+        if let Publisher::Nchan { in_flight, .. } = self {
+            for (_, request) in in_flight.drain() {
+                settled(request).await?;
+            }
+        }
+        Ok(())
     }
 }
 

@@ -54,7 +54,16 @@ fn cell(value: Option<f64>, digits: usize) -> String {
 /// `relay / other` written as a ratio, with what is better said by the caller.
 fn ratio(numerator: Option<f64>, denominator: Option<f64>) -> String {
     match (numerator, denominator) {
-        (Some(numerator), Some(denominator)) if denominator > 0.0 => format!("{:.2}", numerator / denominator),
+        (Some(numerator), Some(denominator)) if denominator > 0.0 => {
+            let ratio = numerator / denominator;
+            // Two significant digits, also for ratios far below 1.
+            let decimals = if ratio >= 0.1 || ratio <= 0.0 {
+                2
+            } else {
+                usize::try_from(1 - ratio.log10().floor() as i64).map_or(2, |decimals| decimals.min(6))
+            };
+            format!("{ratio:.decimals$}")
+        }
         _ => "–".to_owned(),
     }
 }
@@ -287,4 +296,19 @@ pub fn memory_svg(outcomes: &[Outcome]) -> String {
     }
     svg.push_str("</svg>\n");
     svg
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ratio;
+
+    #[test]
+    fn ratios_keep_two_significant_digits_however_small() {
+        assert_eq!(ratio(Some(1.0), Some(2.0)), "0.50");
+        assert_eq!(ratio(Some(3.0), Some(2.0)), "1.50");
+        assert_eq!(ratio(Some(14.75), Some(5271.55)), "0.0028");
+        assert_eq!(ratio(Some(0.0), Some(2.0)), "0.00");
+        assert_eq!(ratio(Some(1.0), Some(0.0)), "–");
+        assert_eq!(ratio(None, Some(1.0)), "–");
+    }
 }

@@ -25,7 +25,11 @@ async function main() {
       maxDisconnectionDuration: 2 * 60 * 1000,
       skipMiddlewares: true,
     },
-    adapter: createAdapter(redis),
+    // The adapter trims its one shared stream to maxLen (default 10,000):
+    // under a load of thousands of messages a second that is a couple of
+    // seconds, and a node lagging longer loses what was trimmed. A larger
+    // stream is the documented remedy.
+    adapter: createAdapter(redis, { maxLen: 100000 }),
   });
   io.on("connection", (socket) => {
     socket.on("join", (room, ack) => {

@@ -67,6 +67,7 @@ pub async fn run(deployment: &Deployment, size: Size) -> anyhow::Result<Outcome>
         ticks.tick().await;
         publisher.publish(room, &payload_json(0, seq)).await?;
     }
+    publisher.finish().await?;
     let reports = readers.finish(GRACE).await?;
     bar.abort();
     let cpu = deployment.nodes_cpu_seconds() - cpu_before;

@@ -148,6 +148,7 @@ pub async fn warm_up(
         for room in rooms {
             publisher.publish(room, &payload_json(WARM_UP_PUBLISHER, round)).await?;
         }
+        publisher.finish().await?;
         round += 1;
         let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
         while progress.warmed.load(Ordering::Relaxed) < subscribers && tokio::time::Instant::now() < deadline {

@@ -120,6 +120,7 @@ pub async fn run(deployment: &Deployment, size: Size) -> anyhow::Result<Outcome>
                     sent += 1;
                 }
             }
+            publisher.finish().await?;
             anyhow::Ok(sent)
         }));
     }

@@ -85,6 +85,7 @@ pub async fn run(deployment: &mut Deployment, size: Size) -> anyhow::Result<Outc
         }
         publisher.publish(room, &payload_json(0, seq)).await?;
     }
+    publisher.finish().await?;
     let reports = readers.finish(GRACE).await?;
     bar.abort();
 
