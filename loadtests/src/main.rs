@@ -121,67 +121,48 @@ async fn hold(options: HoldOptions) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The quick size or the full one.
+fn sized<T>(quick: bool, quick_size: T, full_size: T) -> T {
+    if quick { quick_size } else { full_size }
+}
+
 async fn run(options: RunOptions) -> anyhow::Result<()> {
     let size = if options.quick { "quick" } else { "full" };
     let mut results = Vec::new();
+    let fanout = sized(options.quick, scenarios::fanout::QUICK, scenarios::fanout::FULL);
+    let rooms = sized(options.quick, scenarios::rooms::QUICK, scenarios::rooms::FULL);
+    let idle = sized(options.quick, scenarios::idle::QUICK, scenarios::idle::FULL);
+    let storm = sized(options.quick, scenarios::storm::QUICK, scenarios::storm::FULL);
     for scenario in &options.scenarios {
         let (name, description) = match scenario {
-            ScenarioName::Fanout => {
-                let size = if options.quick {
-                    scenarios::fanout::QUICK
-                } else {
-                    scenarios::fanout::FULL
-                };
-                (
-                    "fan-out",
-                    format!(
-                        "One room, {} subscribers over 2 nodes, 1 publisher on node 1 at {} messages/s, {} messages.",
-                        size.subscribers, size.rate, size.messages
-                    ),
-                )
-            }
-            ScenarioName::Rooms => {
-                let size = if options.quick {
-                    scenarios::rooms::QUICK
-                } else {
-                    scenarios::rooms::FULL
-                };
-                (
-                    "many rooms",
-                    format!(
-                        "{} rooms of 2 to 5 members over 2 nodes; every member publishes {} messages, one every {} s (through 16 publisher connections).",
-                        size.rooms, size.messages_per_member, size.interval_s
-                    ),
-                )
-            }
-            ScenarioName::Idle => {
-                let size = if options.quick {
-                    scenarios::idle::QUICK
-                } else {
-                    scenarios::idle::FULL
-                };
-                (
-                    "idle",
-                    format!(
-                        "{} idle WebSocket connections over 2 nodes, each subscribed to one of 100 rooms; node RSS growth per connection.",
-                        size.connections
-                    ),
-                )
-            }
-            ScenarioName::Storm => {
-                let size = if options.quick {
-                    scenarios::storm::QUICK
-                } else {
-                    scenarios::storm::FULL
-                };
-                (
-                    "reconnect storm",
-                    format!(
-                        "{} subscribers on node 1, {} messages at {}/s from node 2; node 1 is killed (SIGKILL) a third of the way in; subscribers resume on node 2 (Nchan: EventSource with Last-Event-ID).",
-                        size.subscribers, size.messages, size.rate
-                    ),
-                )
-            }
+            ScenarioName::Fanout => (
+                "fan-out",
+                format!(
+                    "One room, {} subscribers over 2 nodes, 1 publisher on node 1 at {} messages/s, {} messages.",
+                    fanout.subscribers, fanout.rate, fanout.messages
+                ),
+            ),
+            ScenarioName::Rooms => (
+                "many rooms",
+                format!(
+                    "{} rooms of 2 to 5 members over 2 nodes; every member publishes {} messages, one every {} s (through 16 publisher connections).",
+                    rooms.rooms, rooms.messages_per_member, rooms.interval_s
+                ),
+            ),
+            ScenarioName::Idle => (
+                "idle",
+                format!(
+                    "{} idle WebSocket connections over 2 nodes, each subscribed to one of 100 rooms; node RSS growth per connection.",
+                    idle.connections
+                ),
+            ),
+            ScenarioName::Storm => (
+                "reconnect storm",
+                format!(
+                    "{} subscribers on node 1, {} messages at {}/s from node 2; node 1 is killed (SIGKILL) a third of the way in; subscribers resume on node 2 (Nchan: EventSource with Last-Event-ID).",
+                    storm.subscribers, storm.messages, storm.rate
+                ),
+            ),
         };
         let mut outcomes = Vec::new();
         for &system in &options.systems {
@@ -191,52 +172,21 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
                 .join(format!("{name}-{system:?}").replace(' ', "-").to_lowercase());
             let mut deployment = Deployment::start(system, &options.locations, &work)?;
             eprintln!("{name}: {} ({})", system.label(), deployment.version);
-            let outcome = match scenario {
-                ScenarioName::Fanout => {
-                    scenarios::fanout::run(
-                        &deployment,
-                        if options.quick {
-                            scenarios::fanout::QUICK
-                        } else {
-                            scenarios::fanout::FULL
-                        },
-                    )
-                    .await?
-                }
-                ScenarioName::Rooms => {
-                    scenarios::rooms::run(
-                        &deployment,
-                        if options.quick {
-                            scenarios::rooms::QUICK
-                        } else {
-                            scenarios::rooms::FULL
-                        },
-                    )
-                    .await?
-                }
-                ScenarioName::Idle => {
-                    scenarios::idle::run(
-                        &deployment,
-                        if options.quick {
-                            scenarios::idle::QUICK
-                        } else {
-                            scenarios::idle::FULL
-                        },
-                    )
-                    .await?
-                }
-                ScenarioName::Storm => {
-                    scenarios::storm::run(
-                        &mut deployment,
-                        if options.quick {
-                            scenarios::storm::QUICK
-                        } else {
-                            scenarios::storm::FULL
-                        },
-                    )
-                    .await?
-                }
+            let result = match scenario {
+                ScenarioName::Fanout => scenarios::fanout::run(&deployment, fanout).await,
+                ScenarioName::Rooms => scenarios::rooms::run(&deployment, rooms).await,
+                ScenarioName::Idle => scenarios::idle::run(&deployment, idle).await,
+                ScenarioName::Storm => scenarios::storm::run(&mut deployment, storm).await,
             };
+            // A system that falls over is a result; the others still run.
+            let outcome = result.unwrap_or_else(|error| {
+                eprintln!(
+                    "  {} failed: {error:#} (server logs in {})",
+                    system.label(),
+                    work.display()
+                );
+                scenarios::Outcome::failed(system, &deployment.version, &error)
+            });
             eprintln!("  {}", serde_json::to_string(&outcome)?);
             outcomes.push(outcome);
         }
@@ -259,6 +209,11 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
     if options.require_exact {
         for scenario in &report.scenarios {
             for outcome in &scenario.outcomes {
+                if outcome.system == SystemKind::Relay
+                    && let Some(failure) = &outcome.failure
+                {
+                    bail!("{}: chat-relay failed: {failure}", scenario.name);
+                }
                 if outcome.system == SystemKind::Relay && !outcome.correctness.is_exact() {
                     bail!("{}: chat-relay was not exact: {:?}", scenario.name, outcome.correctness);
                 }

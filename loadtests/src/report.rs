@@ -92,6 +92,15 @@ impl Report {
                         resume.resumed, resume.disconnected, resume.all_resumed_s
                     )
                 });
+                if outcome.failure.is_some() {
+                    let _ = writeln!(
+                        text,
+                        "| {} | did not complete (below) |{}",
+                        outcome.system.label(),
+                        " |".repeat(14)
+                    );
+                    continue;
+                }
                 let _ = writeln!(
                     text,
                     "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
@@ -117,14 +126,19 @@ impl Report {
                     outcome.correctness.out_of_order,
                 );
             }
+            for outcome in &scenario.outcomes {
+                if let Some(failure) = &outcome.failure {
+                    let _ = writeln!(text, "\n{} did not complete: {failure}", outcome.system.label());
+                }
+            }
             let relay = scenario
                 .outcomes
                 .iter()
-                .find(|outcome| outcome.system == SystemKind::Relay);
+                .find(|outcome| outcome.system == SystemKind::Relay && outcome.failure.is_none());
             let peers: Vec<&Outcome> = scenario
                 .outcomes
                 .iter()
-                .filter(|outcome| outcome.system != SystemKind::Relay)
+                .filter(|outcome| outcome.system != SystemKind::Relay && outcome.failure.is_none())
                 .collect();
             if let (Some(relay), false) = (relay, peers.is_empty()) {
                 let _ = writeln!(text, "\nRatios (chat-relay against each peer, same run):\n");

@@ -72,6 +72,8 @@ pub struct Outcome {
     pub rss_per_connection_kib: Option<f64>,
     pub resume: Option<ResumeStats>,
     pub correctness: Correctness,
+    /// Why the run did not complete (a node crashed, a connection failed).
+    pub failure: Option<String>,
     /// Latency CDF points (ms, fraction) for the chart.
     #[serde(skip)]
     pub latency_cdf: Vec<(f64, f64)>,
@@ -93,7 +95,16 @@ impl Outcome {
             rss_per_connection_kib: None,
             resume: None,
             correctness: Correctness::default(),
+            failure: None,
             latency_cdf: Vec::new(),
+        }
+    }
+
+    /// The outcome of a run that did not complete.
+    pub fn failed(system: SystemKind, version: &str, error: &anyhow::Error) -> Self {
+        Self {
+            failure: Some(format!("{error:#}")),
+            ..Self::new(system, version)
         }
     }
 
