@@ -29,7 +29,11 @@ async function main() {
     // under a load of thousands of messages a second that is a couple of
     // seconds, and a node lagging longer loses what was trimmed. A larger
     // stream is the documented remedy.
-    adapter: createAdapter(redis, { maxLen: 100000 }),
+    // Its XREAD blocks 5 s by default, exactly node-redis 6's default
+    // command timeout: on a quiet stream the empty answer races the
+    // timeout, and the unhandled TimeoutError ends the process. Blocking
+    // for less keeps the two apart.
+    adapter: createAdapter(redis, { maxLen: 100000, blockTimeInMs: 1000 }),
   });
   io.on("connection", (socket) => {
     socket.on("join", (room, ack) => {
