@@ -209,8 +209,11 @@ fn color(system: SystemKind) -> &'static str {
     }
 }
 
-/// Latency CDF on a log-scaled millisecond axis.
+/// The latency distribution: milliseconds (log scale) against percentile,
+/// spaced by nines (0, 90, 99, 99.9, 99.99 %) so that the tail, where the
+/// systems differ, gets as much room as the median.
 pub fn latency_cdf_svg(outcomes: &[Outcome]) -> String {
+    const NINES: f64 = 4.0;
     let (width, height, left, bottom, top, right) = (720.0, 420.0, 70.0, 50.0, 40.0, 20.0);
     let plot_w = width - left - right;
     let plot_h = height - top - bottom;
@@ -218,11 +221,17 @@ pub fn latency_cdf_svg(outcomes: &[Outcome]) -> String {
         .iter()
         .flat_map(|outcome| outcome.latency_cdf.iter().map(|(ms, _)| *ms))
         .fold(1.0_f64, f64::max);
-    let (low, high) = (0.1_f64.log10(), (max_ms * 1.5).log10().ceil());
-    let x = |ms: f64| left + (ms.max(0.1).log10() - low) / (high - low) * plot_w;
-    let y = |fraction: f64| top + (1.0 - fraction) * plot_h;
+    let min_ms = outcomes
+        .iter()
+        .flat_map(|outcome| outcome.latency_cdf.iter().map(|(ms, _)| *ms))
+        .fold(max_ms, f64::min)
+        .max(0.01);
+    let (low, high) = (min_ms.log10().floor(), (max_ms * 1.5).log10().ceil());
+    let x = |ms: f64| left + (ms.max(10f64.powf(low)).log10() - low) / (high - low) * plot_w;
+    let nines = |fraction: f64| (-(1.0 - fraction).max(1e-12).log10()).min(NINES);
+    let y = |fraction: f64| top + (1.0 - nines(fraction) / NINES) * plot_h;
     let mut svg = format!(
-        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="{}" y="22" font-size="15" text-anchor="middle">Fan-out: publish-to-delivery latency (CDF)</text>"#,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" font-family="sans-serif" font-size="12"><rect width="100%" height="100%" fill="white"/><text x="{}" y="22" font-size="15" text-anchor="middle">Fan-out: publish-to-delivery latency by percentile</text>"#,
         width / 2.0
     );
     let mut decade = low;
@@ -234,18 +243,20 @@ pub fn latency_cdf_svg(outcomes: &[Outcome]) -> String {
             x(ms),
             top + plot_h,
             top + plot_h + 18.0,
-            if ms < 1.0 {
-                format!("{ms:.1}")
-            } else {
-                format!("{ms:.0}")
-            }
+            if ms < 1.0 { format!("{ms}") } else { format!("{ms:.0}") }
         );
         decade += 1.0;
     }
-    for fraction in [0.0, 0.5, 0.9, 0.99, 1.0] {
+    for (fraction, label) in [
+        (0.0, "0%"),
+        (0.9, "90%"),
+        (0.99, "99%"),
+        (0.999, "99.9%"),
+        (0.9999, "99.99%"),
+    ] {
         let _ = write!(
             svg,
-            r##"<line x1="{left}" y1="{0:.1}" x2="{1:.1}" y2="{0:.1}" stroke="#eee"/><text x="{2:.1}" y="{3:.1}" text-anchor="end">{fraction}</text>"##,
+            r##"<line x1="{left}" y1="{0:.1}" x2="{1:.1}" y2="{0:.1}" stroke="#eee"/><text x="{2:.1}" y="{3:.1}" text-anchor="end">{label}</text>"##,
             y(fraction),
             left + plot_w,
             left - 6.0,
@@ -254,7 +265,7 @@ pub fn latency_cdf_svg(outcomes: &[Outcome]) -> String {
     }
     let _ = write!(
         svg,
-        r#"<text x="{}" y="{}" text-anchor="middle">milliseconds (log scale)</text><text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">fraction of deliveries</text>"#,
+        r#"<text x="{}" y="{}" text-anchor="middle">milliseconds (log scale)</text><text x="16" y="{}" transform="rotate(-90 16 {})" text-anchor="middle">deliveries at or below</text>"#,
         left + plot_w / 2.0,
         height - 10.0,
         top + plot_h / 2.0,

@@ -74,8 +74,8 @@ pub struct Outcome {
     pub correctness: Correctness,
     /// Why the run did not complete (a node crashed, a connection failed).
     pub failure: Option<String>,
-    /// Latency CDF points (ms, fraction) for the chart.
-    #[serde(skip)]
+    /// The latency distribution: (milliseconds, fraction of deliveries at
+    /// or below), denser in the tail; the chart is drawn from it.
     pub latency_cdf: Vec<(f64, f64)>,
 }
 
@@ -114,7 +114,7 @@ impl Outcome {
         }
         self.latency_ms = Some(Percentiles::of(histogram));
         self.latency_cdf = histogram
-            .iter_quantiles(2)
+            .iter_quantiles(5)
             .map(|step| (step.value_iterated_to() as f64 / 1000.0, step.quantile_iterated_to()))
             .collect();
     }
