@@ -4,8 +4,10 @@
 //! [`WRITE_BATCH`] frames per flush, sends pings, and closes slow consumers
 //! (4000) and draining connections (`reconnect`, then 1012).
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
@@ -78,13 +80,19 @@ pub async fn upgrade(
     };
     let settings = &node.settings;
     let tracker = node.connections.clone();
+    // Boxed: the upgrade's task keeps this closure's captures for the
+    // connection's whole life; a pointer costs less than the identity.
+    let parts = Box::new((node.clone(), identity, slot));
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(WRITE_BUFFER_BYTES + settings.max_frame_bytes.max(settings.max_message_bytes + 4096) * 2)
         .max_message_size(settings.max_frame_bytes)
         .max_frame_size(settings.max_frame_bytes)
-        .on_upgrade(move |socket| tracker.track_future(serve_socket(node, identity, slot, socket)))
+        .on_upgrade(move |socket| {
+            let (node, identity, slot) = *parts;
+            tracker.track_future(serve_connection(Connection::open(node, identity, slot, socket)))
+        })
 }
 
 enum ReadEnd {
@@ -97,31 +105,78 @@ enum ReadEnd {
     Draining,
 }
 
-async fn serve_socket(node: Arc<Node>, identity: Identity, _slot: ConnectionSlot, socket: WebSocket) {
-    let _open = GaugeGuard::inc(
-        node.metrics
-            .connections
-            .get_or_create(&TransportLabel { transport: "ws" })
-            .clone(),
-    );
-    let (connection, replies, queues) = ConnectionHandle::new(node.settings.outbound_queue);
-    let mut session = ClientSession::new(node.clone(), identity, connection, replies.clone());
-    // A fresh queue has room: no await, so no state holding the socket.
-    if replies.try_send(session.welcome()).is_err() {
-        return;
+/// Everything one WebSocket connection holds, built before its task starts.
+///
+/// An async fn keeps its arguments for its whole life, even once moved
+/// out; so the parts are made here and the task only borrows them. That
+/// keeps the upgraded socket and the identity from being stored twice in
+/// every connection's task.
+struct Connection {
+    node: Arc<Node>,
+    session: ClientSession,
+    replies: ReplySender,
+    queues: ConnectionQueues,
+    sink: Sink,
+    stream: SplitStream<WebSocket>,
+    /// The admission slot and the open-connections gauge, released when
+    /// the connection ends.
+    held: (ConnectionSlot, GaugeGuard),
+}
+
+impl Connection {
+    fn open(node: Arc<Node>, identity: Identity, slot: ConnectionSlot, socket: WebSocket) -> Self {
+        let open = GaugeGuard::inc(
+            node.metrics
+                .connections
+                .get_or_create(&TransportLabel { transport: "ws" })
+                .clone(),
+        );
+        let (connection, replies, queues) = ConnectionHandle::new(node.settings.outbound_queue);
+        let session = ClientSession::new(node.clone(), identity, connection, replies.clone());
+        let (sink, stream) = socket.split();
+        Self {
+            node,
+            session,
+            replies,
+            queues,
+            sink,
+            stream,
+            held: (slot, open),
+        }
     }
-    let (sink, stream) = socket.split();
-    let missed_pongs = AtomicU32::new(0);
-    let writer = write_socket(&node, sink, queues, &missed_pongs);
-    tokio::pin!(writer);
-    let end = tokio::select! {
-        end = read_socket(&node, stream, &mut session, &missed_pongs) => end,
-        () = &mut writer => return,
-    };
-    // Leave every room before the socket goes.
-    drop(session);
-    // Boxed: this runs once, at the end; no idle task carries its state.
-    Box::pin(close_after_reading(&node, replies, end, writer)).await;
+}
+
+/// Drives a connection to its end. Not an async fn: its body uses the
+/// connection's fields in place instead of moving them into new locals.
+#[expect(
+    clippy::manual_async_fn,
+    reason = "as an async fn, the task would store the connection twice (about 540 bytes more)"
+)]
+fn serve_connection(mut connection: Connection) -> impl Future<Output = ()> {
+    async move {
+        if connection.replies.send(connection.session.welcome()).await.is_err() {
+            return;
+        }
+        let missed_pongs = AtomicU32::new(0);
+        let writer = write_socket(
+            &connection.node,
+            &mut connection.sink,
+            &mut connection.queues,
+            &missed_pongs,
+        );
+        tokio::pin!(writer);
+        let end = tokio::select! {
+            end = read_socket(&connection.node, &mut connection.stream, &mut connection.session, &missed_pongs) => end,
+            () = &mut writer => return,
+        };
+        // Leave every room before the socket goes.
+        drop(connection.session);
+        // Boxed: this runs once, at the end; no idle task carries its state.
+        Box::pin(close_after_reading(&connection.node, connection.replies, end, writer)).await;
+        // Named, so that the block captures it (it captures only the fields
+        // it uses) and the slot is held to the end.
+        drop(connection.held);
+    }
 }
 
 /// Queues what the end of reading calls for (a close, or `reconnect` and
@@ -131,7 +186,7 @@ async fn close_after_reading(
     node: &Node,
     replies: ReplySender,
     end: ReadEnd,
-    writer: std::pin::Pin<&mut impl Future<Output = ()>>,
+    writer: Pin<&mut impl Future<Output = ()>>,
 ) {
     match end {
         ReadEnd::ClientClosed => {}
@@ -157,7 +212,7 @@ async fn close_after_reading(
 
 async fn read_socket(
     node: &Node,
-    mut stream: SplitStream<WebSocket>,
+    stream: &mut SplitStream<WebSocket>,
     session: &mut ClientSession,
     missed_pongs: &AtomicU32,
 ) -> ReadEnd {
@@ -211,14 +266,15 @@ async fn read_socket(
         }
     };
     // Publishes received before the end are committed (and acknowledged if
-    // the socket still takes it), bounded by the close grace.
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
+    // the socket still takes it), bounded by the close grace. Boxed: it
+    // runs once, at the end.
+    let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, async {
         while let Some(reply) = session.next_publish_reply().await {
             if !session.deliver_reply(reply).await {
                 break;
             }
         }
-    })
+    }))
     .await;
     end
 }
@@ -248,7 +304,21 @@ enum WriteStop {
     Broken,
 }
 
+/// Runs one write, ended early if the connection turns slow or the write
+/// stalls. Most writes finish at their first poll; only one that has to
+/// wait takes the (boxed) guard, so idle tasks carry no timer for it.
 async fn guarded<F>(io: F, queues: &ConnectionQueues, stall: Duration) -> Result<(), WriteStop>
+where
+    F: Future<Output = Result<(), axum::Error>>,
+{
+    let mut io = std::pin::pin!(io);
+    match std::future::poll_fn(|context| Poll::Ready(io.as_mut().poll(context))).await {
+        Poll::Ready(result) => result.map_err(|_| WriteStop::Broken),
+        Poll::Pending => Box::pin(wait_for_write(io, queues, stall)).await,
+    }
+}
+
+async fn wait_for_write<F>(io: Pin<&mut F>, queues: &ConnectionQueues, stall: Duration) -> Result<(), WriteStop>
 where
     F: Future<Output = Result<(), axum::Error>>,
 {
@@ -268,7 +338,7 @@ enum Step {
     Finish,
 }
 
-async fn write_socket(node: &Node, mut sink: Sink, mut queues: ConnectionQueues, missed_pongs: &AtomicU32) {
+async fn write_socket(node: &Node, sink: &mut Sink, queues: &mut ConnectionQueues, missed_pongs: &AtomicU32) {
     let ping_interval = node.settings.ping_interval;
     let stall = ping_interval * 2;
     let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
@@ -276,7 +346,7 @@ async fn write_socket(node: &Node, mut sink: Sink, mut queues: ConnectionQueues,
     loop {
         let first = tokio::select! {
             biased;
-            () = queues.slow() => return Box::pin(close_slow_consumer(node, &mut sink, &mut queues)).await,
+            () = queues.slow() => return Box::pin(close_slow_consumer(node, sink, queues)).await,
             item = queues.next() => match item {
                 Some(item) => item,
                 None => {
@@ -289,28 +359,28 @@ async fn write_socket(node: &Node, mut sink: Sink, mut queues: ConnectionQueues,
                     tracing::debug!("closing a connection that answered no ping twice");
                     return;
                 }
-                match guarded(sink.send(Message::Ping(bytes::Bytes::new())), &queues, stall).await {
+                match guarded(sink.send(Message::Ping(bytes::Bytes::new())), queues, stall).await {
                     Ok(()) => continue,
-                    Err(WriteStop::Slow) => return Box::pin(close_slow_consumer(node, &mut sink, &mut queues)).await,
+                    Err(WriteStop::Slow) => return Box::pin(close_slow_consumer(node, sink, queues)).await,
                     Err(WriteStop::Stalled | WriteStop::Broken) => return,
                 }
             }
         };
-        let mut step = feed(&mut sink, first, &queues, stall).await;
+        let mut step = feed(sink, first, queues, stall).await;
         let mut written = 1;
         while matches!(step, Ok(Step::Continue)) && written < WRITE_BATCH {
             let Some(next) = queues.try_next() else { break };
-            step = feed(&mut sink, next, &queues, stall).await;
+            step = feed(sink, next, queues, stall).await;
             written += 1;
         }
         let outcome = match step {
-            Ok(step) => guarded(sink.flush(), &queues, stall).await.map(|()| step),
+            Ok(step) => guarded(sink.flush(), queues, stall).await.map(|()| step),
             Err(stop) => Err(stop),
         };
         match outcome {
             Ok(Step::Continue) => {}
             Ok(Step::Finish) | Err(WriteStop::Stalled | WriteStop::Broken) => return,
-            Err(WriteStop::Slow) => return Box::pin(close_slow_consumer(node, &mut sink, &mut queues)).await,
+            Err(WriteStop::Slow) => return Box::pin(close_slow_consumer(node, sink, queues)).await,
         }
     }
 }

@@ -52,8 +52,9 @@ pub struct ClientSession {
     invalid_frames: InvalidFrameBudget,
     /// Publishes awaiting the broker, oldest first. They were submitted to
     /// the broker in frame order (which fixes the commit order); this only
-    /// orders the acks.
-    publishes_in_flight: FuturesOrdered<PendingReply>,
+    /// orders the acks. Made at the first publish: its queue allocates, and
+    /// most connections only listen.
+    publishes_in_flight: Option<FuturesOrdered<PendingReply>>,
     /// Bumped when a refresh replaces the identity (and so its expiry).
     identity_version: u64,
 }
@@ -80,7 +81,7 @@ impl ClientSession {
             subscriptions: HashMap::new(),
             publish_limiter,
             invalid_frames,
-            publishes_in_flight: FuturesOrdered::new(),
+            publishes_in_flight: None,
             identity_version: 0,
         }
     }
@@ -117,13 +118,16 @@ impl ClientSession {
     /// How many publishes await the broker.
     #[must_use]
     pub fn publishes_in_flight(&self) -> usize {
-        self.publishes_in_flight.len()
+        self.publishes_in_flight.as_ref().map_or(0, FuturesOrdered::len)
     }
 
     /// The reply to the oldest publish once the broker answered it; `None`
     /// when none is in flight.
     pub async fn next_publish_reply(&mut self) -> Option<String> {
-        self.publishes_in_flight.next().await
+        match &mut self.publishes_in_flight {
+            Some(in_flight) => in_flight.next().await,
+            None => None,
+        }
     }
 
     /// Queues a reply produced by [`Self::next_publish_reply`]; `false` once
@@ -387,7 +391,8 @@ impl ClientSession {
         let pending = self.node.publish(room.clone(), self.identity.subject(), cmid, &body);
         let node = self.node.clone();
         let req = req.cloned();
-        self.publishes_in_flight.push_back(Box::pin(async move {
+        let in_flight = self.publishes_in_flight.get_or_insert_with(FuturesOrdered::new);
+        in_flight.push_back(Box::pin(async move {
             match pending.await {
                 Ok(outcome) => server_frame::ack(req.as_ref(), &room, outcome.id, outcome.prev, outcome.duplicate),
                 Err(error) => {

@@ -323,7 +323,17 @@ impl ReplySender {
     ///
     /// # Errors
     /// [`ConnectionClosed`] once the writer is gone.
-    pub async fn send(&self, mut item: Outbound) -> Result<(), ConnectionClosed> {
+    pub async fn send(&self, item: Outbound) -> Result<(), ConnectionClosed> {
+        match self.try_queue(item) {
+            Ok(()) => Ok(()),
+            Err(ReplyRefusal::Closed) => Err(ConnectionClosed),
+            // Boxed: a full reply queue is rare, and every connection task
+            // awaiting a send would otherwise carry the wait's state.
+            Err(ReplyRefusal::Full(back)) => Box::pin(self.send_when_room(back)).await,
+        }
+    }
+
+    async fn send_when_room(&self, mut item: Outbound) -> Result<(), ConnectionClosed> {
         loop {
             // Registered before the attempt, so room made in between is seen.
             let room = self.outbox.reply_room.notified();
@@ -388,6 +398,11 @@ impl ConnectionQueues {
         let mut state = self.outbox.state();
         if let Some(item) = state.replies.pop_front() {
             let had_waiters = state.replies.len() + 1 == REPLY_QUEUE_CAPACITY;
+            if state.replies.is_empty() {
+                // Replies come now and then (a welcome, an ack): an idle
+                // connection keeps no room for them.
+                state.replies = VecDeque::new();
+            }
             drop(state);
             if had_waiters {
                 self.outbox.reply_room.notify_waiters();
