@@ -5,7 +5,6 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use crate::client::{Publisher, Resume, Subscriber, now_us, payload_json};
-use crate::ledger::SubscriberLedger;
 use crate::scenarios::{Outcome, Readers, connect_many, merge_reports, progress_bar, warm_up};
 use crate::systems::Deployment;
 
@@ -43,16 +42,7 @@ pub async fn run(deployment: &Deployment, size: Size) -> anyhow::Result<Outcome>
         async move { Subscriber::connect(&endpoint, room, &Resume::Fresh, false).await }
     })
     .await?;
-    let mut readers = Readers::new();
-    for subscriber in subscribers {
-        readers.spawn(
-            subscriber,
-            SubscriberLedger::expecting([0], size.messages),
-            room.to_owned(),
-            Resume::Fresh,
-            None,
-        );
-    }
+    let readers = Readers::of_one_room(subscribers, room, size.messages, &Resume::Fresh, None);
     let mut publisher = Publisher::connect(&deployment.endpoints[0]).await?;
     warm_up(&mut publisher, &[room.to_owned()], readers.count(), &readers.progress).await?;
 

@@ -227,6 +227,28 @@ impl Readers {
         )));
     }
 
+    /// Readers for the subscribers of one room, each expecting `messages`
+    /// from its single publisher (number 0).
+    pub fn of_one_room(
+        subscribers: Vec<Subscriber>,
+        room: &str,
+        messages: u32,
+        resume: &Resume,
+        failover: Option<&Failover>,
+    ) -> Self {
+        let mut readers = Self::new();
+        for subscriber in subscribers {
+            readers.spawn(
+                subscriber,
+                SubscriberLedger::expecting([0], messages),
+                room.to_owned(),
+                resume.clone(),
+                failover.cloned(),
+            );
+        }
+        readers
+    }
+
     pub fn count(&self) -> u64 {
         self.tasks.len() as u64
     }

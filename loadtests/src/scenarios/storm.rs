@@ -9,7 +9,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::client::{Publisher, Resume, Subscriber, payload_json};
-use crate::ledger::SubscriberLedger;
 use crate::scenarios::{Failover, Outcome, Readers, connect_many, merge_reports, progress_bar, warm_up};
 use crate::systems::{Deployment, SystemKind};
 
@@ -56,16 +55,7 @@ pub async fn run(deployment: &mut Deployment, size: Size) -> anyhow::Result<Outc
         endpoint: survivor.clone(),
         killed_at: killed_at.clone(),
     };
-    let mut readers = Readers::new();
-    for subscriber in subscribers {
-        readers.spawn(
-            subscriber,
-            SubscriberLedger::expecting([0], size.messages),
-            room.to_owned(),
-            first_resume.clone(),
-            Some(failover.clone()),
-        );
-    }
+    let readers = Readers::of_one_room(subscribers, room, size.messages, &first_resume, Some(&failover));
     let mut publisher = Publisher::connect(&survivor).await?;
     warm_up(&mut publisher, &[room.to_owned()], readers.count(), &readers.progress).await?;
 
