@@ -175,6 +175,13 @@ impl OutboxState {
     fn is_empty(&self) -> bool {
         self.live.is_empty() && self.replies.is_empty()
     }
+
+    fn senders(&mut self, kind: SenderKind) -> &mut usize {
+        match kind {
+            SenderKind::Live => &mut self.live_senders,
+            SenderKind::Reply => &mut self.reply_senders,
+        }
+    }
 }
 
 impl Outbox {
@@ -188,6 +195,35 @@ impl Outbox {
         self.slow.store(true, Ordering::Release);
         self.writer.wake();
     }
+
+    /// Counts one more sender of `kind` and shares the outbox with it.
+    fn add_sender(self: &Arc<Self>, kind: SenderKind) -> Arc<Self> {
+        *self.state().senders(kind) += 1;
+        self.clone()
+    }
+
+    /// Counts a sender of `kind` out; the writer is woken when it was the
+    /// last of its kind, since the queues may now be finished.
+    fn remove_sender(&self, kind: SenderKind) {
+        let last = {
+            let mut state = self.state();
+            let senders = state.senders(kind);
+            *senders -= 1;
+            *senders == 0
+        };
+        if last {
+            self.writer.wake();
+        }
+    }
+}
+
+/// The two kinds of sender an outbox counts.
+#[derive(Debug, Clone, Copy)]
+enum SenderKind {
+    /// [`ConnectionHandle`]: live messages.
+    Live,
+    /// [`ReplySender`]: replies and replays.
+    Reply,
 }
 
 /// The node's handle on one connection's live queue (the hub holds one per
@@ -272,23 +308,15 @@ impl ConnectionHandle {
 
 impl Clone for ConnectionHandle {
     fn clone(&self) -> Self {
-        self.outbox.state().live_senders += 1;
         Self {
-            outbox: self.outbox.clone(),
+            outbox: self.outbox.add_sender(SenderKind::Live),
         }
     }
 }
 
 impl Drop for ConnectionHandle {
     fn drop(&mut self) {
-        let last = {
-            let mut state = self.outbox.state();
-            state.live_senders -= 1;
-            state.live_senders == 0
-        };
-        if last {
-            self.outbox.writer.wake();
-        }
+        self.outbox.remove_sender(SenderKind::Live);
     }
 }
 
@@ -372,23 +400,15 @@ impl ReplySender {
 
 impl Clone for ReplySender {
     fn clone(&self) -> Self {
-        self.outbox.state().reply_senders += 1;
         Self {
-            outbox: self.outbox.clone(),
+            outbox: self.outbox.add_sender(SenderKind::Reply),
         }
     }
 }
 
 impl Drop for ReplySender {
     fn drop(&mut self) {
-        let last = {
-            let mut state = self.outbox.state();
-            state.reply_senders -= 1;
-            state.reply_senders == 0
-        };
-        if last {
-            self.outbox.writer.wake();
-        }
+        self.outbox.remove_sender(SenderKind::Reply);
     }
 }
 
