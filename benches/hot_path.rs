@@ -13,7 +13,7 @@ mod fanout;
 use std::hint::black_box;
 
 use chat_relay::broker::LiveSink;
-use chat_relay::protocol::{MessageFrameTail, MessageId, RoomName, server_frame};
+use chat_relay::protocol::{MessageFrameTail, MessageId, RoomName, message_frame, server_frame};
 use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use fanout::{allocations_of, drain_live_queues, hub_with_live_subscribers, stored_message};
 
@@ -24,7 +24,7 @@ fn frame_encoding(criterion: &mut Criterion) {
     let body = r#"{"text":"hello, room","mentions":["bob"]}"#;
     let encode = |body: &str| {
         let tail = MessageFrameTail::new(Some("ann"), 1_795_579_107_415, Some("c-1"), body);
-        server_frame::message_frame(&room, MessageId::new(1, 2), MessageId::new(1, 1), tail.as_str())
+        message_frame::compose(&room, MessageId::new(1, 2), MessageId::new(1, 1), tail.as_str())
     };
     let (_, allocations) = allocations_of(|| black_box(encode(body)));
     println!("allocations: message frame (tail + frame) = {allocations}");

@@ -17,7 +17,7 @@ use super::{
     Broker, BrokerError, HistoryPage, LiveSink, PendingPublish, PublishOutcome, PublishRequest, RetentionSettings,
     StoredMessage,
 };
-use crate::protocol::{MessageId, RoomName, server_frame, wall_clock_ms};
+use crate::protocol::{MessageId, RoomName, message_frame, wall_clock_ms};
 use crate::telemetry::TraceParent;
 
 /// How often expired rooms and `cmid`s are swept out of memory.
@@ -177,7 +177,7 @@ impl MemoryBroker {
         let prev = history.entries.back().map_or(MessageId::ZERO, |last| last.id);
         let id = MessageId::next_after(history.last_id, wall_clock_ms())
             .ok_or_else(|| BrokerError::Internal("message id space exhausted".to_owned()))?;
-        let frame = server_frame::message_frame(&request.room, id, prev, request.tail.as_str());
+        let frame = message_frame::compose(&request.room, id, prev, request.tail.as_str());
         let message = Arc::new(StoredMessage {
             id,
             prev,

@@ -15,7 +15,7 @@ use std::sync::{Arc, Weak};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use crate::protocol::{MessageFrameTail, MessageId, RoomName};
+use crate::protocol::{MessageFrameTail, MessageId, PublishStored, RoomName};
 use crate::telemetry::TraceParent;
 
 pub use memory::MemoryBroker;
@@ -84,12 +84,30 @@ pub type PendingPublish = Pin<Box<dyn Future<Output = Result<PublishOutcome, Bro
 /// A broker failure.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
-    /// The broker cannot be reached now; retrying later may succeed.
+    /// The broker cannot be reached now, and the request never reached it
+    /// (or it refused to run it); retrying later may succeed.
     #[error("broker unavailable: {0}")]
     Unavailable(String),
+    /// The request was sent and no answer came in time: it may still take
+    /// effect when the broker recovers.
+    #[error("no answer from the broker: {0}")]
+    NoAnswer(String),
     /// The broker answered something this node does not understand.
     #[error("broker protocol error: {0}")]
     Internal(String),
+}
+
+impl BrokerError {
+    /// What a failed publish may have left in the store: nothing for sure
+    /// only when the request never reached it. An answer this node could
+    /// not read came from a script that ran, so it is `Unknown` too.
+    #[must_use]
+    pub fn publish_stored(&self) -> PublishStored {
+        match self {
+            BrokerError::Unavailable(_) => PublishStored::No,
+            BrokerError::NoAnswer(_) | BrokerError::Internal(_) => PublishStored::Unknown,
+        }
+    }
 }
 
 /// Where a broker hands live messages: the node's room hub.
@@ -118,8 +136,10 @@ pub trait Broker: Send + Sync + 'static {
     /// when this is called, so publishes submitted one after the other are
     /// committed in that order even while several are in flight.
     ///
-    /// The returned future fails with [`BrokerError::Unavailable`] when
-    /// nothing was committed for sure.
+    /// The returned future fails with [`BrokerError::Unavailable`] only when
+    /// the publish never reached the store (nothing was committed for
+    /// sure), and with [`BrokerError::NoAnswer`] when it was sent and no
+    /// answer came in time (it may yet be committed).
     fn publish(&self, request: PublishRequest) -> PendingPublish;
 
     /// Up to `limit` messages with ids strictly after `after`, oldest first.

@@ -6,7 +6,7 @@ use std::time::Duration;
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, PublishStored};
 
 /// An HTTP error response.
 #[derive(Debug, Clone)]
@@ -15,6 +15,7 @@ pub struct ApiError {
     code: ErrorCode,
     message: String,
     retry_after: Option<Duration>,
+    stored: Option<PublishStored>,
 }
 
 impl ApiError {
@@ -26,6 +27,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            stored: None,
         }
     }
 
@@ -51,6 +53,22 @@ impl ApiError {
             "the message store is unavailable; retry shortly",
         );
         api.retry_after = Some(Duration::from_secs(1));
+        api
+    }
+
+    /// 503 `unavailable` for a publish, saying whether it may have been
+    /// stored (`stored` in the body, as in the WebSocket error frame).
+    #[must_use]
+    pub fn publish_unavailable(error: &crate::broker::BrokerError) -> Self {
+        let stored = error.publish_stored();
+        tracing::warn!(%error, stored = ?stored, "publish failed: broker unavailable");
+        let mut api = Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Unavailable,
+            crate::session::unavailable_publish_message(stored),
+        );
+        api.retry_after = Some(Duration::from_secs(1));
+        api.stored = Some(stored);
         api
     }
 
@@ -84,6 +102,12 @@ impl IntoResponse for ApiError {
         if let Some(wait) = self.retry_after {
             body["error"]["retry_after_ms"] =
                 serde_json::Value::from(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1));
+        }
+        if let Some(stored) = self.stored {
+            // In the error object, like the WebSocket frame's field, and at
+            // the top level, where protocol.md's sentence may also be read.
+            body["error"]["stored"] = stored.to_json();
+            body["stored"] = stored.to_json();
         }
         let mut response = (self.status, axum::Json(body)).into_response();
         if let Some(wait) = self.retry_after {

@@ -108,7 +108,10 @@ pub async fn publish(
     let outcome = node
         .publish(room, identity.subject(), cmid, &body)
         .await
-        .map_err(|error| ApiError::unavailable(&error))?;
+        .map_err(|error| {
+            node.metrics.count_publish_failure(error.publish_stored());
+            ApiError::publish_unavailable(&error)
+        })?;
     let status = if outcome.duplicate {
         StatusCode::OK
     } else {

@@ -1,10 +1,11 @@
-//! The v1 wire protocol: ids, room names, client frame decoding, server frame
-//! encoding and error codes.
+//! The v1 wire protocol: ids, room names, client frame decoding, the message
+//! frame, server frame encoding and error codes.
 //!
 //! Pure data and text: no I/O, no tokio, no axum. Everything a client sends is
 //! validated here before any other module sees it.
 
 mod client_frame;
+pub mod message_frame;
 mod message_id;
 mod room;
 pub mod server_frame;
@@ -13,9 +14,10 @@ pub use client_frame::{
     ClientFrame, ClientRequest, DecodeLimits, FrameRejection, MAX_CMID_BYTES, MAX_REQ_BYTES, ReplayRequest, RequestTag,
     compact_json, decode_client_frame,
 };
+pub use message_frame::MessageFrameTail;
 pub use message_id::{InvalidMessageId, MessageId, wall_clock_ms};
 pub use room::{InvalidRoomName, MAX_ROOM_NAME_BYTES, RoomName};
-pub use server_frame::MessageFrameTail;
+pub use server_frame::PublishStored;
 
 /// The `code` of an `error` frame or an HTTP error body.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -1,9 +1,8 @@
 //! Encoding of server-to-client frames.
 //!
-//! Control frames (`welcome`, `ack`, `error`, ...) are serialized with serde.
-//! A `message` frame is composed once per message by concatenation around the
-//! parts only the broker knows (`id`, `prev`), so that the Redis publish script
-//! can build byte-for-byte the same frame; see [`MessageFrameTail`].
+//! Control frames (`welcome`, `ack`, `error`, ...) are serialized with serde
+//! (or, for `ack`, composed by hand). The `message` frame has its own owner,
+//! [`super::message_frame`].
 
 use serde::Serialize;
 use serde_json::value::RawValue;
@@ -153,6 +152,40 @@ pub struct ErrorFrame<'a> {
     pub room: Option<&'a RoomName>,
     /// When to retry (`rate_limited`, `unavailable`).
     pub retry_after_ms: Option<u64>,
+    /// For a publish answered `unavailable`: whether it may have been stored.
+    pub stored: Option<PublishStored>,
+}
+
+/// What a publish answered `unavailable` did to the store: the `stored`
+/// field of the `error` frame and of the HTTP 503 body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PublishStored {
+    /// `false`: the publish never reached the store; nothing was stored.
+    No,
+    /// `"unknown"`: it was sent and no answer came in time; it may yet be
+    /// committed. A retry with the same `cmid` tells (its `ack` then has
+    /// `duplicate: true` and the id).
+    Unknown,
+}
+
+impl PublishStored {
+    /// The wire value: `false` or `"unknown"`.
+    #[must_use]
+    pub fn to_json(self) -> serde_json::Value {
+        match self {
+            PublishStored::No => serde_json::Value::Bool(false),
+            PublishStored::Unknown => serde_json::Value::from("unknown"),
+        }
+    }
+}
+
+impl Serialize for PublishStored {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            PublishStored::No => serializer.serialize_bool(false),
+            PublishStored::Unknown => serializer.serialize_str("unknown"),
+        }
+    }
 }
 
 /// `error`.
@@ -169,6 +202,8 @@ pub fn error(frame: &ErrorFrame<'_>) -> String {
         room: Option<&'a str>,
         #[serde(skip_serializing_if = "Option::is_none")]
         retry_after_ms: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        stored: Option<PublishStored>,
     }
     to_json(&Error {
         r#type: "error",
@@ -177,6 +212,7 @@ pub fn error(frame: &ErrorFrame<'_>) -> String {
         message: frame.message,
         room: frame.room.map(RoomName::as_str),
         retry_after_ms: frame.retry_after_ms,
+        stored: frame.stored,
     })
 }
 
@@ -215,103 +251,10 @@ pub fn reconnect(reason: &str, delay_ms: u64) -> String {
     })
 }
 
-/// The publisher-side part of a `message` frame: everything after `prev`.
-///
-/// A message frame is `{"type":"message","room":R,"id":I,"prev":P,` followed
-/// by this tail: `"from":F,"ts":T[,"cmid":C],"body":B}`. The tail is built
-/// once by the publishing node; the broker adds the head when it assigns the
-/// id, in the same atomic step that stores the message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MessageFrameTail(String);
-
-impl MessageFrameTail {
-    /// Builds the tail. `body` must be compact JSON (see
-    /// [`compact_json`](super::compact_json)).
-    #[must_use]
-    pub fn new(from: Option<&str>, ts_ms: u64, cmid: Option<&str>, body: &str) -> Self {
-        let mut tail = String::with_capacity(body.len() + 96);
-        tail.push_str("\"from\":");
-        tail.push_str(&to_json(&from));
-        tail.push_str(",\"ts\":");
-        tail.push_str(&ts_ms.to_string());
-        if let Some(cmid) = cmid {
-            tail.push_str(",\"cmid\":");
-            tail.push_str(&to_json(&cmid));
-        }
-        tail.push_str(",\"body\":");
-        tail.push_str(body);
-        tail.push('}');
-        Self(tail)
-    }
-
-    /// The tail as text.
-    #[must_use]
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-/// The `ts` of a `message` frame composed by [`message_frame`] (or the
-/// script that mirrors it). The first `,"ts":` is the key: it follows
-/// `from`, a JSON string or null in which a bare quote cannot occur.
-#[must_use]
-pub fn message_ts_ms(frame: &[u8]) -> Option<u64> {
-    const KEY: &[u8] = b",\"ts\":";
-    let start = frame.windows(KEY.len()).position(|window| window == KEY)? + KEY.len();
-    let digits = frame[start..].iter().take_while(|byte| byte.is_ascii_digit()).count();
-    std::str::from_utf8(&frame[start..start + digits]).ok()?.parse().ok()
-}
-
-/// Composes a whole `message` frame from the broker's parts and the tail.
-#[must_use]
-pub fn message_frame(room: &RoomName, id: MessageId, prev: MessageId, tail: &str) -> String {
-    let mut frame = String::with_capacity(tail.len() + room.as_str().len() + 96);
-    frame.push_str("{\"type\":\"message\",\"room\":\"");
-    frame.push_str(room.as_str());
-    frame.push_str("\",\"id\":\"");
-    frame.push_str(&id.to_string());
-    frame.push_str("\",\"prev\":\"");
-    frame.push_str(&prev.to_string());
-    frame.push_str("\",");
-    frame.push_str(tail);
-    frame
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::{Value, json};
-
-    #[test]
-    fn ts_is_read_from_the_frame_even_when_from_or_body_mention_it() {
-        let room = RoomName::parse("lobby").unwrap();
-        let tail = MessageFrameTail::new(Some(r#"x","ts":1"#), 1_795_579_107_415, None, r#"{"ts":3}"#);
-        let frame = message_frame(&room, MessageId::new(5, 1), MessageId::new(4, 0), tail.as_str());
-        assert_eq!(message_ts_ms(frame.as_bytes()), Some(1_795_579_107_415));
-        assert_eq!(message_ts_ms(b"{\"type\":\"message\"}"), None);
-    }
-
-    #[test]
-    fn message_frame_is_valid_json_with_every_field() {
-        let room = RoomName::parse("lobby").unwrap();
-        let tail = MessageFrameTail::new(Some("ann\"e"), 17, Some("c-1"), r#"{"t":"hi"}"#);
-        let frame = message_frame(&room, MessageId::new(5, 1), MessageId::new(4, 0), tail.as_str());
-        let value: Value = serde_json::from_str(&frame).unwrap();
-        assert_eq!(
-            value,
-            json!({"type":"message","room":"lobby","id":"5-1","prev":"4-0","from":"ann\"e","ts":17,"cmid":"c-1","body":{"t":"hi"}})
-        );
-        let anonymous = MessageFrameTail::new(None, 1, None, "3");
-        let value: Value = serde_json::from_str(&message_frame(
-            &room,
-            MessageId::ZERO,
-            MessageId::ZERO,
-            anonymous.as_str(),
-        ))
-        .unwrap();
-        assert_eq!(value["from"], Value::Null);
-        assert!(value.get("cmid").is_none());
-    }
 
     #[test]
     fn ack_is_valid_json_with_and_without_req() {
@@ -347,10 +290,26 @@ mod tests {
             message: "slow down",
             room: Some(&room),
             retry_after_ms: Some(20),
+            stored: None,
         });
         assert_eq!(
             text,
             r#"{"type":"error","code":"rate_limited","message":"slow down","room":"r","retry_after_ms":20}"#
         );
+        for (stored, wire) in [(PublishStored::No, "false"), (PublishStored::Unknown, "\"unknown\"")] {
+            let text = error(&ErrorFrame {
+                req: None,
+                code: ErrorCode::Unavailable,
+                message: "m",
+                room: None,
+                retry_after_ms: None,
+                stored: Some(stored),
+            });
+            assert_eq!(
+                text,
+                format!(r#"{{"type":"error","code":"unavailable","message":"m","stored":{wire}}}"#)
+            );
+            assert_eq!(stored.to_json().to_string(), wire);
+        }
     }
 }

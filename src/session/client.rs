@@ -16,8 +16,8 @@ use super::resume::{ResumeError, ResumeTarget, subscribe_and_resume};
 use crate::auth::Identity;
 use crate::node::Node;
 use crate::protocol::{
-    ClientFrame, ClientRequest, ErrorCode, ReplayRequest, RequestTag, RoomName, close_code, decode_client_frame,
-    server_frame,
+    ClientFrame, ClientRequest, ErrorCode, PublishStored, ReplayRequest, RequestTag, RoomName, close_code,
+    decode_client_frame, server_frame,
 };
 
 /// What the transport should do after a frame.
@@ -164,6 +164,7 @@ impl ClientSession {
             message: refusal.message,
             room: refusal.room,
             retry_after_ms: refusal.retry_after_ms,
+            stored: None,
         }))
         .await
     }
@@ -396,19 +397,35 @@ impl ClientSession {
             match pending.await {
                 Ok(outcome) => server_frame::ack(req.as_ref(), &room, outcome.id, outcome.prev, outcome.duplicate),
                 Err(error) => {
-                    tracing::warn!(%room, %error, "publish failed");
+                    let stored = error.publish_stored();
+                    tracing::warn!(%room, %error, stored = ?stored, "publish failed");
+                    node.metrics.count_publish_failure(stored);
                     node.metrics.count_error(ErrorCode::Unavailable);
                     server_frame::error(&server_frame::ErrorFrame {
                         req: req.as_ref(),
                         code: ErrorCode::Unavailable,
-                        message: "the message store is unavailable; nothing was stored. Retry with the same cmid",
+                        message: unavailable_publish_message(stored),
                         room: Some(&room),
                         retry_after_ms: Some(1000),
+                        stored: Some(stored),
                     })
                 }
             }
         }));
         true
+    }
+}
+
+/// What a client is told of a publish answered `unavailable`, for humans.
+#[must_use]
+pub fn unavailable_publish_message(stored: PublishStored) -> &'static str {
+    match stored {
+        PublishStored::No => {
+            "the message store is unavailable and this publish never reached it: nothing was stored. Retry (with the same cmid) shortly"
+        }
+        PublishStored::Unknown => {
+            "the message store did not answer in time: this publish may yet be stored. Retry with the same cmid to learn its id (a retry without one may store it twice)"
+        }
     }
 }
 

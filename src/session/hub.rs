@@ -20,7 +20,7 @@ use axum::extract::ws::Utf8Bytes;
 
 use super::outbound::{ConnectionHandle, ControlKind, LiveMessage, Outbound};
 use crate::broker::{Broker, BrokerError, LiveSink, StoredMessage};
-use crate::protocol::{MessageId, RoomName, server_frame, wall_clock_ms};
+use crate::protocol::{MessageId, RoomName, message_frame, server_frame, wall_clock_ms};
 use crate::telemetry::{Metrics, trace_context};
 
 /// Messages read per history request while repairing.
@@ -410,7 +410,7 @@ impl LiveSink for RoomHub {
         };
         let span = trace_context::delivery_span(room, stored.id, stored.trace.as_ref());
         let _in_span = span.enter();
-        if let Some(published_ms) = server_frame::message_ts_ms(&stored.frame) {
+        if let Some(published_ms) = message_frame::ts_ms(&stored.frame) {
             let age_ms = wall_clock_ms().saturating_sub(published_ms);
             #[allow(clippy::cast_precision_loss, reason = "milliseconds far below 2^52")]
             self.metrics.delivery_latency.observe(age_ms as f64 / 1000.0);

@@ -13,7 +13,7 @@ mod rate_limit;
 mod resume;
 
 pub use admission::{Admission, ConnectionSlot, Refusal as AdmissionRefusal};
-pub use client::{ClientSession, MAX_PUBLISHES_IN_FLIGHT, SessionVerdict};
+pub use client::{ClientSession, MAX_PUBLISHES_IN_FLIGHT, SessionVerdict, unavailable_publish_message};
 pub use hub::{RoomHub, Subscription};
 pub use outbound::{
     ConnectionClosed, ConnectionHandle, ConnectionQueues, ControlKind, LiveMessage, Outbound, ReplySender,

@@ -11,7 +11,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
-use crate::protocol::ErrorCode;
+use crate::protocol::{ErrorCode, PublishStored};
 
 /// Label of a transport.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -25,6 +25,13 @@ pub struct TransportLabel {
 pub struct OutcomeLabel {
     /// `stored` or `duplicate`.
     pub outcome: &'static str,
+}
+
+/// Label of a failed publish: what it may have left in the store.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StoredLabel {
+    /// `false` (never reached the store) or `unknown` (sent, no answer).
+    pub stored: &'static str,
 }
 
 /// Label of an error code.
@@ -78,6 +85,8 @@ pub struct Metrics {
     pub slow_consumer_closes: Counter,
     /// Errors sent to clients, by code.
     pub errors: Family<CodeLabel, Counter>,
+    /// Publishes answered `unavailable`, by what they may have stored.
+    pub publish_failures: Family<StoredLabel, Counter>,
     /// Connections closed by the server, by close code.
     pub closes: Family<CloseLabel, Counter>,
     /// Times the live feed of a room was repaired from history.
@@ -165,6 +174,15 @@ impl Metrics {
         for code in ErrorCode::ALL {
             let _ = errors.get_or_create(&CodeLabel { code: code.as_str() });
         }
+        let publish_failures = Family::<StoredLabel, Counter>::default();
+        registry.register(
+            "relay_publish_failures",
+            "Publishes answered unavailable, by what they may have stored: false (never reached the store) or unknown (sent, no answer in time)",
+            publish_failures.clone(),
+        );
+        for stored in ["false", "unknown"] {
+            let _ = publish_failures.get_or_create(&StoredLabel { stored });
+        }
         let closes = Family::<CloseLabel, Counter>::default();
         registry.register(
             "relay_closes",
@@ -214,11 +232,21 @@ impl Metrics {
             delivery_latency,
             slow_consumer_closes,
             errors,
+            publish_failures,
             closes,
             live_repairs,
             live_feed_resyncs,
             gaps,
         }
+    }
+
+    /// Counts a publish answered `unavailable` (WebSocket or HTTP).
+    pub fn count_publish_failure(&self, stored: PublishStored) {
+        let stored = match stored {
+            PublishStored::No => "false",
+            PublishStored::Unknown => "unknown",
+        };
+        self.publish_failures.get_or_create(&StoredLabel { stored }).inc();
     }
 
     /// Counts an error sent to a client.

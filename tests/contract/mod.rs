@@ -87,7 +87,7 @@ pub async fn stored_frame_is_the_composed_message(broker: Arc<dyn Broker>) {
     let stored = &page.messages[0];
     assert_eq!((stored.id, stored.prev), (outcome.id, outcome.prev));
     let tail = MessageFrameTail::new(Some("tester"), 1, Some("c-9"), r#"{"t":"hi"}"#);
-    let expected = chat_relay::protocol::server_frame::message_frame(&room, outcome.id, outcome.prev, tail.as_str());
+    let expected = chat_relay::protocol::message_frame::compose(&room, outcome.id, outcome.prev, tail.as_str());
     assert_eq!(std::str::from_utf8(&stored.frame).unwrap(), expected, "byte for byte");
 }
 

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use chat_relay::broker::{MemoryBroker, RetentionSettings, StoredMessage};
-use chat_relay::protocol::{MessageFrameTail, MessageId, RoomName, server_frame};
+use chat_relay::protocol::{MessageFrameTail, MessageId, RoomName, message_frame};
 use chat_relay::session::{ConnectionHandle, ConnectionQueues, RoomHub, Subscription};
 use chat_relay::telemetry::Metrics;
 
@@ -79,7 +79,7 @@ pub fn stored_message(room: &RoomName, sequence: u64) -> Arc<StoredMessage> {
     Arc::new(StoredMessage {
         id,
         prev,
-        frame: Bytes::from(server_frame::message_frame(room, id, prev, tail.as_str())),
+        frame: Bytes::from(message_frame::compose(room, id, prev, tail.as_str())),
         trace: None,
     })
 }

@@ -1,0 +1,297 @@
+//! The publisher: one task that sends publishes to Redis in exactly the
+//! order they were submitted, as pipelines of `EVALSHA`s of `publish.lua`.
+//!
+//! What queued up while the previous pipeline was out goes as the next one
+//! (one round trip for many publishes under load, at once when idle).
+//! Keeping one pipeline in flight is what makes the order certain; the
+//! batching is what keeps it fast.
+//!
+//! Every publish is answered truthfully about the store (protocol.md,
+//! `stored`): a job is *claimed* by the task just before its pipeline is
+//! written, or *abandoned* by its caller when the caller's wait runs out
+//! first, never both. An abandoned job is never sent, so its caller can say
+//! "nothing was stored"; a claimed one that got no answer may yet run when
+//! Redis recovers, so its caller says "unknown". After a pipeline went
+//! unanswered the task sends nothing more until Redis answers a PING:
+//! publishes that wait meanwhile are abandoned unsent rather than piled
+//! onto a connection that does not answer.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::time::Duration;
+
+use redis::aio::ConnectionManager;
+use tokio::sync::{mpsc, oneshot};
+
+use super::keys::KeyScheme;
+use super::{COMMAND_TIMEOUT, bounded, failure};
+use crate::broker::{BrokerError, PendingPublish, PublishOutcome, PublishRequest, RetentionSettings};
+use crate::protocol::{MessageId, message_frame};
+use crate::telemetry::TraceParent;
+
+/// Most publishes sent to Redis in one pipeline.
+const MAX_PUBLISH_BATCH: usize = 256;
+/// How long a caller waits for its publish: the command timeout plus a
+/// little for the queue, so a publish sent at once meets the pipeline's
+/// own timeout first.
+const CALLER_WAIT: Duration = COMMAND_TIMEOUT.saturating_add(Duration::from_millis(250));
+/// Longest wait for the PING that clears a connection after a silence.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+const QUEUED: u8 = 0;
+const CLAIMED: u8 = 1;
+const ABANDONED: u8 = 2;
+
+/// Who decided a job's fate: the task (claimed, about to be sent) or the
+/// caller (abandoned, never to be sent). Set once.
+#[derive(Debug, Default)]
+struct JobFate(AtomicU8);
+
+impl JobFate {
+    fn settle(&self, to: u8) -> bool {
+        self.0
+            .compare_exchange(QUEUED, to, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+}
+
+/// A publish waiting for the publisher task.
+struct PublishJob {
+    request: PublishRequest,
+    reply: oneshot::Sender<Result<PublishOutcome, BrokerError>>,
+    fate: Arc<JobFate>,
+    /// The script's round trip, while traces are exported; it ends when
+    /// the job is answered and dropped.
+    _round_trip: tracing::Span,
+    /// `<traceparent>\n` of that span, sent before the live frame; empty
+    /// while traces are not exported.
+    trace_prefix: String,
+}
+
+/// The submitting end of the publisher task.
+pub(super) struct Publisher {
+    jobs: mpsc::UnboundedSender<PublishJob>,
+}
+
+impl Publisher {
+    /// Starts the task on `connection`, with the script for these settings.
+    pub(super) fn start(
+        connection: ConnectionManager,
+        retention: &RetentionSettings,
+        keys: KeyScheme,
+        publish_command: &str,
+    ) -> Self {
+        let (jobs, queue) = mpsc::unbounded_channel();
+        tokio::spawn(run(queue, connection, publish_script(retention, publish_command), keys));
+        Self { jobs }
+    }
+
+    /// Queues a publish; the order of calls is the commit order.
+    pub(super) fn submit(&self, request: PublishRequest) -> PendingPublish {
+        let (reply, answer) = oneshot::channel();
+        let span = if crate::telemetry::trace_context::is_exporting() {
+            tracing::info_span!("redis publish", "otel.kind" = "client", "db.system" = "redis", "db.operation" = "EVALSHA", room = %request.room)
+        } else {
+            tracing::Span::none()
+        };
+        let trace_prefix =
+            TraceParent::of_span(&span).map_or_else(String::new, |trace| format!("{}\n", trace.as_str()));
+        let fate = Arc::new(JobFate::default());
+        let queued = self.jobs.send(PublishJob {
+            request,
+            reply,
+            fate: fate.clone(),
+            _round_trip: span,
+            trace_prefix,
+        });
+        Box::pin(async move {
+            if queued.is_err() {
+                return Err(BrokerError::Unavailable("the publisher task stopped".to_owned()));
+            }
+            match tokio::time::timeout(CALLER_WAIT, answer).await {
+                Ok(Ok(outcome)) => outcome,
+                Ok(Err(_)) => Err(BrokerError::Unavailable("the publisher task stopped".to_owned())),
+                Err(_) if fate.settle(ABANDONED) => Err(BrokerError::Unavailable(format!(
+                    "Redis did not answer within {CALLER_WAIT:?}; the publish was not sent"
+                ))),
+                Err(_) => Err(BrokerError::NoAnswer(format!(
+                    "the publish was sent and Redis did not answer within {CALLER_WAIT:?}"
+                ))),
+            }
+        })
+    }
+}
+
+async fn run(
+    mut jobs: mpsc::UnboundedReceiver<PublishJob>,
+    mut connection: ConnectionManager,
+    script: redis::Script,
+    keys: KeyScheme,
+) {
+    let mut silent = false;
+    while let Some(first) = jobs.recv().await {
+        if silent {
+            wait_for_an_answer(&mut connection).await;
+            silent = false;
+        }
+        let mut batch = Vec::with_capacity(16);
+        batch.push(first);
+        while batch.len() < MAX_PUBLISH_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        // A job whose caller gave up (or left) is not sent: its caller said
+        // "not stored", or is gone.
+        batch.retain(|job| !job.reply.is_closed() && job.fate.settle(CLAIMED));
+        if !batch.is_empty() {
+            silent = publish_batch(&mut connection, &script, &keys, batch).await;
+        }
+    }
+}
+
+/// Holds the queue until Redis answers a PING. Callers whose wait runs out
+/// meanwhile abandon their jobs, which are then never sent.
+async fn wait_for_an_answer(connection: &mut ConnectionManager) {
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let ping = redis::cmd("PING");
+        if matches!(
+            tokio::time::timeout(PROBE_TIMEOUT, ping.query_async::<String>(connection)).await,
+            Ok(Ok(_))
+        ) {
+            return;
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+fn parse_outcome(reply: (i64, String, String)) -> Result<PublishOutcome, BrokerError> {
+    let (duplicate, id, prev) = reply;
+    let parse = |text: &str| {
+        text.parse::<MessageId>()
+            .map_err(|error| BrokerError::Internal(error.to_string()))
+    };
+    Ok(PublishOutcome {
+        id: parse(&id)?,
+        prev: parse(&prev)?,
+        duplicate: duplicate == 1,
+    })
+}
+
+/// One pipeline of publishes; on NOSCRIPT (Redis restarted or flushed its
+/// script cache) the script is loaded and the refused ones, which Redis did
+/// not run, are sent again in their order. Returns whether the pipeline
+/// went unanswered (the connection is suspect).
+async fn publish_batch(
+    connection: &mut ConnectionManager,
+    script: &redis::Script,
+    keys: &KeyScheme,
+    mut batch: Vec<PublishJob>,
+) -> bool {
+    for attempt in 0..2 {
+        let mut pipe = redis::pipe();
+        pipe.ignore_errors();
+        for job in &batch {
+            let request = &job.request;
+            pipe.cmd("EVALSHA")
+                .arg(script.get_hash())
+                .arg(3)
+                .arg(keys.stream(&request.room))
+                .arg(keys.idempotency(&request.room, request.cmid.as_deref()))
+                .arg(keys.channel(&request.room))
+                .arg(if request.cmid.is_some() { "1" } else { "0" })
+                .arg(message_frame::head(&request.room))
+                .arg(request.tail.as_str())
+                .arg(job.trace_prefix.as_str());
+        }
+        let results: Vec<redis::RedisResult<(i64, String, String)>> = match bounded(pipe.query_async(connection)).await
+        {
+            Ok(results) => results,
+            Err(error) => {
+                let silent = matches!(error, BrokerError::NoAnswer(_));
+                for job in batch {
+                    let _ = job.reply.send(Err(error.clone()));
+                }
+                return silent;
+            }
+        };
+        let mut refused = Vec::new();
+        for (job, result) in batch.into_iter().zip(results) {
+            match result {
+                Ok(reply) => {
+                    let _ = job.reply.send(parse_outcome(reply));
+                }
+                Err(error) if error.code() == Some("NOSCRIPT") && attempt == 0 => refused.push(job),
+                Err(error) => {
+                    let _ = job.reply.send(Err(failure(&error)));
+                }
+            }
+        }
+        if refused.is_empty() {
+            return false;
+        }
+        if let Err(error) = bounded(script.load_async(connection)).await {
+            // Redis did not run the refused ones.
+            let error = BrokerError::Unavailable(format!("the publish script could not be loaded: {error}"));
+            for job in refused {
+                let _ = job.reply.send(Err(error.clone()));
+            }
+            return false;
+        }
+        batch = refused;
+    }
+    false
+}
+
+/// The publish script with this node's settings and the message frame's
+/// layout filled in.
+fn publish_script(retention: &RetentionSettings, publish_command: &str) -> redis::Script {
+    redis::Script::new(&publish_script_source(retention, publish_command))
+}
+
+fn publish_script_source(retention: &RetentionSettings, publish_command: &str) -> String {
+    let millis = |duration: Duration| {
+        u64::try_from(duration.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+            .to_string()
+    };
+    include_str!("publish.lua")
+        .replace("@MAXLEN@", &retention.history_maxlen.to_string())
+        .replace("@HISTORY_TTL_MS@", &millis(retention.history_ttl))
+        .replace("@IDEMPOTENCY_TTL_MS@", &millis(retention.idempotency_ttl))
+        .replace("@PUBLISH@", publish_command)
+        .replace("@AFTER_ID@", message_frame::AFTER_ID)
+        .replace("@AFTER_PREV@", message_frame::AFTER_PREV)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_is_claimed_or_abandoned_never_both() {
+        let fate = JobFate::default();
+        assert!(fate.settle(CLAIMED));
+        assert!(!fate.settle(ABANDONED), "a claimed job cannot be abandoned");
+        let fate = JobFate::default();
+        assert!(fate.settle(ABANDONED));
+        assert!(!fate.settle(CLAIMED), "an abandoned job is never sent");
+    }
+
+    #[test]
+    fn the_script_gets_every_setting_and_the_frame_layout_filled_in() {
+        let retention = RetentionSettings {
+            history_maxlen: 7,
+            history_ttl: Duration::from_secs(1),
+            idempotency_ttl: Duration::from_secs(2),
+        };
+        let source = publish_script_source(&retention, "SPUBLISH");
+        assert!(!source.contains('@'), "every placeholder is filled: {source}");
+        assert!(source.contains("'SPUBLISH'") && source.contains("'~', '7'"), "{source}");
+        assert!(source.contains(&format!("'{}'", message_frame::AFTER_ID)), "{source}");
+    }
+}
