@@ -616,11 +616,28 @@ export class RelayClient {
     else if (verdict.kind === "refill") void this.refill(room, verdict.after, verdict.until);
   }
 
+  /** Hands a message to the app, then records it as the room's cursor (this is the hot path). */
   private deliver(room: RoomState, message: Message): void {
-    this.callSafely(() => room.options.onMessage?.(message));
-    void Promise.resolve()
-      .then(() => this.cursors.set(message.room, message.id))
-      .catch((error: unknown) => this.emitError(new RelayError("internal", `the cursor store failed to write ${message.room}: ${String(error)}`, { room: message.room })));
+    const onMessage = room.options.onMessage;
+    if (onMessage !== undefined) {
+      try {
+        onMessage(message);
+      } catch (error) {
+        rethrowLater(error);
+      }
+    }
+    let written: void | Promise<void>;
+    try {
+      written = this.cursors.set(message.room, message.id);
+    } catch (error) {
+      this.cursorFailed(message.room, error);
+      return;
+    }
+    if (written !== undefined) written.catch((error: unknown) => this.cursorFailed(message.room, error));
+  }
+
+  private cursorFailed(room: string, error: unknown): void {
+    this.emitError(new RelayError("internal", `the cursor store failed to write ${room}: ${String(error)}`, { room }));
   }
 
   /** Reads the missing range `(after, until)` from history, then delivers it and what was held. */
@@ -784,11 +801,16 @@ export class RelayClient {
     try {
       callback();
     } catch (error) {
-      setTimeout(() => {
-        throw error;
-      }, 0);
+      rethrowLater(error);
     }
   }
+}
+
+/** What an app callback threw surfaces as an uncaught error, outside the SDK's stack. */
+function rethrowLater(error: unknown): void {
+  setTimeout(() => {
+    throw error;
+  }, 0);
 }
 
 function sleep(ms: number): Promise<void> {

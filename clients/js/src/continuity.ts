@@ -41,6 +41,10 @@ export interface RefillOutcome {
   again: { after: string; until: string } | undefined;
 }
 
+const DELIVER: Verdict = { kind: "deliver" };
+const DROP: Verdict = { kind: "drop" };
+const HOLD: Verdict = { kind: "hold" };
+
 export class RoomContinuity {
   /** The id of the last message handed to the app, if any. */
   last: string | undefined;
@@ -58,16 +62,21 @@ export class RoomContinuity {
 
   /** Decides for one arriving message; a delivered one becomes `last`. */
   accept(message: Message): Verdict {
-    if (this.last !== undefined && compareIds(message.id, this.last) <= 0) return { kind: "drop" };
+    // The common case first: the next link of the chain, no id arithmetic.
+    if (!this.refilling && this.last !== undefined && message.prev === this.last) {
+      this.last = message.id;
+      return DELIVER;
+    }
+    if (this.last !== undefined && compareIds(message.id, this.last) <= 0) return DROP;
     if (this.refilling) {
       const newest = this.held[this.held.length - 1];
-      if (newest !== undefined && compareIds(message.id, newest.id) <= 0) return { kind: "drop" };
+      if (newest !== undefined && compareIds(message.id, newest.id) <= 0) return DROP;
       this.held.push(message);
-      return { kind: "hold" };
+      return HOLD;
     }
-    if (this.last === undefined || message.prev === this.last) {
+    if (this.last === undefined) {
       this.last = message.id;
-      return { kind: "deliver" };
+      return DELIVER;
     }
     this.refilling = true;
     this.held = [message];

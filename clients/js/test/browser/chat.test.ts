@@ -8,8 +8,8 @@ import { join } from "node:path";
 import { after, test } from "node:test";
 import { chromium, type Browser, type Page } from "playwright-core";
 
-import { serveChat, type ChatServer } from "../support/chat-server.js";
-import { assertExactSequence, fullHistory, repoRoot, startProxy, startRedis, startRelay, stopAll } from "../support/relay.js";
+import { serveChat, type ChatServer } from "../../harness/chat-server.js";
+import { assertExactSequence, fullHistory, repoRoot, startProxy, startRedis, startRelay, stopAll } from "../../harness/relay.js";
 
 const CHROMIUM = process.env["CHROMIUM_PATH"] ?? "/usr/bin/chromium";
 let browser: Browser | undefined;

@@ -7,7 +7,7 @@ import { after, test } from "node:test";
 import WebSocket from "ws";
 
 import { MemoryCursors, RelayClient, type ConnectionState, type GapInfo, type Message, type RelayError, type WebSocketConstructor } from "@chat-relay/client";
-import { assertExactSequence, fullHistory, hs256, httpPublish, startRelay, stopAll, waitFor } from "../support/relay.js";
+import { assertExactSequence, fullHistory, hs256, httpPublish, startRelay, stopAll, waitFor } from "../../harness/relay.js";
 
 const WS = WebSocket as unknown as WebSocketConstructor;
 after(stopAll);

@@ -8,7 +8,7 @@ import { after, test } from "node:test";
 import WebSocket from "ws";
 
 import { RelayClient, type Message, type PublishAck, type WebSocketConstructor } from "@chat-relay/client";
-import { assertExactSequence, fullHistory, startProxy, startRedis, startRelay, stopAll, waitFor, type Relay } from "../support/relay.js";
+import { assertExactSequence, fullHistory, startProxy, startRedis, startRelay, stopAll, waitFor, type Relay } from "../../harness/relay.js";
 
 const WS = WebSocket as unknown as WebSocketConstructor;
 after(stopAll);

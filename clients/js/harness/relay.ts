@@ -11,7 +11,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { createHmac } from "node:crypto";
 
-export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "../../../../..");
+export const repoRoot = join(dirname(fileURLToPath(import.meta.url)), "../../../..");
 const started: Array<() => Promise<void> | void> = [];
 
 export function relayBinary(): string {
