@@ -115,3 +115,28 @@ test("close() stops reconnecting, even when the relay comes back", { timeout: 30
   await new Promise((resolve) => setTimeout(resolve, 1000));
   assert.deepEqual(states.slice(count - 1), ["closed"], "nothing after closed");
 });
+
+test("a token function's fresh token is sent as refresh before exp: no 4001, messages keep flowing", { timeout: 30_000 }, async () => {
+  const secret = "a-test-secret-of-at-least-32-bytes!!";
+  const relay = await startRelay({ RELAY_AUTH: "jwt", RELAY_JWT_SECRET: secret, RELAY_JWT_LEEWAY_SECS: "0" });
+  let issued = 0;
+  const sdk = client(relay.wsUrl, {
+    token: () => {
+      issued += 1;
+      return hs256(secret, { sub: "ann", exp: Math.floor(Date.now() / 1000) + 5, rooms: ["*"] });
+    },
+  });
+  const states: ConnectionState[] = [];
+  sdk.on("state", (state) => states.push(state));
+  const received: Message[] = [];
+  sdk.subscribe("r", { onMessage: (message) => received.push(message) });
+  await waitFor("connected", () => states.includes("connected"));
+  for (let n = 0; n < 8; n += 1) {
+    await sdk.publish("r", n);
+    await new Promise((resolve) => setTimeout(resolve, 1000));
+  }
+  await waitFor("eight messages", () => received.length === 8);
+  assert.ok(issued >= 3, `tokens were refreshed before they expired: ${issued} issued`);
+  assert.deepEqual(states, ["connecting", "connected"], "the 5 s tokens never expired on the connection");
+  sdk.close();
+});

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { Outbox, RoomContinuity, backoffDelay, compareIds, newCmid, type Message, type Pending, type PublishAck } from "@chat-relay/client";
+import { LocalStorageCursors, Outbox, RoomContinuity, backoffDelay, compareIds, newCmid, type Message, type Pending, type PublishAck } from "@chat-relay/client";
 
 function message(id: string, prev: string): Message {
   return { type: "message", room: "r", id, prev, from: null, ts: 0, body: id };
@@ -121,4 +121,26 @@ test("cmids are random, 22 base64url characters, within the relay's 64-byte limi
     seen.add(cmid);
   }
   assert.equal(seen.size, 1000);
+});
+
+test("LocalStorageCursors keeps one key per room under its prefix", () => {
+  const items = new Map<string, string>();
+  const storage = { getItem: (key: string) => items.get(key) ?? null, setItem: (key: string, value: string) => void items.set(key, value) };
+  const cursors = new LocalStorageCursors("app:", storage);
+  assert.equal(cursors.get("lobby"), undefined);
+  cursors.set("lobby", "5-1");
+  cursors.set("team:1", "7-0");
+  assert.equal(cursors.get("lobby"), "5-1");
+  assert.deepEqual([...items.entries()], [["app:lobby", "5-1"], ["app:team:1", "7-0"]]);
+  const full = { getItem: () => null, setItem: () => { throw new Error("QuotaExceededError"); } };
+  assert.doesNotThrow(() => new LocalStorageCursors("x:", full).set("r", "1-0"), "a full storage costs only the resume");
+  assert.throws(() => new LocalStorageCursors(), /needs localStorage/);
+});
+
+test("the CommonJS build exports the same API as the ESM one", async () => {
+  const { createRequire } = await import("node:module");
+  const required = createRequire(import.meta.url)("@chat-relay/client") as Record<string, unknown>;
+  const imported = (await import("@chat-relay/client")) as Record<string, unknown>;
+  assert.deepEqual(Object.keys(required).sort(), Object.keys(imported).sort());
+  assert.equal(typeof required["RelayClient"], "function");
 });
