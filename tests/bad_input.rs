@@ -227,3 +227,60 @@ async fn a_client_that_vanishes_mid_frame_does_not_disturb_the_node() {
     })
     .await;
 }
+
+/// Issue "Prove it under combined faults", closes that arrive: a client
+/// that floods invalid frames without reading must still receive the 1008
+/// close frame. The node keeps reading (and discarding) after its close
+/// until the peer's close, so the kernel never answers the flood with a
+/// reset that destroys the close frame in flight.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_flooding_invalid_frames_gets_1008_every_time() {
+    let relay = TestRelay::start(&["--invalid-frame-limit", "20"]).await;
+    let mut endings = Vec::new();
+    for round in 0..50 {
+        let (mut stream, _) = tokio::time::timeout(
+            common::FRAME_TIMEOUT,
+            tokio_tungstenite::connect_async(relay.ws_url("")),
+        )
+        .await
+        .expect("connect in time")
+        .expect("handshake");
+        // Frames keep arriving while the node closes: the flood goes on
+        // beside the reader until the connection ends (bounded).
+        let (mut sink, mut source) = stream.split();
+        let garbage = "not json ".repeat(200);
+        let flood = tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(3);
+            while tokio::time::Instant::now() < deadline {
+                if sink.send(Message::text(garbage.as_str())).await.is_err() {
+                    return;
+                }
+            }
+        });
+        // A busy client reads late: the close frame waits in its socket
+        // while its frames keep reaching the node.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let ending = loop {
+            match tokio::time::timeout(common::FRAME_TIMEOUT, source.next()).await {
+                Ok(Some(Ok(Message::Close(Some(frame))))) => break format!("close {}", u16::from(frame.code)),
+                Ok(Some(Ok(Message::Close(None)))) => break "close without a code".to_owned(),
+                Ok(Some(Ok(_))) => {}
+                Ok(Some(Err(error))) => break format!("error {error}"),
+                Ok(None) => break "end of stream without a close".to_owned(),
+                Err(_) => panic!("round {round}: no close within the timeout"),
+            }
+        };
+        flood.abort();
+        endings.push(ending);
+    }
+    let wrong: Vec<(usize, &String)> = endings
+        .iter()
+        .enumerate()
+        .filter(|(_, ending)| *ending != "close 1008")
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "every flood ends with a 1008 close frame; {} of 50 did not: {wrong:?}",
+        wrong.len()
+    );
+}

@@ -2,7 +2,9 @@
 //! in one task: a reader that hands text frames to the [`ClientSession`], and
 //! a writer that drains the connection's queues, batching up to
 //! [`WRITE_BATCH`] frames per flush, sends pings, and closes slow consumers
-//! (4000) and draining connections (`reconnect`, then 1012).
+//! (4000) and draining connections (`reconnect`, then 1012). After any close
+//! of its own the node keeps reading until the client's close (bounded), so
+//! the close frame arrives instead of being destroyed by a reset.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -37,6 +39,8 @@ const READ_BUFFER_BYTES: usize = 512;
 const WRITE_BUFFER_BYTES: usize = 8192;
 /// How long a closing connection may take to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
+/// How long a closed connection keeps reading until the client's close.
+const LINGER: Duration = Duration::from_secs(1);
 
 /// Handles the upgrade: draining, origin and credentials are checked first.
 pub async fn upgrade(
@@ -166,13 +170,17 @@ fn serve_connection(mut connection: Connection) -> impl Future<Output = ()> {
         );
         tokio::pin!(writer);
         let end = tokio::select! {
-            end = read_socket(&connection.node, &mut connection.stream, &mut connection.session, &missed_pongs) => end,
-            () = &mut writer => return,
+            end = read_socket(&connection.node, &mut connection.stream, &mut connection.session, &missed_pongs) => Some(end),
+            () = &mut writer => None,
         };
         // Leave every room before the socket goes.
         drop(connection.session);
-        // Boxed: this runs once, at the end; no idle task carries its state.
-        Box::pin(close_after_reading(&connection.node, connection.replies, end, writer)).await;
+        match end {
+            // Boxed: this runs once, at the end; no idle task carries its state.
+            Some(end) => Box::pin(close_after_reading(&connection.node, connection.replies, end, writer)).await,
+            None => drop(connection.replies),
+        }
+        Box::pin(linger_until_the_peer_closes(&mut connection.stream)).await;
         // Named, so that the block captures it (it captures only the fields
         // it uses) and the slot is held to the end.
         drop(connection.held);
@@ -208,6 +216,22 @@ async fn close_after_reading(
     }
     drop(replies);
     let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
+}
+
+/// After the node's close frame, reads (and discards) what the client still
+/// sends until its close, the end of the stream or [`LINGER`]. Dropping a
+/// socket with unread data makes the kernel answer with a reset, which can
+/// destroy the close frame still in flight to the client (it would see no
+/// close code at all); reading first lets the close arrive.
+async fn linger_until_the_peer_closes(stream: &mut SplitStream<WebSocket>) {
+    let _ = tokio::time::timeout(LINGER, async {
+        while let Some(Ok(message)) = stream.next().await {
+            if matches!(message, Message::Close(_)) {
+                return;
+            }
+        }
+    })
+    .await;
 }
 
 async fn read_socket(
