@@ -238,7 +238,7 @@ async fn a_client_flooding_invalid_frames_gets_1008_every_time() {
     let relay = TestRelay::start(&["--invalid-frame-limit", "20"]).await;
     let mut endings = Vec::new();
     for round in 0..50 {
-        let (mut stream, _) = tokio::time::timeout(
+        let (stream, _) = tokio::time::timeout(
             common::FRAME_TIMEOUT,
             tokio_tungstenite::connect_async(relay.ws_url("")),
         )
