@@ -40,8 +40,13 @@ export type ConnectionState = "connecting" | "connected" | "disconnected" | "clo
 
 /** Why the state changed. */
 export interface StateDetail {
-  /** The WebSocket close code (`disconnected`), or a word for the SDK's own reasons. */
-  code?: number | string;
+  /**
+   * `connecting`: `connect` or `reconnect`; `connected`: `welcome`;
+   * `disconnected`: the WebSocket close code (1006 for an abnormal closure,
+   * 4002 when the network went away, 4003 for a dead connection) or the SDK's
+   * own word (`token_failed`, `open_failed`); `closed`: 1000.
+   */
+  code: number | string;
   /** For humans. */
   reason: string;
   /** Reconnect attempts since the last connection (`connecting`, `disconnected`). */
@@ -350,7 +355,12 @@ export class RelayClient {
 
   private async open(): Promise<void> {
     if (this.closed) return;
-    this.setState("connecting", { reason: this.attempt === 0 ? "connecting" : "reconnecting", attempt: this.attempt });
+    this.setState(
+      "connecting",
+      this.attempt === 0
+        ? { code: "connect", reason: "opening the connection", attempt: 0 }
+        : { code: "reconnect", reason: "opening a new connection after a loss", attempt: this.attempt },
+    );
     let token: string | undefined;
     try {
       token = await this.currentToken();
@@ -523,7 +533,7 @@ export class RelayClient {
         this.attempt = 0;
         this.probeDeadline = undefined;
         this.maxReplay = Math.max(1, frame.limits?.max_replay ?? 1000);
-        this.setState("connected", { reason: "welcome", node: frame.node });
+        this.setState("connected", { code: "welcome", reason: `the relay node ${frame.node} said welcome`, node: frame.node });
         this.scheduleRefresh();
         void this.resubscribeThenFlush(this.generation);
         return;

@@ -93,9 +93,14 @@ async function connected(options: Partial<ConstructorParameters<typeof RelayClie
 test("a listener attached after construction sees connecting, then connected with the node", async () => {
   const { client, states } = await connected();
   assert.deepEqual(
-    states.map(([state]) => state),
-    ["connecting", "connected"],
+    states.map(([state, detail]) => [state, detail.code]),
+    [
+      ["connecting", "connect"],
+      ["connected", "welcome"],
+    ],
+    "every transition has a code and a reason",
   );
+  assert.ok(states.every(([, detail]) => detail.reason.length > 0));
   assert.equal(states[1]![1].node, "n1");
   client.close();
   assert.deepEqual(states[states.length - 1], ["closed", { code: 1000, reason: "closed by the app" }]);
