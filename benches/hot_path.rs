@@ -7,6 +7,8 @@
 //! The allocation counts are printed before the timings; the test
 //! `tests/fanout_allocations.rs` holds the fan-out to none per subscriber.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 #[path = "../tests/support/fanout.rs"]
 mod fanout;
 

@@ -12,7 +12,8 @@
 //! - [`auth`]: credentials to identity and room grants.
 //! - [`node`]: what a node shares between connections.
 //! - [`telemetry`]: logging set-up and metrics.
-//! - [`shutdown`]: signal handling and drain.
+//! - [`tasks`]: every background task, owned, stoppable, watched for panics.
+//! - [`shutdown`]: signal handling, drain, the running node.
 
 #![forbid(unsafe_code)]
 
@@ -24,6 +25,7 @@ pub mod node;
 pub mod protocol;
 pub mod session;
 pub mod shutdown;
+pub mod tasks;
 pub mod telemetry;
 
 use std::net::SocketAddr;
@@ -31,13 +33,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::serve::ListenerExt as _;
-use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, JwtKey, JwtVerifier};
 use crate::broker::{Broker, MemoryBroker, RedisBroker, RetentionSettings};
 use crate::config::{JwtKeySource, Settings};
 use crate::node::Node;
+pub use crate::shutdown::RunningNode;
+use crate::tasks::NodeTasks;
 
 /// Why a node could not start.
 #[derive(Debug, thiserror::Error)]
@@ -58,42 +61,14 @@ pub enum StartError {
     Auth(String),
 }
 
-/// A node that serves on its listener until drained.
-pub struct RunningNode {
-    /// The bound address (with the chosen port when 0 was asked for).
-    pub local_addr: SocketAddr,
-    /// The node's shared state.
-    pub node: Arc<Node>,
-    stop_server: CancellationToken,
-    server: JoinHandle<()>,
-}
-
-impl RunningNode {
-    /// Drains (clients told to reconnect), waits for connections at most the
-    /// drain window plus [`shutdown::DRAIN_MARGIN`], then stops the server.
-    pub async fn drain(self) {
-        self.node.draining.cancel();
-        self.node.connections.close();
-        let deadline = self.node.settings.drain + shutdown::DRAIN_MARGIN;
-        if tokio::time::timeout(deadline, self.node.connections.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("drain window over with connections still open; closing them");
-        }
-        self.stop_server.cancel();
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.server).await;
-    }
-}
-
-async fn build_broker(settings: &Settings) -> Result<Arc<dyn Broker>, StartError> {
+async fn build_broker(settings: &Settings, tasks: &Arc<NodeTasks>) -> Result<Arc<dyn Broker>, StartError> {
     let retention = RetentionSettings {
         history_maxlen: settings.history_maxlen,
         history_ttl: settings.history_ttl,
         idempotency_ttl: settings.idempotency_ttl,
     };
     match &settings.redis_url {
-        None => Ok(MemoryBroker::new(retention)),
+        None => Ok(MemoryBroker::new(retention, tasks)),
         Some(_) if settings.redis_cluster => Err(StartError::Broker(
             "RELAY_REDIS_CLUSTER=true is not supported by this build yet; point REDIS_URL at a single Redis and unset RELAY_REDIS_CLUSTER".to_owned(),
         )),
@@ -104,7 +79,7 @@ async fn build_broker(settings: &Settings) -> Result<Arc<dyn Broker>, StartError
                     StartError::Broker(format!("cannot read RELAY_REDIS_CA_FILE {}: {error}", path.display()))
                 })?),
             };
-            let broker = RedisBroker::connect(url, ca_pem, &settings.key_prefix, retention)
+            let broker = RedisBroker::connect(url, ca_pem, &settings.key_prefix, retention, tasks)
                 .await
                 .map_err(|error| StartError::Broker(error.to_string()))?;
             Ok(broker)
@@ -141,7 +116,8 @@ fn build_authenticator(settings: &Settings) -> Result<Authenticator, StartError>
 /// [`StartError`] when the broker or the listener cannot be set up.
 pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
     let authenticator = build_authenticator(&settings)?;
-    let broker = build_broker(&settings).await?;
+    let tasks = NodeTasks::new();
+    let broker = build_broker(&settings, &tasks).await?;
     let address = settings.listen;
     let listener = tokio::net::TcpListener::bind(address)
         .await
@@ -149,7 +125,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
     let local_addr = listener
         .local_addr()
         .map_err(|source| StartError::Listen { address, source })?;
-    let node = Node::new(settings, broker, authenticator);
+    let node = Node::new(settings, broker, authenticator, tasks);
     tracing::info!(
         listen = %local_addr,
         broker = node.broker.kind(),
@@ -168,7 +144,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
             tracing::debug!(%error, "could not set TCP_NODELAY on a client connection");
         }
     });
-    let server = tokio::spawn(async move {
+    let server = node.tasks.spawn("http server", async move {
         let served = axum::serve(listener, app)
             .with_graceful_shutdown(async move { stop.cancelled().await })
             .await;
@@ -177,20 +153,12 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
         }
     });
     let sweeper_node = node.clone();
-    let sweeper_stop = stop_server.clone();
-    tokio::spawn(async move {
+    node.tasks.spawn("http publish limiter sweeper", async move {
         let mut ticks = tokio::time::interval(Duration::from_secs(60));
         loop {
-            tokio::select! {
-                () = sweeper_stop.cancelled() => return,
-                _ = ticks.tick() => sweeper_node.http_publish_limiter.forget_idle(),
-            }
+            ticks.tick().await;
+            sweeper_node.http_publish_limiter.forget_idle();
         }
     });
-    Ok(RunningNode {
-        local_addr,
-        node,
-        stop_server,
-        server,
-    })
+    Ok(RunningNode::new(local_addr, node, stop_server, server))
 }

@@ -1,6 +1,6 @@
 //! The `chat-relay` binary: settings, logging, serve, drain on SIGTERM.
-//! Exit codes: 0 after a drain, 1 when the node cannot start or a second
-//! signal cut the drain short, 2 for a bad setting.
+//! Exit codes: 0 after a drain, 1 when the node cannot start, a second
+//! signal cut the drain short or a node task panicked, 2 for a bad setting.
 
 use std::process::ExitCode;
 
@@ -45,6 +45,10 @@ fn main() -> ExitCode {
         match run_until_signal(running).await {
             Ending::Drained => ExitCode::SUCCESS,
             Ending::Forced => ExitCode::FAILURE,
+            Ending::Failed(reason) => {
+                eprintln!("chat-relay: {reason}; drained and stopped");
+                ExitCode::FAILURE
+            }
         }
     })
 }

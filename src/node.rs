@@ -12,6 +12,7 @@ use crate::broker::{Broker, BrokerError, PublishOutcome, PublishRequest};
 use crate::config::Settings;
 use crate::protocol::{DecodeLimits, MessageFrameTail, RoomName, server_frame::AnnouncedLimits};
 use crate::session::{AddressRateLimiter, Admission, RoomHub};
+use crate::tasks::NodeTasks;
 use crate::telemetry::{Metrics, trace_context};
 use tracing::Instrument;
 
@@ -35,15 +36,22 @@ pub struct Node {
     pub draining: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
     pub connections: TaskTracker,
+    /// Every background task (broker, hub, sweepers), owned and watched.
+    pub tasks: Arc<NodeTasks>,
     last_ts_ms: AtomicU64,
 }
 
 impl Node {
-    /// Assembles a node around a broker.
+    /// Assembles a node around a broker whose tasks `tasks` owns.
     #[must_use]
-    pub fn new(settings: Settings, broker: Arc<dyn Broker>, authenticator: Authenticator) -> Arc<Self> {
+    pub fn new(
+        settings: Settings,
+        broker: Arc<dyn Broker>,
+        authenticator: Authenticator,
+        tasks: Arc<NodeTasks>,
+    ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new(&settings.node_id, broker.kind()));
-        let hub = RoomHub::new(broker.clone(), metrics.clone(), settings.outbound_queue);
+        let hub = RoomHub::new(broker.clone(), metrics.clone(), settings.outbound_queue, tasks.clone());
         let http_publish_limiter = AddressRateLimiter::new(settings.publish_rate);
         let admission = Admission::new(settings.max_connections, settings.max_connections_per_client);
         Arc::new(Self {
@@ -56,6 +64,7 @@ impl Node {
             admission,
             draining: CancellationToken::new(),
             connections: TaskTracker::new(),
+            tasks,
             last_ts_ms: AtomicU64::new(0),
         })
     }

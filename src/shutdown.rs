@@ -1,22 +1,82 @@
-//! Stopping a node: SIGTERM (or SIGINT) starts a drain — `/readyz` turns
+//! Stopping a node. SIGTERM (or SIGINT) starts a drain: `/readyz` turns
 //! 503, new upgrades and streams are refused, every client is told to
-//! reconnect — then the process waits for its connections, at most the
-//! drain window plus a margin. A second signal stops at once.
+//! reconnect; then the process waits for its connections, at most the drain
+//! window plus a margin, stops the HTTP server and ends every background
+//! task. A second signal stops at once. A panicking node task (see
+//! [`crate::tasks`]) drains the node the same way and ends the process
+//! with 1. Owns [`RunningNode`].
 
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::RunningNode;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Node;
 
 /// Extra time after the drain window for the last close frames.
 pub const DRAIN_MARGIN: Duration = Duration::from_secs(1);
+/// How long the HTTP server and the background tasks get to end after the
+/// connections are gone.
+const TASKS_GRACE: Duration = Duration::from_secs(1);
+
+/// A node that serves on its listener until drained.
+pub struct RunningNode {
+    /// The bound address (with the chosen port when 0 was asked for).
+    pub local_addr: SocketAddr,
+    /// The node's shared state.
+    pub node: Arc<Node>,
+    stop_server: CancellationToken,
+    server: JoinHandle<()>,
+}
+
+impl RunningNode {
+    pub(crate) fn new(
+        local_addr: SocketAddr,
+        node: Arc<Node>,
+        stop_server: CancellationToken,
+        server: JoinHandle<()>,
+    ) -> Self {
+        Self {
+            local_addr,
+            node,
+            stop_server,
+            server,
+        }
+    }
+
+    /// Drains (clients told to reconnect), waits for connections at most the
+    /// drain window plus [`DRAIN_MARGIN`], then stops the server and every
+    /// background task.
+    pub async fn drain(self) {
+        self.node.draining.cancel();
+        self.node.connections.close();
+        let deadline = self.node.settings.drain + DRAIN_MARGIN;
+        if tokio::time::timeout(deadline, self.node.connections.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("drain window over with connections still open; closing them");
+        }
+        self.stop_server.cancel();
+        let _ = tokio::time::timeout(TASKS_GRACE, self.server).await;
+        let left = self.node.tasks.stop(TASKS_GRACE).await;
+        if left > 0 {
+            tracing::warn!(tasks = left, "background tasks still running at exit");
+        }
+    }
+}
 
 /// What ended the process.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Ending {
     /// Drained and stopped.
     Drained,
     /// A second signal arrived during the drain.
     Forced,
+    /// A node task panicked; the node drained and stopped.
+    Failed(String),
 }
 
 async fn next_signal() {
@@ -42,16 +102,33 @@ async fn next_signal() {
     }
 }
 
-/// Waits for a signal, drains, and stops the node.
+/// Waits for a signal (or a failed task), drains, and stops the node.
 pub async fn run_until_signal(running: RunningNode) -> Ending {
-    next_signal().await;
-    tracing::info!(
-        drain_secs = running.node.settings.drain.as_secs(),
-        "signal received: draining"
-    );
+    run_until(running, next_signal).await
+}
+
+/// [`run_until_signal`] with the signal source given: `signal` is called
+/// once for the first stop and once more for a forced one.
+pub async fn run_until<F, S>(running: RunningNode, signal: S) -> Ending
+where
+    S: Fn() -> F,
+    F: Future<Output = ()>,
+{
+    let tasks = running.node.tasks.clone();
+    let failure = tokio::select! {
+        () = signal() => None,
+        () = tasks.failed() => tasks.failure(),
+    };
+    match &failure {
+        None => tracing::info!(
+            drain_secs = running.node.settings.drain.as_secs(),
+            "signal received: draining"
+        ),
+        Some(reason) => tracing::error!(%reason, "a node task failed: draining, then exiting 1"),
+    }
     tokio::select! {
-        () = running.drain() => Ending::Drained,
-        () = next_signal() => {
+        () = running.drain() => failure.map_or(Ending::Drained, Ending::Failed),
+        () = signal() => {
             tracing::warn!("second signal: stopping at once");
             Ending::Forced
         }

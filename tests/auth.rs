@@ -2,6 +2,8 @@
 //! ES256 keys generated here, every way a token can be wrong, room
 //! patterns, expiry on live connections, refresh, and connection caps.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 mod common;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

@@ -3,6 +3,8 @@
 //! already in flight, loses nothing once it resumes, and never slows others.
 //! A client that answers no pings is dropped after two.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 mod common;
 
 use std::time::Duration;

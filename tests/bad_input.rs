@@ -3,6 +3,8 @@
 //! bad client gets its error or close, and the bystander gets every message,
 //! in order, with an unbroken `prev` chain.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 mod common;
 
 use std::time::Duration;

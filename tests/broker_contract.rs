@@ -1,22 +1,25 @@
 //! Runs the broker conformance suite (`tests/contract`) against every broker,
 //! plus property tests of the memory broker against a simple model.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 mod common;
 mod contract;
 
 use std::sync::Arc;
 
 use chat_relay::broker::{Broker, MemoryBroker, RedisBroker, RetentionSettings};
+use chat_relay::tasks::NodeTasks;
 
 async fn memory_broker(retention: RetentionSettings) -> (Arc<dyn Broker>, ()) {
-    (MemoryBroker::new(retention), ())
+    (MemoryBroker::new(retention, &NodeTasks::new()), ())
 }
 
 /// A broker on its own Redis container, with a unique key prefix.
 async fn redis_broker(retention: RetentionSettings) -> (Arc<dyn Broker>, common::redis::TestRedis) {
     let redis = common::redis::TestRedis::start().await;
     let prefix = format!("contract{}", fastrand::u32(..));
-    let broker = RedisBroker::connect(&redis.url(), None, &prefix, retention)
+    let broker = RedisBroker::connect(&redis.url(), None, &prefix, retention, &NodeTasks::new())
         .await
         .expect("connect to the test Redis");
     (broker, redis)

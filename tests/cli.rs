@@ -2,6 +2,8 @@
 //! `docs/cli-help.txt`), one-line errors for bad settings, the start-up line,
 //! and a SIGTERM drain that tells clients to reconnect and exits 0.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 mod common;
 
 use std::io::{BufRead, BufReader};

@@ -3,6 +3,8 @@
 //! `RELAY_TEST_RELAY_IMAGE`): it serves as a non-root user with the binary
 //! alone, and a SIGTERM drains it to exit 0.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 mod common;
 
 use std::process::Command;

@@ -2,6 +2,8 @@
 //! one room, many subscribers, some joining late with `since`; every
 //! subscriber's sequence is checked message by message against the history.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 mod common;
 
 use std::collections::HashSet;

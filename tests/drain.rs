@@ -3,6 +3,8 @@
 //! closes with 1012, the process exits 0 within the window plus a margin,
 //! and clients that resume on another node lose and double nothing.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 mod common;
 
 use std::time::{Duration, Instant};

@@ -3,6 +3,8 @@
 //! message is shared; each queue slot holds a pointer). A counting
 //! allocator wraps the system one for this test binary.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 #[path = "support/fanout.rs"]
 mod fanout;
 

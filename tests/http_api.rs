@@ -1,5 +1,7 @@
 //! HTTP publish, history pages, health, readiness, metrics, CORS and errors.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 mod common;
 
 use common::{TestRelay, full_history, http_get_json, http_publish};

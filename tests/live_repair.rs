@@ -3,6 +3,8 @@
 //! a blip); subscribers must still get every message exactly once, in order,
 //! and a `gap` only where history lost the range too.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
@@ -14,6 +16,7 @@ use chat_relay::broker::{
 };
 use chat_relay::protocol::{MessageFrameTail, MessageId, ReplayRequest, RoomName};
 use chat_relay::session::{ConnectionHandle, Outbound, ResumeTarget, RoomHub, Subscription, subscribe_and_resume};
+use chat_relay::tasks::NodeTasks;
 use chat_relay::telemetry::Metrics;
 use serde_json::Value;
 
@@ -98,11 +101,15 @@ struct Setup {
 }
 
 fn setup(maxlen: u64, dropped: impl IntoIterator<Item = usize>) -> Setup {
-    let inner = MemoryBroker::new(RetentionSettings {
-        history_maxlen: maxlen,
-        history_ttl: Duration::from_secs(3600),
-        idempotency_ttl: Duration::from_secs(60),
-    });
+    let tasks = NodeTasks::new();
+    let inner = MemoryBroker::new(
+        RetentionSettings {
+            history_maxlen: maxlen,
+            history_ttl: Duration::from_secs(3600),
+            idempotency_ttl: Duration::from_secs(60),
+        },
+        &tasks,
+    );
     let state = Arc::new(LossState {
         dropped: Mutex::new(dropped.into_iter().collect()),
         seen: Mutex::new(0),
@@ -113,7 +120,7 @@ fn setup(maxlen: u64, dropped: impl IntoIterator<Item = usize>) -> Setup {
         inner,
         state: state.clone(),
     });
-    let hub = RoomHub::new(broker.clone(), Arc::new(Metrics::new("test", "lossy")), 10_000);
+    let hub = RoomHub::new(broker.clone(), Arc::new(Metrics::new("test", "lossy")), 10_000, tasks);
     Setup {
         broker,
         hub,

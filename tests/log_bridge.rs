@@ -4,6 +4,8 @@
 //! not left at TRACE. nextest runs each test in its own process, so the
 //! global subscriber here is this test's alone.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 use chat_relay::config::LogFormat;
 
 #[test]

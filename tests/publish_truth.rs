@@ -5,6 +5,8 @@
 //! then resumed; what each client was told is checked against what the
 //! history holds.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 mod common;
 
 use std::collections::HashMap;

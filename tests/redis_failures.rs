@@ -3,6 +3,8 @@
 //! Redis frozen), Redis flushed, a retried publish, retention and TTL.
 //! Every subscriber's sequence is checked id by id against the stream.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 mod common;
 
 use std::time::Duration;

@@ -2,6 +2,8 @@
 //! need): the node trusts `RELAY_REDIS_CA_FILE`, and without it refuses the
 //! unknown issuer with a one-line exit.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 mod common;
 
 use std::net::{IpAddr, Ipv4Addr};

@@ -3,6 +3,8 @@
 //! status with a JSON error body when it is an error, never a panic and
 //! never a 500.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 use std::sync::OnceLock;
 
 use axum::Router;
@@ -30,12 +32,16 @@ fn fixture() -> &'static Fixture {
         let (open, jwt) = runtime.block_on(async {
             let router = |authenticator: Authenticator| {
                 let settings = chat_relay::config::settings_from(["chat-relay", "--max-replay", "50"]).unwrap();
-                let broker = MemoryBroker::new(RetentionSettings {
-                    history_maxlen: 100,
-                    history_ttl: std::time::Duration::from_secs(60),
-                    idempotency_ttl: std::time::Duration::from_secs(60),
-                });
-                chat_relay::http::router(Node::new(settings, broker, authenticator))
+                let tasks = chat_relay::tasks::NodeTasks::new();
+                let broker = MemoryBroker::new(
+                    RetentionSettings {
+                        history_maxlen: 100,
+                        history_ttl: std::time::Duration::from_secs(60),
+                        idempotency_ttl: std::time::Duration::from_secs(60),
+                    },
+                    &tasks,
+                );
+                chat_relay::http::router(Node::new(settings, broker, authenticator, tasks))
             };
             let verifier = JwtVerifier::new(
                 JwtKey::Secret("0123456789abcdef0123456789abcdef"),

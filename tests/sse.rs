@@ -1,6 +1,8 @@
 //! Server-Sent Events: stream shape, resume by `Last-Event-ID` and `since`,
 //! `last`, keep-alive comments and errors before the stream starts.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 mod common;
 
 use std::time::Duration;

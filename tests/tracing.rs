@@ -3,6 +3,8 @@
 //! node 2's delivery span share one trace id, joined parent to child. The
 //! spans go to a small OTLP/HTTP (JSON) receiver this test runs.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 mod common;
 
 use std::collections::HashSet;

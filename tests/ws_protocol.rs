@@ -1,5 +1,7 @@
 //! The WebSocket protocol against a real server on a loopback port.
 
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
 mod common;
 
 use common::{TestRelay, WsClient, full_history, id_key};

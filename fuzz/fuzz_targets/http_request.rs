@@ -25,7 +25,9 @@ fn fixture() -> &'static (tokio::runtime::Runtime, axum::Router) {
             };
             let key = JwtKey::Secret("0123456789abcdef0123456789abcdef");
             let verifier = JwtVerifier::new(key, None, None, std::time::Duration::ZERO).expect("verifier");
-            chat_relay::http::router(Node::new(settings, MemoryBroker::new(retention), Authenticator::Jwt(Box::new(verifier))))
+            let tasks = chat_relay::tasks::NodeTasks::new();
+            let broker = MemoryBroker::new(retention, &tasks);
+            chat_relay::http::router(Node::new(settings, broker, Authenticator::Jwt(Box::new(verifier)), tasks))
         });
         (runtime, router)
     })

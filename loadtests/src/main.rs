@@ -11,6 +11,8 @@
 //! The generator measures with one clock (publishers and subscribers live
 //! in this process) and only ever connects to loopback addresses.
 
+#![allow(clippy::disallowed_methods, reason = "a load generator owns its tasks itself")]
+
 mod client;
 mod latency;
 mod ledger;

@@ -3,6 +3,8 @@
 //! (nothing lost, doubled or reordered, every subscriber of the storm
 //! resumed) and write the JSON, the Markdown and both charts.
 
+#![allow(clippy::disallowed_methods, reason = "a load generator owns its tasks itself")]
+
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};

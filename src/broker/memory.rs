@@ -18,6 +18,7 @@ use super::{
     StoredMessage,
 };
 use crate::protocol::{MessageId, RoomName, message_frame, wall_clock_ms};
+use crate::tasks::NodeTasks;
 use crate::telemetry::TraceParent;
 
 /// How often expired rooms and `cmid`s are swept out of memory.
@@ -79,12 +80,12 @@ fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl MemoryBroker {
-    /// Creates the broker and starts its sweeper on the current runtime.
+    /// Creates the broker and starts its sweeper as a task of `tasks`.
     ///
     /// # Panics
     /// Outside a tokio runtime.
     #[must_use]
-    pub fn new(retention: RetentionSettings) -> Arc<Self> {
+    pub fn new(retention: RetentionSettings, tasks: &Arc<NodeTasks>) -> Arc<Self> {
         let broker = Arc::new(Self {
             retention,
             rooms: Mutex::new(HashMap::new()),
@@ -92,7 +93,7 @@ impl MemoryBroker {
             sink: Mutex::new(None),
         });
         let weak = Arc::downgrade(&broker);
-        tokio::spawn(async move {
+        tasks.spawn("memory broker sweeper", async move {
             let mut ticks = tokio::time::interval(SWEEP_INTERVAL);
             loop {
                 ticks.tick().await;
@@ -289,7 +290,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn history_expires_ttl_after_the_last_message() {
-        let broker = MemoryBroker::new(settings(10));
+        let broker = MemoryBroker::new(settings(10), &NodeTasks::new());
         let room = RoomName::parse("r").unwrap();
         broker.publish(request("r", None)).await.unwrap();
         tokio::time::advance(Duration::from_secs(59)).await;
@@ -312,7 +313,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn cmid_is_forgotten_after_the_idempotency_window() {
-        let broker = MemoryBroker::new(settings(10));
+        let broker = MemoryBroker::new(settings(10), &NodeTasks::new());
         let first = broker.publish(request("r", Some("c"))).await.unwrap();
         let again = broker.publish(request("r", Some("c"))).await.unwrap();
         assert!(again.duplicate);
@@ -325,7 +326,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn sweeper_frees_expired_rooms() {
-        let broker = MemoryBroker::new(settings(10));
+        let broker = MemoryBroker::new(settings(10), &NodeTasks::new());
         broker.publish(request("r", Some("c"))).await.unwrap();
         tokio::time::advance(Duration::from_secs(120)).await;
         broker.sweep_expired(Instant::now());

@@ -21,6 +21,7 @@ use axum::extract::ws::Utf8Bytes;
 use super::outbound::{ConnectionHandle, ControlKind, LiveMessage, Outbound};
 use crate::broker::{Broker, BrokerError, LiveSink, StoredMessage};
 use crate::protocol::{MessageId, RoomName, message_frame, server_frame, wall_clock_ms};
+use crate::tasks::NodeTasks;
 use crate::telemetry::{Metrics, trace_context};
 
 /// Messages read per history request while repairing.
@@ -76,6 +77,8 @@ pub struct RoomHub {
     next_key: std::sync::atomic::AtomicU64,
     /// The hub's own `Arc`, for work that `LiveSink` calls (given `&self`) spawn.
     this: std::sync::Weak<RoomHub>,
+    /// Owner of the repair and release tasks.
+    tasks: Arc<NodeTasks>,
 }
 
 /// A subscriber's place in a room; detaches itself when dropped.
@@ -89,7 +92,12 @@ impl RoomHub {
     /// Creates the hub and connects it to the broker's live feed.
     /// `buffer_limit` bounds what a subscriber may hold while it resumes.
     #[must_use]
-    pub fn new(broker: Arc<dyn Broker>, metrics: Arc<Metrics>, buffer_limit: usize) -> Arc<Self> {
+    pub fn new(
+        broker: Arc<dyn Broker>,
+        metrics: Arc<Metrics>,
+        buffer_limit: usize,
+        tasks: Arc<NodeTasks>,
+    ) -> Arc<Self> {
         let hub = Arc::new_cyclic(|this| Self {
             broker: broker.clone(),
             metrics,
@@ -97,6 +105,7 @@ impl RoomHub {
             buffer_limit: buffer_limit.max(1),
             next_key: std::sync::atomic::AtomicU64::new(1),
             this: this.clone(),
+            tasks,
         });
         let sink: Arc<dyn LiveSink> = hub.clone();
         broker.set_live_sink(Arc::downgrade(&sink));
@@ -169,9 +178,8 @@ impl RoomHub {
             let hub = self.clone();
             let local = local.clone();
             // Dropping happens in sync code; the broker call needs a task.
-            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-                runtime.spawn(async move { hub.release_room(&local).await });
-            }
+            self.tasks
+                .spawn_if_running("room release", async move { hub.release_room(&local).await });
         }
     }
 
@@ -269,10 +277,9 @@ impl RoomHub {
     }
 
     fn spawn_repair(self: &Arc<Self>, local: Arc<LocalRoom>) {
-        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
-            let hub = self.clone();
-            runtime.spawn(async move { hub.repair(local).await });
-        }
+        let hub = self.clone();
+        self.tasks
+            .spawn_if_running("live feed repair", async move { hub.repair(local).await });
     }
 
     /// Reads the missing range from history, delivers it, then what was held

@@ -500,6 +500,10 @@ impl Drop for ConnectionQueues {
 }
 
 #[cfg(test)]
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the tests play the writer and the senders as plain tasks"
+)]
 mod tests {
     use std::time::Duration;
 

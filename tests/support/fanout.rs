@@ -55,12 +55,16 @@ pub type LiveSubscriber = (Subscription, ConnectionQueues);
 
 /// A hub on a memory broker with `count` live subscribers of `room`.
 pub async fn hub_with_live_subscribers(room: &RoomName, count: usize) -> (Arc<RoomHub>, Vec<LiveSubscriber>) {
-    let broker = MemoryBroker::new(RetentionSettings {
-        history_maxlen: 1000,
-        history_ttl: std::time::Duration::from_secs(3600),
-        idempotency_ttl: std::time::Duration::from_secs(600),
-    });
-    let hub = RoomHub::new(broker, Arc::new(Metrics::new("fanout", "memory")), 1024);
+    let tasks = chat_relay::tasks::NodeTasks::new();
+    let broker = MemoryBroker::new(
+        RetentionSettings {
+            history_maxlen: 1000,
+            history_ttl: std::time::Duration::from_secs(3600),
+            idempotency_ttl: std::time::Duration::from_secs(600),
+        },
+        &tasks,
+    );
+    let hub = RoomHub::new(broker, Arc::new(Metrics::new("fanout", "memory")), 1024, tasks);
     let mut subscribers = Vec::with_capacity(count);
     for _ in 0..count {
         let (handle, _replies, queues) = ConnectionHandle::new(1024);

@@ -32,6 +32,7 @@ use redis::{Client, Value};
 
 use super::{Broker, BrokerError, HistoryPage, LiveSink, PendingPublish, PublishRequest, RetentionSettings};
 use crate::protocol::{MessageId, RoomName};
+use crate::tasks::NodeTasks;
 use entries::{newest_id, parse_entries};
 use keys::KeyScheme;
 use live_feed::LiveFeed;
@@ -97,7 +98,7 @@ pub enum RedisStartError {
 
 impl RedisBroker {
     /// Connects both connections (commands and live feed) and starts the
-    /// live-feed task. `ca_pem` replaces the public web roots for
+    /// publisher and live-feed tasks as tasks of `tasks`. `ca_pem` replaces the public web roots for
     /// `rediss://` servers signed by a private CA.
     ///
     /// # Errors
@@ -107,6 +108,7 @@ impl RedisBroker {
         ca_pem: Option<Vec<u8>>,
         prefix: &str,
         retention: RetentionSettings,
+        tasks: &Arc<NodeTasks>,
     ) -> Result<Arc<Self>, RedisStartError> {
         // Two rustls crypto back-ends are compiled in through dependencies;
         // pick one explicitly (a second install is a harmless no-op error).
@@ -145,14 +147,14 @@ impl RedisBroker {
             .map_err(|error| unreachable(error.to_string()))?;
         let keys = KeyScheme::new(prefix);
         let live = Arc::new(LiveFeed::new(client, keys.clone()));
-        let publisher = Publisher::start(commands.clone(), &retention, keys.clone(), "PUBLISH");
+        let publisher = Publisher::start(commands.clone(), &retention, keys.clone(), "PUBLISH", tasks);
         let broker = Arc::new(Self {
             keys,
             commands,
             publisher,
             live: live.clone(),
         });
-        tokio::spawn(LiveFeed::run(Arc::downgrade(&live), pubsub));
+        tasks.spawn("redis live feed", LiveFeed::run(Arc::downgrade(&live), pubsub));
         // Ready once the live feed is up, so the first subscribe succeeds.
         let deadline = tokio::time::Instant::now() + CONNECT_TIMEOUT;
         while !live.connected.load(Ordering::Acquire) && tokio::time::Instant::now() < deadline {

@@ -27,6 +27,7 @@ use super::keys::KeyScheme;
 use super::{COMMAND_TIMEOUT, bounded, failure};
 use crate::broker::{BrokerError, PendingPublish, PublishOutcome, PublishRequest, RetentionSettings};
 use crate::protocol::{MessageId, message_frame};
+use crate::tasks::NodeTasks;
 use crate::telemetry::TraceParent;
 
 /// Most publishes sent to Redis in one pipeline.
@@ -80,9 +81,13 @@ impl Publisher {
         retention: &RetentionSettings,
         keys: KeyScheme,
         publish_command: &str,
+        tasks: &Arc<NodeTasks>,
     ) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
-        tokio::spawn(run(queue, connection, publish_script(retention, publish_command), keys));
+        tasks.spawn(
+            "redis publisher",
+            run(queue, connection, publish_script(retention, publish_command), keys),
+        );
         Self { jobs }
     }
 
