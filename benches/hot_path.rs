@@ -2,7 +2,7 @@
 //! fanning one message out to 1,000 local subscribers, with the heap
 //! allocations each step makes (a counting allocator wraps the system one).
 //!
-//!   cargo bench --bench hot_path
+//!   cargo bench --bench `hot_path`
 //!
 //! The allocation counts are printed before the timings; the test
 //! `tests/fanout_allocations.rs` holds the fan-out to none per subscriber.

@@ -52,8 +52,7 @@ async fn refused_upgrade(relay: &TestRelay, query: &str, bearer: Option<&str>) -
             let body = response
                 .body()
                 .as_deref()
-                .map(|body| serde_json::from_slice(body).unwrap())
-                .unwrap_or(Value::Null);
+                .map_or(Value::Null, |body| serde_json::from_slice(body).unwrap());
             (response.status().as_u16(), body)
         }
         Err(other) => panic!("expected an HTTP refusal, got {other:?}"),
@@ -358,7 +357,7 @@ async fn connection_caps_refuse_with_503_per_node_and_429_per_client() {
     let mut bystander = connect_with(&relay, &bystander_token).await;
     bystander.subscribe("calm", json!({})).await;
     let hog = hs256(&claims("hog", &["*"], &[], 60));
-    let _first = connect_with(&relay, &hog).await;
+    let first = connect_with(&relay, &hog).await;
     let _second = connect_with(&relay, &hog).await;
     let (status, body) = refused_upgrade(&relay, &format!("?access_token={hog}"), None).await;
     assert_eq!(
@@ -380,7 +379,7 @@ async fn connection_caps_refuse_with_503_per_node_and_429_per_client() {
     );
     let ack = bystander.publish("calm", json!("still fine"), None).await;
     assert_eq!(bystander.wait_type("message").await["id"], ack["id"]);
-    drop(_first);
+    drop(first);
     tokio::time::sleep(Duration::from_millis(200)).await;
     assert_eq!(
         connect_with(&relay, &hog).await.welcome["user"],

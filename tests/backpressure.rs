@@ -127,10 +127,10 @@ async fn a_client_that_answers_no_pings_is_dropped_and_one_that_does_stays() {
     });
     let (mut lively, pings) = reader.await.unwrap();
     assert!(pings >= 3, "server pings every second, saw {pings}");
-    assert_eq!(
-        metric(&relay, "relay_connections{transport=\"ws\"}").await,
-        1.0,
-        "the silent client was dropped"
+    let open = metric(&relay, "relay_connections{transport=\"ws\"}").await;
+    assert!(
+        (open - 1.0).abs() < f64::EPSILON,
+        "the silent client was dropped: {open} open"
     );
     lively.send_json(json!({"type": "ping", "req": "still"})).await;
     assert_eq!(lively.reply_to("still").await["type"], "pong");

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use chat_relay::broker::{Broker, MemoryBroker, RedisBroker, RetentionSettings};
 use chat_relay::tasks::NodeTasks;
 
+#[allow(clippy::unused_async, reason = "contract_tests! awaits every broker constructor")]
 async fn memory_broker(retention: RetentionSettings) -> (Arc<dyn Broker>, ()) {
     (MemoryBroker::new(retention, &NodeTasks::new()), ())
 }

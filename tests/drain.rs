@@ -210,9 +210,6 @@ async fn a_second_signal_ends_the_drain_at_once() {
     signal(node.pid(), "INT");
     let exit = tokio::task::spawn_blocking(move || node.wait()).await.unwrap();
     let took = second.elapsed();
-    assert!(
-        took < Duration::from_millis(1000),
-        "exited {took:?} after the second signal"
-    );
+    assert!(took < Duration::from_secs(1), "exited {took:?} after the second signal");
     assert_eq!(exit.code(), Some(1), "a cut-short drain exits 1");
 }

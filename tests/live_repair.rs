@@ -143,7 +143,7 @@ async fn subscriber(setup: &Setup, replay: ReplayRequest) -> Collected {
         loop {
             match queues.next().await {
                 Some(Outbound::Message(message)) => {
-                    sink.lock().unwrap().push(serde_json::from_str(&message.text).unwrap())
+                    sink.lock().unwrap().push(serde_json::from_str(&message.text).unwrap());
                 }
                 Some(Outbound::Control { text, .. }) => sink.lock().unwrap().push(serde_json::from_str(&text).unwrap()),
                 Some(Outbound::Barrier(reached)) => {

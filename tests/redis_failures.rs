@@ -15,7 +15,7 @@ use common::{WsClient, assert_exact_sequence, http_get_json, metric_at};
 use serde_json::{Value, json};
 
 /// Every message of a room, oldest first, through a node's history API
-/// (pages of 20: some nodes here have a small max_replay).
+/// (pages of 20: some nodes here have a small `max_replay`).
 async fn history(node: &RelayProcess, room: &str) -> Vec<Value> {
     common::history_at(&node.url(""), room, 20).await
 }
@@ -331,8 +331,11 @@ async fn a_healthy_live_feed_is_kept_across_health_checks() {
         assert_exact_sequence(room, &mine, &history(&node, room).await, "0-0");
     }
     let base = node.url("");
-    assert_eq!(metric_at(&base, "relay_live_feed_resyncs_total ").await, 0.0);
-    assert_eq!(metric_at(&base, "relay_live_repairs_total ").await, 0.0);
+    assert!(
+        metric_at(&base, "relay_live_feed_resyncs_total ").await < 0.5,
+        "no resync"
+    );
+    assert!(metric_at(&base, "relay_live_repairs_total ").await < 0.5, "no repair");
     assert_eq!(http_get_json(&node.url("/readyz")).await.0, 200);
 }
 

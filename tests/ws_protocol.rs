@@ -154,7 +154,7 @@ async fn resume_from_every_point_of_the_history_is_exact() {
     for since in starts {
         let subscribed = resumer.subscribe("points", json!({"since": since})).await;
         assert_eq!(subscribed["recovered"], true, "since {since}");
-        let count = subscribed["replay"].as_u64().unwrap() as usize;
+        let count = usize::try_from(subscribed["replay"].as_u64().unwrap()).unwrap();
         let received = resumer.messages("points", count).await;
         common::assert_exact_sequence(&format!("resume after {since}"), &received, &history, &since);
         resumer
@@ -175,7 +175,9 @@ async fn since_unknown_to_the_room_is_not_recovered() {
     for since in [format!("{}-0", ms - 1), format!("{}-5", ms + 10)] {
         let reply = client.subscribe("r", json!({"since": since})).await;
         assert_eq!(reply["recovered"], false, "since {since}: {reply}");
-        client.messages("r", reply["replay"].as_u64().unwrap() as usize).await;
+        client
+            .messages("r", usize::try_from(reply["replay"].as_u64().unwrap()).unwrap())
+            .await;
         client
             .send_json(json!({"type": "unsubscribe", "room": "r", "req": "u"}))
             .await;

@@ -38,13 +38,13 @@ pub async fn events(
     query: Result<Query<EventsQuery>, QueryRejection>,
 ) -> Response {
     let address = connect_info.map(|info| info.0.0);
-    match open_stream(node, address, room, &headers, query).await {
+    match open_stream(node, address, room, &headers, query) {
         Ok(response) => response,
         Err(error) => error.into_response(),
     }
 }
 
-async fn open_stream(
+fn open_stream(
     node: Arc<Node>,
     address: Option<std::net::SocketAddr>,
     room: Result<Path<String>, PathRejection>,

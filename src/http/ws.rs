@@ -371,12 +371,9 @@ async fn write_socket(node: &Node, sink: &mut Sink, queues: &mut ConnectionQueue
         let first = tokio::select! {
             biased;
             () = queues.slow() => return Box::pin(close_slow_consumer(node, sink, queues)).await,
-            item = queues.next() => match item {
-                Some(item) => item,
-                None => {
-                    let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
-                    return;
-                }
+            item = queues.next() => if let Some(item) = item { item } else {
+                let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
+                return;
             },
             _ = pings.tick() => {
                 if missed_pongs.fetch_add(1, Ordering::Relaxed) >= 2 {

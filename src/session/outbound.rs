@@ -414,6 +414,7 @@ impl Drop for ReplySender {
 
 impl ConnectionQueues {
     /// The next item without waiting: replies first, then live messages.
+    #[must_use]
     pub fn try_next(&self) -> Option<Outbound> {
         let mut state = self.outbox.state();
         if let Some(item) = state.replies.pop_front() {

@@ -206,9 +206,10 @@ impl WsClient {
     pub async fn expect_silence(&mut self, quiet: Duration) {
         assert!(self.pending.is_empty(), "unexpected frames: {:?}", self.pending);
         if let Ok(Some(Ok(message))) = tokio::time::timeout(quiet, self.stream.next()).await {
-            if !matches!(message, Message::Ping(_) | Message::Pong(_)) {
-                panic!("expected silence, got {message:?}");
-            }
+            assert!(
+                matches!(message, Message::Ping(_) | Message::Pong(_)),
+                "expected silence, got {message:?}"
+            );
         }
     }
 }

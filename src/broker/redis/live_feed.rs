@@ -75,23 +75,22 @@ impl LiveFeed {
         let mut backoff = RECONNECT_MIN;
         let mut reconnected = false;
         loop {
-            let pubsub = match next.take() {
-                Some(pubsub) => pubsub,
-                None => {
-                    let Some(live) = feed.upgrade() else { return };
-                    match tokio::time::timeout(CONNECT_TIMEOUT, live.client.get_async_pubsub()).await {
-                        Ok(Ok(pubsub)) => pubsub,
-                        failure => {
-                            let reason = match failure {
-                                Ok(Err(error)) => error.to_string(),
-                                _ => "connect timed out".to_owned(),
-                            };
-                            drop(live);
-                            tracing::warn!(%reason, retry_in_ms = backoff.as_millis(), "cannot reach Redis for the live feed");
-                            tokio::time::sleep(backoff.mul_f64(0.5 + fastrand::f64())).await;
-                            backoff = (backoff * 2).min(RECONNECT_MAX);
-                            continue;
-                        }
+            let pubsub = if let Some(pubsub) = next.take() {
+                pubsub
+            } else {
+                let Some(live) = feed.upgrade() else { return };
+                match tokio::time::timeout(CONNECT_TIMEOUT, live.client.get_async_pubsub()).await {
+                    Ok(Ok(pubsub)) => pubsub,
+                    failure => {
+                        let reason = match failure {
+                            Ok(Err(error)) => error.to_string(),
+                            _ => "connect timed out".to_owned(),
+                        };
+                        drop(live);
+                        tracing::warn!(%reason, retry_in_ms = backoff.as_millis(), "cannot reach Redis for the live feed");
+                        tokio::time::sleep(backoff.mul_f64(0.5 + fastrand::f64())).await;
+                        backoff = (backoff * 2).min(RECONNECT_MAX);
+                        continue;
                     }
                 }
             };
