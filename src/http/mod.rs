@@ -133,7 +133,7 @@ pub(crate) fn admit(
     identity: &Identity,
     address: Option<std::net::SocketAddr>,
 ) -> Result<crate::session::ConnectionSlot, ApiError> {
-    let client = match (&node.authenticator, identity.subject(), address) {
+    let client = match (&*node.authenticator, identity.subject(), address) {
         (crate::auth::Authenticator::Jwt(_), Some(subject), _) => format!("sub:{subject}"),
         (_, _, Some(address)) => format!("ip:{}", address.ip()),
         _ => "unknown".to_owned(),
@@ -157,7 +157,7 @@ pub(crate) fn admit(
 /// How long until a token's expiry (plus the leeway), from now.
 pub(crate) fn until_expiry(node: &Node, identity: &Identity) -> Option<Duration> {
     let expires_at = identity.expires_at()?;
-    let leeway = match &node.authenticator {
+    let leeway = match &*node.authenticator {
         crate::auth::Authenticator::Jwt(verifier) => verifier.leeway_secs(),
         crate::auth::Authenticator::Open => 0,
     };

@@ -106,6 +106,8 @@ pub async fn publish(
         return Err(too_large());
     }
     let outcome = node
+        .session
+        .publisher
         .publish(room, identity.subject(), cmid, &body)
         .await
         .map_err(|error| {

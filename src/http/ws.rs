@@ -136,7 +136,7 @@ impl Connection {
                 .clone(),
         );
         let (connection, replies, queues) = ConnectionHandle::new(node.settings.outbound_queue);
-        let session = ClientSession::new(node.clone(), identity, connection, replies.clone());
+        let session = ClientSession::new(node.session.clone(), identity, connection, replies.clone());
         let (sink, stream) = socket.split();
         Self {
             node,

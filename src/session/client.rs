@@ -9,12 +9,12 @@ use std::sync::Arc;
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 
+use super::context::SessionContext;
 use super::hub::Subscription;
 use super::outbound::{ConnectionHandle, ControlKind, Outbound, ReplySender};
 use super::rate_limit::{InvalidFrameBudget, PublishRateLimiter};
 use super::resume::{ResumeError, ResumeTarget, subscribe_and_resume};
 use crate::auth::Identity;
-use crate::node::Node;
 use crate::protocol::{
     ClientFrame, ClientRequest, ErrorCode, PublishStored, ReplayRequest, RequestTag, RoomName, close_code,
     decode_client_frame, server_frame,
@@ -43,7 +43,7 @@ type PendingReply = Pin<Box<dyn Future<Output = String> + Send>>;
 
 /// See the module docs.
 pub struct ClientSession {
-    node: Arc<Node>,
+    context: Arc<SessionContext>,
     identity: Identity,
     connection: ConnectionHandle,
     replies: ReplySender,
@@ -70,11 +70,16 @@ struct Refusal<'a> {
 impl ClientSession {
     /// A session for an authenticated connection.
     #[must_use]
-    pub fn new(node: Arc<Node>, identity: Identity, connection: ConnectionHandle, replies: ReplySender) -> Self {
-        let publish_limiter = PublishRateLimiter::new(node.settings.publish_rate);
-        let invalid_frames = InvalidFrameBudget::new(node.settings.invalid_frame_limit);
+    pub fn new(
+        context: Arc<SessionContext>,
+        identity: Identity,
+        connection: ConnectionHandle,
+        replies: ReplySender,
+    ) -> Self {
+        let publish_limiter = PublishRateLimiter::new(context.limits.announced.publish_rate);
+        let invalid_frames = InvalidFrameBudget::new(context.limits.invalid_frame_limit);
         Self {
-            node,
+            context,
             identity,
             connection,
             replies,
@@ -142,9 +147,9 @@ impl ClientSession {
         Outbound::control(
             ControlKind::Welcome,
             server_frame::welcome(
-                &self.node.settings.node_id,
+                &self.context.node_id,
                 self.identity.subject(),
-                self.node.announced_limits(),
+                self.context.limits.announced,
             ),
         )
     }
@@ -157,7 +162,7 @@ impl ClientSession {
     }
 
     async fn refuse(&mut self, refusal: Refusal<'_>) -> bool {
-        self.node.metrics.count_error(refusal.code);
+        self.context.metrics.count_error(refusal.code);
         self.reply(server_frame::error(&server_frame::ErrorFrame {
             req: refusal.req,
             code: refusal.code,
@@ -171,7 +176,7 @@ impl ClientSession {
 
     /// Handles one text frame.
     pub async fn handle_text(&mut self, text: &str) -> SessionVerdict {
-        match decode_client_frame(text, self.node.decode_limits()) {
+        match decode_client_frame(text, self.context.limits.decode) {
             Ok(frame) => self.handle_frame(frame).await,
             Err(rejection) => {
                 let delivered = self
@@ -225,7 +230,7 @@ impl ClientSession {
     /// Replaces the identity with a new token's: same subject required;
     /// rooms it no longer allows are left, each with a `forbidden` error.
     async fn refresh(&mut self, req: Option<&RequestTag>, token: &str) -> SessionVerdict {
-        if matches!(self.node.authenticator, crate::auth::Authenticator::Open) {
+        if matches!(*self.context.authenticator, crate::auth::Authenticator::Open) {
             let message = "this node runs without authentication (RELAY_AUTH=none); there is no token to refresh";
             let delivered = self
                 .refuse(Refusal {
@@ -238,7 +243,7 @@ impl ClientSession {
                 .await;
             return if delivered { SessionVerdict::Continue } else { gone() };
         }
-        let refused = match self.node.authenticator.refresh(token) {
+        let refused = match self.context.authenticator.refresh(token) {
             Err(error) => Some(error.to_string()),
             Ok(identity) if identity.subject() != self.identity.subject() => {
                 Some("the new token is for another subject; connect again to change user".to_owned())
@@ -322,16 +327,16 @@ impl ClientSession {
         };
         // Boxed: it is large and rare, and would otherwise size every connection's future.
         match Box::pin(subscribe_and_resume(
-            &self.node.hub,
+            &self.context.hub,
             &room,
             replay,
-            self.node.settings.max_replay,
+            self.context.limits.decode.max_replay,
             target,
         ))
         .await
         {
             Ok(resumed) => {
-                self.node
+                self.context
                     .metrics
                     .messages_delivered
                     .inc_by(u64::try_from(resumed.replayed).unwrap_or(u64::MAX));
@@ -374,7 +379,7 @@ impl ClientSession {
         if let Err(wait) = self.publish_limiter.check() {
             let message = format!(
                 "over {} publishes per second; retry after the given delay",
-                self.node.settings.publish_rate
+                self.context.limits.announced.publish_rate
             );
             let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
             return self
@@ -389,8 +394,11 @@ impl ClientSession {
         }
         // Submitted now, in frame order; only the wait for the outcome is
         // deferred.
-        let pending = self.node.publish(room.clone(), self.identity.subject(), cmid, &body);
-        let node = self.node.clone();
+        let pending = self
+            .context
+            .publisher
+            .publish(room.clone(), self.identity.subject(), cmid, &body);
+        let metrics = self.context.metrics.clone();
         let req = req.cloned();
         let in_flight = self.publishes_in_flight.get_or_insert_with(FuturesOrdered::new);
         in_flight.push_back(Box::pin(async move {
@@ -399,8 +407,8 @@ impl ClientSession {
                 Err(error) => {
                     let stored = error.publish_stored();
                     tracing::warn!(%room, %error, stored = ?stored, "publish failed");
-                    node.metrics.count_publish_failure(stored);
-                    node.metrics.count_error(ErrorCode::Unavailable);
+                    metrics.count_publish_failure(stored);
+                    metrics.count_error(ErrorCode::Unavailable);
                     server_frame::error(&server_frame::ErrorFrame {
                         req: req.as_ref(),
                         code: ErrorCode::Unavailable,

@@ -2,21 +2,27 @@
 //! algorithm, per-connection queues and backpressure, rate limits, and the
 //! transport-independent handling of client frames.
 //!
-//! Uses `broker` and `protocol`; knows nothing of sockets beyond the frame
-//! type the WebSocket writer sends.
+//! Uses `broker` and `protocol`, and gets what it needs of the node as a
+//! [`SessionContext`]; it never imports the node or axum's router. (The
+//! queues still carry axum's text frame type: the next step makes them
+//! carry session events each transport encodes.)
 
 mod admission;
 mod client;
+mod context;
 mod hub;
 mod outbound;
+mod publisher;
 mod rate_limit;
 mod resume;
 
 pub use admission::{Admission, ConnectionSlot, Refusal as AdmissionRefusal};
 pub use client::{ClientSession, MAX_PUBLISHES_IN_FLIGHT, SessionVerdict, unavailable_publish_message};
+pub use context::{SessionContext, SessionLimits};
 pub use hub::{RoomHub, Subscription};
 pub use outbound::{
     ConnectionClosed, ConnectionHandle, ConnectionQueues, ControlKind, LiveMessage, Outbound, ReplySender,
 };
+pub use publisher::Publisher;
 pub use rate_limit::{AddressRateLimiter, InvalidFrameBudget, PublishRateLimiter};
 pub use resume::{HistoryDecision, ResumeError, ResumeTarget, Resumed, read_requested_history, subscribe_and_resume};

@@ -1,0 +1,74 @@
+//! A publish as every transport submits it: the frame tail built once
+//! (sender, server time, `cmid`, body), handed to the broker in submission
+//! order, timed and counted. Shared by the WebSocket session and the HTTP
+//! endpoint.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use tracing::Instrument;
+
+use crate::broker::{Broker, BrokerError, PublishOutcome, PublishRequest};
+use crate::protocol::{MessageFrameTail, RoomName};
+use crate::telemetry::{Metrics, trace_context};
+
+/// See the module docs.
+pub struct Publisher {
+    broker: Arc<dyn Broker>,
+    metrics: Arc<Metrics>,
+    last_ts_ms: AtomicU64,
+}
+
+impl Publisher {
+    /// A publisher onto `broker`.
+    #[must_use]
+    pub fn new(broker: Arc<dyn Broker>, metrics: Arc<Metrics>) -> Self {
+        Self {
+            broker,
+            metrics,
+            last_ts_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Server time for a message's `ts`: wall-clock milliseconds, never
+    /// going backwards on this node.
+    fn message_ts_ms(&self) -> u64 {
+        let now = crate::protocol::wall_clock_ms();
+        let previous = self.last_ts_ms.fetch_max(now, Ordering::Relaxed);
+        now.max(previous)
+    }
+
+    /// Submits a validated body to a room. The broker fixes the commit
+    /// order at this call, so a connection's publishes are committed in the
+    /// order it submits them.
+    ///
+    /// The future fails with [`BrokerError`] when the broker did not commit;
+    /// its kind says whether the publish may yet be stored.
+    pub fn publish(
+        &self,
+        room: RoomName,
+        from: Option<&str>,
+        cmid: Option<String>,
+        body: &str,
+    ) -> impl Future<Output = Result<PublishOutcome, BrokerError>> + Send + 'static {
+        let started = std::time::Instant::now();
+        let tail = MessageFrameTail::new(from, self.message_ts_ms(), cmid.as_deref(), body);
+        // While traces are exported, the publish span is the parent of the
+        // broker's spans and its context travels with the message.
+        let span = trace_context::publish_span(&room);
+        let pending = span.in_scope(|| self.broker.publish(PublishRequest { room, cmid, tail }));
+        let metrics = self.metrics.clone();
+        let committed = async move {
+            let outcome = pending.await?;
+            metrics.publish_duration.observe(started.elapsed().as_secs_f64());
+            if outcome.duplicate {
+                &metrics.published_duplicate
+            } else {
+                &metrics.published_stored
+            }
+            .inc();
+            Ok(outcome)
+        };
+        committed.instrument(span)
+    }
+}
