@@ -413,7 +413,9 @@ export class RelayClient {
       socket.onmessage = null;
       socket.onclose = null;
       try {
-        socket.close(code, reason);
+        // A reason past 123 bytes makes browsers throw and keep the socket
+        // open; the reason is the app's (state detail), not the relay's.
+        socket.close(code, reason.length <= 100 ? reason : undefined);
       } catch {
         // Already closing.
       }
