@@ -108,6 +108,10 @@ pub struct Cli {
     #[arg(long, env = "RELAY_SSE_KEEPALIVE_SECS", default_value_t = 15)]
     pub sse_keepalive_secs: u64,
 
+    /// Seconds a killed node's presence members stay listed
+    #[arg(long, env = "RELAY_PRESENCE_TTL_SECS", default_value_t = 45)]
+    pub presence_ttl_secs: u64,
+
     /// On SIGTERM, seconds over which clients are told to reconnect
     #[arg(long, env = "RELAY_DRAIN_SECS", default_value_t = 8)]
     pub drain_secs: u64,
@@ -193,6 +197,7 @@ pub struct Settings {
     pub invalid_frame_limit: u32,
     pub ping_interval: Duration,
     pub sse_keepalive: Duration,
+    pub presence_ttl: Duration,
     pub drain: Duration,
     pub auth: AuthMode,
     pub jwt: Option<JwtSettings>,
@@ -315,6 +320,12 @@ impl Cli {
             "RELAY_SSE_KEEPALIVE_SECS",
             "sse-keepalive-secs",
         )?;
+        let presence_ttl_secs = at_least(
+            self.presence_ttl_secs,
+            2,
+            "RELAY_PRESENCE_TTL_SECS",
+            "presence-ttl-secs",
+        )?;
         if self.key_prefix.is_empty() || self.key_prefix.contains(['{', '}', ' ']) {
             return Err(invalid(
                 "RELAY_KEY_PREFIX",
@@ -407,6 +418,7 @@ impl Cli {
             invalid_frame_limit,
             ping_interval: Duration::from_secs(ping_secs),
             sse_keepalive: Duration::from_secs(sse_keepalive_secs),
+            presence_ttl: Duration::from_secs(presence_ttl_secs),
             drain: Duration::from_secs(self.drain_secs),
             auth,
             jwt,

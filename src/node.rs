@@ -11,7 +11,9 @@ use crate::auth::Authenticator;
 use crate::broker::Broker;
 use crate::config::Settings;
 use crate::protocol::{DecodeLimits, server_frame::AnnouncedLimits};
-use crate::session::{AddressRateLimiter, Admission, Publisher, RoomHub, SessionContext, SessionLimits};
+use crate::session::{
+    AddressRateLimiter, Admission, PresenceTiming, Publisher, RoomHub, SessionContext, SessionLimits,
+};
 use crate::tasks::NodeTasks;
 use crate::telemetry::Metrics;
 
@@ -51,7 +53,15 @@ impl Node {
         tasks: Arc<NodeTasks>,
     ) -> Arc<Self> {
         let metrics = Arc::new(Metrics::new(&settings.node_id, broker.kind()));
-        let hub = RoomHub::new(broker.clone(), metrics.clone(), settings.outbound_queue, tasks.clone());
+        let hub = RoomHub::new(
+            broker.clone(),
+            metrics.clone(),
+            settings.outbound_queue,
+            tasks.clone(),
+            PresenceTiming {
+                ttl: settings.presence_ttl,
+            },
+        );
         let authenticator = Arc::new(authenticator);
         let session = Arc::new(SessionContext {
             node_id: settings.node_id.clone(),

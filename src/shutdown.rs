@@ -20,6 +20,8 @@ pub const DRAIN_MARGIN: Duration = Duration::from_secs(1);
 /// How long the HTTP server and the background tasks get to end after the
 /// connections are gone.
 const TASKS_GRACE: Duration = Duration::from_secs(1);
+/// Longest wait for the broker to remove the node's presence at a drain.
+const PRESENCE_LEAVE_GRACE: Duration = Duration::from_secs(3);
 
 /// A node that serves on its listener until drained.
 pub struct RunningNode {
@@ -46,12 +48,14 @@ impl RunningNode {
         }
     }
 
-    /// Drains (clients told to reconnect), waits for connections at most the
-    /// drain window plus [`DRAIN_MARGIN`], then stops the server and every
-    /// background task.
+    /// Drains (clients told to reconnect, the node's presence removed at
+    /// once), waits for connections at most the drain window plus
+    /// [`DRAIN_MARGIN`], then stops the server and every background task.
     pub async fn drain(self) {
         self.node.draining.cancel();
         self.node.connections.close();
+        // Each broker call is bounded; this bounds them all together.
+        let _ = tokio::time::timeout(PRESENCE_LEAVE_GRACE, self.node.hub.leave_all_presence()).await;
         let deadline = self.node.settings.drain + DRAIN_MARGIN;
         if tokio::time::timeout(deadline, self.node.connections.wait())
             .await

@@ -11,8 +11,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chat_relay::broker::{
-    Broker, BrokerError, HistoryPage, LiveSink, MemoryBroker, PendingPublish, PublishOutcome, PublishRequest,
-    RetentionSettings, StoredMessage,
+    Broker, BrokerError, HistoryPage, LiveSink, MemoryBroker, PendingPublish, PresenceChange, PresenceEntry,
+    PresenceState, PublishOutcome, PublishRequest, RetentionSettings, StoredMessage,
 };
 use chat_relay::protocol::{MessageFrameTail, MessageId, ReplayRequest, RoomName};
 use chat_relay::session::{ConnectionHandle, Outbound, ResumeTarget, RoomHub, Subscription, subscribe_and_resume};
@@ -55,6 +55,18 @@ impl LiveSink for LossySink {
             sink.resync_all();
         }
     }
+
+    fn presence(&self, room: &RoomName, change: PresenceChange) {
+        if let Some(sink) = self.0.sink.lock().unwrap().as_ref().and_then(Weak::upgrade) {
+            sink.presence(room, change);
+        }
+    }
+
+    fn signal(&self, room: &RoomName, frame: bytes::Bytes) {
+        if let Some(sink) = self.0.sink.lock().unwrap().as_ref().and_then(Weak::upgrade) {
+            sink.signal(room, frame);
+        }
+    }
 }
 
 #[async_trait]
@@ -91,6 +103,40 @@ impl Broker for LossyBroker {
     async fn is_ready(&self) -> bool {
         true
     }
+    async fn presence_join(
+        &self,
+        room: &RoomName,
+        entry: &PresenceEntry,
+        lifetime: Duration,
+        list: usize,
+    ) -> Result<PresenceState, BrokerError> {
+        self.inner.presence_join(room, entry, lifetime, list).await
+    }
+    async fn presence_refresh(
+        &self,
+        room: &RoomName,
+        entries: &[PresenceEntry],
+        lifetime: Duration,
+    ) -> Result<(), BrokerError> {
+        self.inner.presence_refresh(room, entries, lifetime).await
+    }
+    async fn presence_leave(&self, room: &RoomName, entries: &[PresenceEntry]) -> Result<(), BrokerError> {
+        self.inner.presence_leave(room, entries).await
+    }
+    async fn presence_sweep(&self, room: &RoomName) -> Result<(), BrokerError> {
+        self.inner.presence_sweep(room).await
+    }
+    async fn presence_members(
+        &self,
+        room: &RoomName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<PresenceState, BrokerError> {
+        self.inner.presence_members(room, after, limit).await
+    }
+    async fn signal(&self, room: &RoomName, frame: bytes::Bytes) -> Result<(), BrokerError> {
+        self.inner.signal(room, frame).await
+    }
 }
 
 struct Setup {
@@ -120,7 +166,7 @@ fn setup(maxlen: u64, dropped: impl IntoIterator<Item = usize>) -> Setup {
         inner,
         state: state.clone(),
     });
-    let hub = RoomHub::new(broker.clone(), Arc::new(Metrics::new("test", "lossy")), 10_000, tasks);
+    let hub = RoomHub::new(broker.clone(), Arc::new(Metrics::new("test", "lossy")), 10_000, tasks, chat_relay::session::PresenceTiming { ttl: Duration::from_secs(45) });
     Setup {
         broker,
         hub,
@@ -157,6 +203,7 @@ async fn subscriber(setup: &Setup, replay: ReplayRequest) -> Collected {
         replies: &replies,
         connection,
         req: None,
+        presence: None,
     };
     let resumed = subscribe_and_resume(&setup.hub, &setup.room, replay, 1000, target)
         .await

@@ -13,9 +13,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::time::Instant;
 
+use super::presence::RoomPresence;
 use super::{
-    Broker, BrokerError, HistoryPage, LiveSink, PendingPublish, PublishOutcome, PublishRequest, RetentionSettings,
-    StoredMessage,
+    Broker, BrokerError, HistoryPage, LiveSink, PendingPublish, PresenceChange, PresenceEntry, PresenceState,
+    PublishOutcome, PublishRequest, RetentionSettings, StoredMessage,
 };
 use crate::protocol::{MessageId, RoomName, message_frame, wall_clock_ms};
 use crate::tasks::NodeTasks;
@@ -71,6 +72,9 @@ pub struct MemoryBroker {
     rooms: Mutex<HashMap<RoomName, Arc<Mutex<RoomHistory>>>>,
     live_rooms: Mutex<HashSet<RoomName>>,
     sink: Mutex<Option<Weak<dyn LiveSink>>>,
+    /// Presence per room (`super::presence`); changes reach the sink under
+    /// this lock, in version order.
+    presence: Mutex<HashMap<RoomName, RoomPresence>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -91,6 +95,7 @@ impl MemoryBroker {
             rooms: Mutex::new(HashMap::new()),
             live_rooms: Mutex::new(HashSet::new()),
             sink: Mutex::new(None),
+            presence: Mutex::new(HashMap::new()),
         });
         let weak = Arc::downgrade(&broker);
         tasks.spawn("memory broker sweeper", async move {
@@ -213,6 +218,31 @@ impl MemoryBroker {
     fn live_sink(&self) -> Option<Arc<dyn LiveSink>> {
         lock(&self.sink).as_ref().and_then(Weak::upgrade)
     }
+
+    /// Runs `work` on a room's presence and hands its changes to the live
+    /// sink (when the room is live here) under the presence lock.
+    fn with_presence<T>(
+        &self,
+        room: &RoomName,
+        work: impl FnOnce(&mut RoomPresence, Instant, &mut Vec<PresenceChange>) -> T,
+    ) -> T {
+        let now = Instant::now();
+        let mut all = lock(&self.presence);
+        let presence = all.entry(room.clone()).or_default();
+        let mut changes = presence.sweep(now);
+        let result = work(presence, now, &mut changes);
+        if presence.is_empty() {
+            all.remove(room);
+        }
+        if !changes.is_empty() && lock(&self.live_rooms).contains(room) {
+            if let Some(sink) = self.live_sink() {
+                for change in changes {
+                    sink.presence(room, change);
+                }
+            }
+        }
+        result
+    }
 }
 
 #[async_trait]
@@ -265,6 +295,61 @@ impl Broker for MemoryBroker {
 
     async fn is_ready(&self) -> bool {
         true
+    }
+
+    async fn presence_join(
+        &self,
+        room: &RoomName,
+        entry: &PresenceEntry,
+        lifetime: Duration,
+        list: usize,
+    ) -> Result<PresenceState, BrokerError> {
+        Ok(self.with_presence(room, |presence, now, changes| {
+            changes.extend(presence.add(entry, now + lifetime));
+            presence.state(None, list)
+        }))
+    }
+
+    async fn presence_refresh(
+        &self,
+        room: &RoomName,
+        entries: &[PresenceEntry],
+        lifetime: Duration,
+    ) -> Result<(), BrokerError> {
+        self.with_presence(room, |presence, now, changes| {
+            changes.extend(entries.iter().filter_map(|entry| presence.add(entry, now + lifetime)));
+        });
+        Ok(())
+    }
+
+    async fn presence_leave(&self, room: &RoomName, entries: &[PresenceEntry]) -> Result<(), BrokerError> {
+        self.with_presence(room, |presence, _, changes| {
+            changes.extend(entries.iter().filter_map(|entry| presence.remove(&entry.id)));
+        });
+        Ok(())
+    }
+
+    async fn presence_sweep(&self, room: &RoomName) -> Result<(), BrokerError> {
+        self.with_presence(room, |_, _, _| ());
+        Ok(())
+    }
+
+    async fn presence_members(
+        &self,
+        room: &RoomName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<PresenceState, BrokerError> {
+        Ok(self.with_presence(room, |presence, _, _| presence.state(after, limit)))
+    }
+
+    async fn signal(&self, room: &RoomName, frame: Bytes) -> Result<(), BrokerError> {
+        if lock(&self.live_rooms).contains(room) {
+            if let Some(sink) = self.live_sink() {
+                sink.signal(room, frame);
+            }
+        }
+        Ok(())
     }
 }
 

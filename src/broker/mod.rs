@@ -7,6 +7,7 @@
 //! (`session`), once for every broker. Brokers never import axum.
 
 mod memory;
+mod presence;
 mod redis;
 
 use std::pin::Pin;
@@ -19,6 +20,7 @@ use crate::protocol::{MessageFrameTail, MessageId, PublishStored, RoomName};
 use crate::telemetry::TraceParent;
 
 pub use memory::MemoryBroker;
+pub use presence::{PresenceChange, PresenceEntry, PresenceState};
 pub use redis::{RedisBroker, RedisStartError};
 
 /// History retention and idempotency settings shared by every broker.
@@ -119,6 +121,13 @@ pub trait LiveSink: Send + Sync {
     /// The live feed may have dropped messages (the connection to the broker
     /// was re-established): every room must be caught up from history.
     fn resync_all(&self);
+
+    /// A room's presence changed (one user joined or left, in the room's
+    /// version order). Called in feed order; must not block.
+    fn presence(&self, room: &RoomName, change: PresenceChange);
+
+    /// A signal frame (complete JSON) for a room's live subscribers.
+    fn signal(&self, room: &RoomName, frame: Bytes);
 }
 
 /// The contract every broker implements; see the module docs.
@@ -175,4 +184,61 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the broker is reachable now.
     async fn is_ready(&self) -> bool;
+
+    /// Adds a connection to a room's presence, living `lifetime` unless
+    /// refreshed, and returns the room's state after it (first `list`
+    /// members). Expired entries are swept first. A change is published on
+    /// the room's live feed when the entry's user was not present before.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker could not be reached.
+    async fn presence_join(
+        &self,
+        room: &RoomName,
+        entry: &PresenceEntry,
+        lifetime: std::time::Duration,
+        list: usize,
+    ) -> Result<PresenceState, BrokerError>;
+
+    /// Extends the life of entries (re-adding any that expired meanwhile).
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker could not be reached.
+    async fn presence_refresh(
+        &self,
+        room: &RoomName,
+        entries: &[PresenceEntry],
+        lifetime: std::time::Duration,
+    ) -> Result<(), BrokerError>;
+
+    /// Removes entries; a change is published for each user left with none.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker could not be reached.
+    async fn presence_leave(&self, room: &RoomName, entries: &[PresenceEntry]) -> Result<(), BrokerError>;
+
+    /// Removes the room's expired entries (those of nodes that died).
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker could not be reached.
+    async fn presence_sweep(&self, room: &RoomName) -> Result<(), BrokerError>;
+
+    /// The room's count and up to `limit` members sorted after `after`
+    /// (from the first when `None`), expired entries swept first.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker could not be reached.
+    async fn presence_members(
+        &self,
+        room: &RoomName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<PresenceState, BrokerError>;
+
+    /// Hands a signal frame to every node's live subscribers of the room;
+    /// nothing is stored.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker could not be reached.
+    async fn signal(&self, room: &RoomName, frame: Bytes) -> Result<(), BrokerError>;
 }

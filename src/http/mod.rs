@@ -2,6 +2,7 @@
 //! readiness and metrics, with CORS on the `/v1/` endpoints.
 
 mod error;
+mod presence;
 mod rest;
 mod sse;
 mod ws;
@@ -32,6 +33,8 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/rooms/{room}/events", get(sse::events))
         .route("/v1/rooms/{room}/messages", get(rest::history).post(rest::publish))
+        .route("/v1/rooms/{room}/presence", get(presence::members))
+        .route("/v1/rooms/{room}/signals", axum::routing::post(presence::signal))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

@@ -43,13 +43,7 @@ pub async fn publish(
     let room = room_from_path(&room)?;
     let Query(query) = query.map_err(|rejection| bad_query(&rejection))?;
     let identity = identify(&node, request.headers(), &query)?;
-    if !identity.may_publish(&room) {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
-            ErrorCode::Forbidden,
-            format!("your token does not allow publishing to {room}"),
-        ));
-    }
+    may_publish_now(&node, &identity, &room, &request)?;
     let cmid = match request.headers().get("idempotency-key") {
         None => None,
         Some(value) => {
@@ -65,28 +59,67 @@ pub async fn publish(
             Some(key.to_owned())
         }
     };
+    let body = read_body_field(request, node.settings.max_message_bytes, "max_message_bytes").await?;
+    let outcome = node
+        .session
+        .publisher
+        .publish(room, identity.subject(), cmid, &body)
+        .await
+        .map_err(|error| {
+            node.metrics.count_publish_failure(error.publish_stored());
+            ApiError::publish_unavailable(&error)
+        })?;
+    let status = if outcome.duplicate {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let reply = serde_json::json!({"id": outcome.id.to_string(), "prev": outcome.prev.to_string(), "duplicate": outcome.duplicate});
+    Ok((status, axum::Json(reply)).into_response())
+}
+
+/// Refuses a publish or signal the token does not allow (403) or that is
+/// over the per-address rate (429).
+pub(super) fn may_publish_now(
+    node: &Node,
+    identity: &crate::auth::Identity,
+    room: &crate::protocol::RoomName,
+    request: &Request,
+) -> Result<(), ApiError> {
+    if !identity.may_publish(room) {
+        return Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!("your token does not allow publishing to {room}"),
+        ));
+    }
     if let Some(ConnectInfo(address)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
         if let Err(wait) = node.http_publish_limiter.check(address.ip()) {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 ErrorCode::RateLimited,
                 format!(
-                    "over {} publishes per second from this address; retry after the given delay",
+                    "over {} publishes and signals per second from this address; retry after the given delay",
                     node.settings.publish_rate
                 ),
             )
             .retry_after(wait));
         }
     }
-    let max = node.settings.max_message_bytes;
+    Ok(())
+}
+
+/// Reads a request body `{"body": <any JSON>}` and returns the body as
+/// compact JSON of at most `max` bytes (`limit_name` names the limit in the
+/// error). The envelope may be indented; the body is measured compacted.
+pub(super) async fn read_body_field(request: Request, max: usize, limit_name: &str) -> Result<String, ApiError> {
     let too_large = || {
         ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
             ErrorCode::TooLarge,
-            format!("body over {max} bytes (max_message_bytes)"),
+            format!("body over {max} bytes ({limit_name})"),
         )
     };
-    // The envelope may be indented; the body itself is measured compacted.
     let bytes = axum::body::to_bytes(request.into_body(), max.saturating_mul(4).saturating_add(4096))
         .await
         .map_err(|_| too_large())?;
@@ -105,22 +138,7 @@ pub async fn publish(
     if body.len() > max {
         return Err(too_large());
     }
-    let outcome = node
-        .session
-        .publisher
-        .publish(room, identity.subject(), cmid, &body)
-        .await
-        .map_err(|error| {
-            node.metrics.count_publish_failure(error.publish_stored());
-            ApiError::publish_unavailable(&error)
-        })?;
-    let status = if outcome.duplicate {
-        StatusCode::OK
-    } else {
-        StatusCode::CREATED
-    };
-    let reply = serde_json::json!({"id": outcome.id.to_string(), "prev": outcome.prev.to_string(), "duplicate": outcome.duplicate});
-    Ok((status, axum::Json(reply)).into_response())
+    Ok(body.into_owned())
 }
 
 /// Query of a history request.

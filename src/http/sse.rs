@@ -25,6 +25,7 @@ use crate::telemetry::TransportLabel;
 pub(crate) struct EventsQuery {
     since: Option<String>,
     last: Option<String>,
+    presence: Option<String>,
     #[serde(flatten)]
     auth: AuthQuery,
 }
@@ -65,6 +66,11 @@ fn open_stream(
             format!("your token does not allow reading {room}"),
         ));
     }
+    let presence = match query.presence.as_deref() {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(_) => return Err(ApiError::bad_request("presence must be true or false")),
+    };
     let slot = admit(&node, &identity, address)?;
     // The stream ends when the token expires; the browser reconnects with
     // a fresh one (and Last-Event-ID).
@@ -96,6 +102,7 @@ fn open_stream(
             replies: &replies,
             connection,
             req: None,
+            presence: presence.then(|| resume_node.hub.presence_entry(identity.subject())),
         };
         match subscribe_and_resume(&resume_node.hub, &room, replay, resume_node.settings.max_replay, target).await {
             Ok(resumed) => {

@@ -15,6 +15,8 @@ use super::{ErrorCode, MessageId, RoomName};
 pub const MAX_REQ_BYTES: usize = 64;
 /// Longest `cmid`, in bytes.
 pub const MAX_CMID_BYTES: usize = 64;
+/// Largest serialized `body` of a signal, in bytes (presence.md).
+pub const MAX_SIGNAL_BYTES: usize = 1024;
 
 /// The limits a decoder checks that depend on configuration.
 #[derive(Debug, Clone, Copy)]
@@ -58,6 +60,8 @@ pub enum ClientRequest {
         room: RoomName,
         /// History to deliver first.
         replay: ReplayRequest,
+        /// Join the room's presence and receive its changes.
+        presence: bool,
     },
     /// `unsubscribe`.
     Unsubscribe {
@@ -72,6 +76,13 @@ pub enum ClientRequest {
         body: String,
         /// Client message id (idempotency key), 1 to 64 bytes.
         cmid: Option<String>,
+    },
+    /// `signal`: live only, never stored (presence.md).
+    Signal {
+        /// Target room.
+        room: RoomName,
+        /// The body as compact JSON text, at most [`MAX_SIGNAL_BYTES`].
+        body: String,
     },
     /// `ping`.
     Ping,
@@ -122,6 +133,8 @@ struct WireFrame<'a> {
     cmid: Option<&'a RawValue>,
     #[serde(default, borrow, deserialize_with = "present")]
     token: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    presence: Option<&'a RawValue>,
 }
 
 /// A field that is present, even as `null`, is `Some`.
@@ -195,7 +208,12 @@ pub fn decode_client_frame(text: &str, limits: DecodeLimits) -> Result<ClientFra
                 (None, Some(last)) => ReplayRequest::Last(last),
                 (None, None) => ReplayRequest::None,
             };
-            ClientRequest::Subscribe { room, replay }
+            let presence = match wire.presence.map(RawValue::get) {
+                None | Some("false") => false,
+                Some("true") => true,
+                Some(_) => return Err(rejector.bad_request("`presence` must be true or false")),
+            };
+            ClientRequest::Subscribe { room, replay, presence }
         }
         "unsubscribe" => ClientRequest::Unsubscribe {
             room: required_room(&wire, &mut rejector)?,
@@ -226,6 +244,26 @@ pub fn decode_client_frame(text: &str, limits: DecodeLimits) -> Result<ClientFra
                 cmid,
             }
         }
+        "signal" => {
+            let room = required_room(&wire, &mut rejector)?;
+            let raw_body = wire
+                .body
+                .ok_or_else(|| rejector.bad_request("signal needs a `body` (any JSON value of at most 1 KiB)"))?;
+            let body = compact_json(raw_body.get());
+            if body.len() > MAX_SIGNAL_BYTES {
+                return Err(rejector.reject(
+                    ErrorCode::TooLarge,
+                    format!(
+                        "signal body is {} bytes serialized; the limit is {MAX_SIGNAL_BYTES}: send a smaller body, or publish a message",
+                        body.len()
+                    ),
+                ));
+            }
+            ClientRequest::Signal {
+                room,
+                body: body.into_owned(),
+            }
+        }
         "ping" => ClientRequest::Ping,
         "refresh" => {
             let token = wire
@@ -238,7 +276,7 @@ pub fn decode_client_frame(text: &str, limits: DecodeLimits) -> Result<ClientFra
         other => {
             let shown: String = other.chars().take(32).collect();
             return Err(rejector.bad_request(format!(
-                "unknown frame type {shown:?}; expected subscribe, unsubscribe, publish, ping or refresh"
+                "unknown frame type {shown:?}; expected subscribe, unsubscribe, publish, signal, ping or refresh"
             )));
         }
     };

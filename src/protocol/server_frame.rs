@@ -48,9 +48,28 @@ pub fn welcome(node: &str, user: Option<&str>, limits: AnnouncedLimits) -> Strin
     })
 }
 
-/// `subscribed`: `recovered` is present iff the subscribe had `since`.
+/// The room's presence as a `subscribed` reply carries it (presence.md).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct PresenceSnapshot {
+    /// Distinct users in the room (anonymous connections count one each).
+    pub count: u64,
+    /// The first members in sorted order, at most [`PRESENCE_SNAPSHOT_MEMBERS`].
+    pub members: Vec<String>,
+}
+
+/// Most members a `subscribed` reply lists; the member endpoint pages the rest.
+pub const PRESENCE_SNAPSHOT_MEMBERS: usize = 100;
+
+/// `subscribed`: `recovered` is present iff the subscribe had `since`;
+/// `presence` iff it asked for presence.
 #[must_use]
-pub fn subscribed(req: Option<&RequestTag>, room: &RoomName, recovered: Option<bool>, replay: usize) -> String {
+pub fn subscribed(
+    req: Option<&RequestTag>,
+    room: &RoomName,
+    recovered: Option<bool>,
+    replay: usize,
+    presence: Option<&PresenceSnapshot>,
+) -> String {
     #[derive(Serialize)]
     struct Subscribed<'a> {
         r#type: &'static str,
@@ -60,6 +79,8 @@ pub fn subscribed(req: Option<&RequestTag>, room: &RoomName, recovered: Option<b
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
         replay: usize,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        presence: Option<&'a PresenceSnapshot>,
     }
     to_json(&Subscribed {
         r#type: "subscribed",
@@ -67,6 +88,47 @@ pub fn subscribed(req: Option<&RequestTag>, room: &RoomName, recovered: Option<b
         room: room.as_str(),
         recovered,
         replay,
+        presence,
+    })
+}
+
+/// `presence`: one batch of changes of a room's members.
+#[must_use]
+pub fn presence(room: &RoomName, joined: &[&str], left: &[&str], count: u64) -> String {
+    #[derive(Serialize)]
+    struct Presence<'a> {
+        r#type: &'static str,
+        room: &'a str,
+        joined: &'a [&'a str],
+        left: &'a [&'a str],
+        count: u64,
+    }
+    to_json(&Presence {
+        r#type: "presence",
+        room: room.as_str(),
+        joined,
+        left,
+        count,
+    })
+}
+
+/// `signal`: `body` is compact JSON text, copied as it is.
+#[must_use]
+pub fn signal(room: &RoomName, from: Option<&str>, body: &str) -> String {
+    #[derive(Serialize)]
+    struct Signal<'a> {
+        r#type: &'static str,
+        room: &'a str,
+        from: Option<&'a str>,
+        body: Option<&'a RawValue>,
+    }
+    // Bodies are validated JSON before they get here; anything else is null.
+    let body = serde_json::from_str::<&RawValue>(body).ok();
+    to_json(&Signal {
+        r#type: "signal",
+        room: room.as_str(),
+        from,
+        body,
     })
 }
 
@@ -280,7 +342,7 @@ mod tests {
     fn control_frames_omit_absent_optional_fields() {
         let room = RoomName::parse("r").unwrap();
         assert_eq!(
-            subscribed(None, &room, None, 0),
+            subscribed(None, &room, None, 0, None),
             r#"{"type":"subscribed","room":"r","replay":0}"#
         );
         assert_eq!(pong(None), r#"{"type":"pong"}"#);

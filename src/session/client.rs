@@ -39,7 +39,9 @@ pub enum SessionVerdict {
 /// order; past this many the transport stops reading the client.
 pub const MAX_PUBLISHES_IN_FLIGHT: usize = 64;
 
-type PendingReply = Pin<Box<dyn Future<Output = String> + Send>>;
+/// What a publish or signal in flight answers: a frame, or nothing (a
+/// signal that went out).
+type PendingReply = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
 
 /// See the module docs.
 pub struct ClientSession {
@@ -126,9 +128,9 @@ impl ClientSession {
         self.publishes_in_flight.as_ref().map_or(0, FuturesOrdered::len)
     }
 
-    /// The reply to the oldest publish once the broker answered it; `None`
-    /// when none is in flight.
-    pub async fn next_publish_reply(&mut self) -> Option<String> {
+    /// The reply to the oldest publish (or signal) once the broker answered
+    /// it; `None` when none is in flight.
+    pub async fn next_publish_reply(&mut self) -> Option<Option<String>> {
         match &mut self.publishes_in_flight {
             Some(in_flight) => in_flight.next().await,
             None => None,
@@ -137,8 +139,11 @@ impl ClientSession {
 
     /// Queues a reply produced by [`Self::next_publish_reply`]; `false` once
     /// the connection is gone.
-    pub async fn deliver_reply(&mut self, json: String) -> bool {
-        self.reply(json).await
+    pub async fn deliver_reply(&mut self, json: Option<String>) -> bool {
+        match json {
+            Some(json) => self.reply(json).await,
+            None => true,
+        }
     }
 
     /// The `welcome` frame for this session.
@@ -202,8 +207,8 @@ impl ClientSession {
     async fn handle_frame(&mut self, frame: ClientFrame) -> SessionVerdict {
         let req = frame.req.as_ref();
         let delivered = match frame.request {
-            ClientRequest::Subscribe { room, replay } => {
-                return self.subscribe(req, room, replay).await;
+            ClientRequest::Subscribe { room, replay, presence } => {
+                return self.subscribe(req, room, replay, presence).await;
             }
             ClientRequest::Unsubscribe { room } => {
                 if self.subscriptions.remove(&room).is_some() {
@@ -221,6 +226,7 @@ impl ClientSession {
                 }
             }
             ClientRequest::Publish { room, body, cmid } => self.publish(req, room, body, cmid).await,
+            ClientRequest::Signal { room, body } => self.signal(req, room, &body).await,
             ClientRequest::Ping => self.reply(server_frame::pong(req)).await,
             ClientRequest::Refresh { token } => return self.refresh(req, &token).await,
         };
@@ -294,7 +300,13 @@ impl ClientSession {
         }
     }
 
-    async fn subscribe(&mut self, req: Option<&RequestTag>, room: RoomName, replay: ReplayRequest) -> SessionVerdict {
+    async fn subscribe(
+        &mut self,
+        req: Option<&RequestTag>,
+        room: RoomName,
+        replay: ReplayRequest,
+        presence: bool,
+    ) -> SessionVerdict {
         let refused = if !self.identity.may_subscribe(&room) {
             Some((
                 ErrorCode::Forbidden,
@@ -324,6 +336,7 @@ impl ClientSession {
             replies: &self.replies,
             connection: self.connection.clone(),
             req,
+            presence: presence.then(|| self.context.hub.presence_entry(self.identity.subject())),
         };
         // Boxed: it is large and rare, and would otherwise size every connection's future.
         match Box::pin(subscribe_and_resume(
@@ -363,34 +376,70 @@ impl ClientSession {
         }
     }
 
-    async fn publish(&mut self, req: Option<&RequestTag>, room: RoomName, body: String, cmid: Option<String>) -> bool {
-        if !self.identity.may_publish(&room) {
+    /// Refuses a publish or signal the token or the rate does not allow;
+    /// `Some(delivered)` when it was refused.
+    async fn refuse_publish(&mut self, req: Option<&RequestTag>, room: &RoomName) -> Option<bool> {
+        if !self.identity.may_publish(room) {
             let message = format!("your token does not allow publishing to {room}");
-            return self
-                .refuse(Refusal {
+            return Some(
+                self.refuse(Refusal {
                     req,
                     code: ErrorCode::Forbidden,
                     message: &message,
-                    room: Some(&room),
+                    room: Some(room),
                     retry_after_ms: None,
                 })
-                .await;
+                .await,
+            );
         }
         if let Err(wait) = self.publish_limiter.check() {
             let message = format!(
-                "over {} publishes per second; retry after the given delay",
+                "over {} publishes and signals per second; retry after the given delay",
                 self.context.limits.announced.publish_rate
             );
             let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-            return self
-                .refuse(Refusal {
+            return Some(
+                self.refuse(Refusal {
                     req,
                     code: ErrorCode::RateLimited,
                     message: &message,
-                    room: Some(&room),
+                    room: Some(room),
                     retry_after_ms: Some(retry_after_ms),
                 })
-                .await;
+                .await,
+            );
+        }
+        None
+    }
+
+    /// A signal: sent to the broker now; only a failure is answered.
+    async fn signal(&mut self, req: Option<&RequestTag>, room: RoomName, body: &str) -> bool {
+        if let Some(delivered) = self.refuse_publish(req, &room).await {
+            return delivered;
+        }
+        let pending = self.context.publisher.signal(room.clone(), self.identity.subject(), body);
+        let metrics = self.context.metrics.clone();
+        let req = req.cloned();
+        let in_flight = self.publishes_in_flight.get_or_insert_with(FuturesOrdered::new);
+        in_flight.push_back(Box::pin(async move {
+            let error = pending.await.err()?;
+            tracing::warn!(%room, %error, "signal failed");
+            metrics.count_error(ErrorCode::Unavailable);
+            Some(server_frame::error(&server_frame::ErrorFrame {
+                req: req.as_ref(),
+                code: ErrorCode::Unavailable,
+                message: "the message broker is unavailable and this signal was not sent; signals are never stored, so send a fresh one if it still matters",
+                room: Some(&room),
+                retry_after_ms: Some(1000),
+                stored: None,
+            }))
+        }));
+        true
+    }
+
+    async fn publish(&mut self, req: Option<&RequestTag>, room: RoomName, body: String, cmid: Option<String>) -> bool {
+        if let Some(delivered) = self.refuse_publish(req, &room).await {
+            return delivered;
         }
         // Submitted now, in frame order; only the wait for the outcome is
         // deferred.
@@ -402,7 +451,7 @@ impl ClientSession {
         let req = req.cloned();
         let in_flight = self.publishes_in_flight.get_or_insert_with(FuturesOrdered::new);
         in_flight.push_back(Box::pin(async move {
-            match pending.await {
+            Some(match pending.await {
                 Ok(outcome) => server_frame::ack(req.as_ref(), &room, outcome.id, outcome.prev, outcome.duplicate),
                 Err(error) => {
                     let stored = error.publish_stored();
@@ -418,7 +467,7 @@ impl ClientSession {
                         stored: Some(stored),
                     })
                 }
-            }
+            })
         }));
         true
     }

@@ -11,6 +11,10 @@
 //! for it while its resume reads history (see [`super::resume`]); it then
 //! switches to *live* mode, in which the hub writes straight to its queue.
 //! Locks here are plain mutexes held for short, non-async sections.
+//!
+//! The hub also carries each room's presence changes to its watchers (see
+//! [`super::presence`] for the batching) and signals to its live
+//! subscribers; both skip the chain and history entirely.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
@@ -19,7 +23,8 @@ use std::time::Duration;
 use axum::extract::ws::Utf8Bytes;
 
 use super::outbound::{ConnectionHandle, ControlKind, LiveMessage, Outbound};
-use crate::broker::{Broker, BrokerError, LiveSink, StoredMessage};
+use super::presence::{PRESENCE_BATCH, PresenceTiming, Watcher};
+use crate::broker::{Broker, BrokerError, LiveSink, PresenceChange, PresenceEntry, PresenceState, StoredMessage};
 use crate::protocol::{MessageId, RoomName, message_frame, server_frame, wall_clock_ms};
 use crate::tasks::NodeTasks;
 use crate::telemetry::{Metrics, trace_context};
@@ -44,6 +49,8 @@ struct LocalSubscriber {
     key: u64,
     connection: ConnectionHandle,
     mode: Mode,
+    /// Present for a subscription with `presence: true` (boxed: rare).
+    watcher: Option<Box<Watcher>>,
 }
 
 struct PendingRepair {
@@ -59,6 +66,15 @@ struct RoomState {
     last_delivered: Option<MessageId>,
     repair: Option<PendingRepair>,
     broker_subscribed: bool,
+    /// Presence changes since the last batch, in version order; kept only
+    /// while the room has watchers here.
+    presence_batch: Vec<PresenceChange>,
+}
+
+impl RoomState {
+    fn has_watchers(&self) -> bool {
+        self.subscribers.iter().any(|subscriber| subscriber.watcher.is_some())
+    }
 }
 
 struct LocalRoom {
@@ -79,6 +95,12 @@ pub struct RoomHub {
     this: std::sync::Weak<RoomHub>,
     /// Owner of the repair and release tasks.
     tasks: Arc<NodeTasks>,
+    /// Presence entry lifetime and upkeep.
+    presence: PresenceTiming,
+    /// Set when the node drained its presence: no more refreshes.
+    presence_closed: std::sync::atomic::AtomicBool,
+    /// Unique to this process, so entries of a restarted node never collide.
+    incarnation: u64,
 }
 
 /// A subscriber's place in a room; detaches itself when dropped.
@@ -91,12 +113,13 @@ pub struct Subscription {
 impl RoomHub {
     /// Creates the hub and connects it to the broker's live feed.
     /// `buffer_limit` bounds what a subscriber may hold while it resumes.
-    #[must_use]
+    /// Starts the presence batch and upkeep tasks as tasks of `tasks`.
     pub fn new(
         broker: Arc<dyn Broker>,
         metrics: Arc<Metrics>,
         buffer_limit: usize,
         tasks: Arc<NodeTasks>,
+        presence: PresenceTiming,
     ) -> Arc<Self> {
         let hub = Arc::new_cyclic(|this| Self {
             broker: broker.clone(),
@@ -105,11 +128,120 @@ impl RoomHub {
             buffer_limit: buffer_limit.max(1),
             next_key: std::sync::atomic::AtomicU64::new(1),
             this: this.clone(),
-            tasks,
+            tasks: tasks.clone(),
+            presence,
+            presence_closed: std::sync::atomic::AtomicBool::new(false),
+            incarnation: fastrand::u64(..),
         });
         let sink: Arc<dyn LiveSink> = hub.clone();
         broker.set_live_sink(Arc::downgrade(&sink));
+        let weak = Arc::downgrade(&hub);
+        tasks.spawn("presence batches", async move {
+            let mut ticks = tokio::time::interval(PRESENCE_BATCH);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(hub) = weak.upgrade() else { return };
+                hub.send_presence_batches();
+            }
+        });
+        let weak = Arc::downgrade(&hub);
+        tasks.spawn("presence upkeep", async move {
+            let every = presence.upkeep_interval();
+            let mut ticks = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                ticks.tick().await;
+                let Some(hub) = weak.upgrade() else { return };
+                hub.presence_upkeep().await;
+            }
+        });
         hub
+    }
+
+    /// The presence entry of a new connection-subscription of `user`.
+    #[must_use]
+    pub fn presence_entry(&self, user: Option<&str>) -> PresenceEntry {
+        let key = self.next_key.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        PresenceEntry {
+            id: format!("{:016x}:{key}", self.incarnation),
+            user: user.map(str::to_owned),
+        }
+    }
+
+    /// Sends every room's batch of presence changes to its watchers.
+    fn send_presence_batches(&self) {
+        let rooms: Vec<_> = lock(&self.rooms).values().cloned().collect();
+        for local in rooms {
+            let mut state = lock(&local.state);
+            if state.presence_batch.is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(&mut state.presence_batch);
+            let mut shared = None;
+            for subscriber in &mut state.subscribers {
+                let Some(watcher) = subscriber.watcher.as_mut() else {
+                    continue;
+                };
+                match subscriber.mode {
+                    Mode::Buffering(_) => watcher.hold(&batch),
+                    Mode::Live { .. } => {
+                        if watcher.seen.is_none() {
+                            watcher.hold(&batch);
+                        } else if let Some(frame) = watcher.frame(&local.name, &batch, &mut shared)
+                            && subscriber.connection.offer(Outbound::control(ControlKind::Presence, frame))
+                        {
+                            self.metrics.presence_frames.inc();
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    /// Refreshes this node's entries, room by room; each call also sweeps
+    /// the room's expired entries (those of nodes that died).
+    async fn presence_upkeep(&self) {
+        if self.presence_closed.load(std::sync::atomic::Ordering::Acquire) {
+            return;
+        }
+        for (room, entries) in self.presence_entries() {
+            if let Err(error) = self
+                .broker
+                .presence_refresh(&room, &entries, self.presence.entry_lifetime())
+                .await
+            {
+                tracing::warn!(%room, %error, "could not refresh presence; retrying at the next upkeep");
+            }
+        }
+    }
+
+    fn presence_entries(&self) -> Vec<(RoomName, Vec<PresenceEntry>)> {
+        let rooms: Vec<_> = lock(&self.rooms).values().cloned().collect();
+        rooms
+            .into_iter()
+            .filter_map(|local| {
+                let state = lock(&local.state);
+                let entries: Vec<PresenceEntry> = state
+                    .subscribers
+                    .iter()
+                    .filter_map(|subscriber| subscriber.watcher.as_ref().map(|watcher| watcher.entry.clone()))
+                    .collect();
+                (!entries.is_empty()).then(|| (local.name.clone(), entries))
+            })
+            .collect()
+    }
+
+    /// Removes every entry of this node at once and stops refreshing them
+    /// (a drain: the node's users reconnect elsewhere and join there).
+    pub async fn leave_all_presence(&self) {
+        self.presence_closed.store(true, std::sync::atomic::Ordering::Release);
+        let leaves = self.presence_entries().into_iter().map(|(room, entries)| async move {
+            if let Err(error) = self.broker.presence_leave(&room, &entries).await {
+                tracing::warn!(%room, %error, "could not remove presence at drain; it expires within the TTL");
+            }
+        });
+        futures_util::future::join_all(leaves).await;
     }
 
     /// The broker behind the hub.
@@ -146,6 +278,7 @@ impl RoomHub {
                 key,
                 connection,
                 mode: Mode::Buffering(Vec::new()),
+                watcher: None,
             });
             self.metrics.rooms.set(i64::try_from(rooms.len()).unwrap_or(i64::MAX));
             local
@@ -168,12 +301,25 @@ impl RoomHub {
     }
 
     fn detach(self: &Arc<Self>, local: &Arc<LocalRoom>, key: u64) {
-        let now_empty = {
+        let (now_empty, watcher) = {
             let mut state = lock(&local.state);
-            state.subscribers.retain(|subscriber| subscriber.key != key);
-            state.subscribers.is_empty()
+            let position = state.subscribers.iter().position(|subscriber| subscriber.key == key);
+            let watcher = position.and_then(|position| state.subscribers.swap_remove(position).watcher);
+            if !state.has_watchers() {
+                state.presence_batch.clear();
+            }
+            (state.subscribers.is_empty(), watcher)
         };
         self.metrics.subscriptions.dec();
+        if let Some(watcher) = watcher {
+            let broker = self.broker.clone();
+            let room = local.name.clone();
+            self.tasks.spawn_if_running("presence leave", async move {
+                if let Err(error) = broker.presence_leave(&room, &[watcher.entry]).await {
+                    tracing::warn!(%room, %error, "could not remove a presence entry; it expires within the TTL");
+                }
+            });
+        }
         if now_empty {
             let hub = self.clone();
             let local = local.clone();
@@ -407,6 +553,38 @@ pub(crate) fn live_message(room: &RoomName, stored: &StoredMessage) -> Option<Ar
 }
 
 impl LiveSink for RoomHub {
+    fn presence(&self, room: &RoomName, change: PresenceChange) {
+        let Some(local) = self.room(room) else { return };
+        let mut state = lock(&local.state);
+        if !state.has_watchers() {
+            return;
+        }
+        let batch = &mut state.presence_batch;
+        // Versions arrive in order from one broker; keep the batch sorted anyway.
+        let at = batch.partition_point(|held| held.version < change.version);
+        if batch.get(at).is_none_or(|held| held.version != change.version) {
+            batch.insert(at, change);
+        }
+    }
+
+    fn signal(&self, room: &RoomName, frame: bytes::Bytes) {
+        let Some(local) = self.room(room) else { return };
+        let Ok(text) = Utf8Bytes::try_from(frame) else {
+            tracing::error!(%room, "signal from the broker is not UTF-8; skipped");
+            return;
+        };
+        let state = lock(&local.state);
+        for subscriber in &state.subscribers {
+            // Signals are live only: a subscriber still resuming misses them.
+            if matches!(subscriber.mode, Mode::Live { .. }) {
+                subscriber.connection.offer_or_drop(Outbound::Control {
+                    kind: ControlKind::Signal,
+                    text: text.clone(),
+                });
+            }
+        }
+    }
+
     fn deliver(&self, room: &RoomName, stored: Arc<StoredMessage>) {
         let Some(local) = self.room(room) else { return };
         let Some(message) = live_message(room, &stored) else {
@@ -463,6 +641,45 @@ impl Subscription {
     #[must_use]
     pub fn room(&self) -> &RoomName {
         &self.room.name
+    }
+
+    /// Makes the subscription a presence watcher with `entry` and returns
+    /// the room's presence after its join (first `list` members). After a
+    /// drain started, the node only reads: nothing joins.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker failed; the entry (which may have
+    /// been stored) is removed when the subscription is dropped.
+    pub async fn join_presence(&self, entry: PresenceEntry, list: usize) -> Result<PresenceState, BrokerError> {
+        let hub = &self.hub;
+        let closed = hub.presence_closed.load(std::sync::atomic::Ordering::Acquire);
+        {
+            let mut state = lock(&self.room.state);
+            if let Some(subscriber) = state
+                .subscribers
+                .iter_mut()
+                .find(|subscriber| subscriber.key == self.key)
+            {
+                subscriber.watcher = Some(Box::new(Watcher::new(entry.clone())));
+            }
+        }
+        let presence = if closed {
+            hub.broker.presence_members(&self.room.name, None, list).await?
+        } else {
+            hub.broker
+                .presence_join(&self.room.name, &entry, hub.presence.entry_lifetime(), list)
+                .await?
+        };
+        let mut state = lock(&self.room.state);
+        if let Some(watcher) = state
+            .subscribers
+            .iter_mut()
+            .find(|subscriber| subscriber.key == self.key)
+            .and_then(|subscriber| subscriber.watcher.as_mut())
+        {
+            watcher.seen = Some(presence.version);
+        }
+        Ok(presence)
     }
 
     /// Hands over what was buffered for the subscriber, or, when nothing is,

@@ -12,6 +12,7 @@ mod client;
 mod context;
 mod hub;
 mod outbound;
+mod presence;
 mod publisher;
 mod rate_limit;
 mod resume;
@@ -23,6 +24,7 @@ pub use hub::{RoomHub, Subscription};
 pub use outbound::{
     ConnectionClosed, ConnectionHandle, ConnectionQueues, ControlKind, LiveMessage, Outbound, ReplySender,
 };
+pub use presence::{PRESENCE_BATCH, PresenceTiming};
 pub use publisher::Publisher;
 pub use rate_limit::{AddressRateLimiter, InvalidFrameBudget, PublishRateLimiter};
 pub use resume::{HistoryDecision, ResumeError, ResumeTarget, Resumed, read_requested_history, subscribe_and_resume};

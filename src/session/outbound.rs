@@ -78,6 +78,10 @@ pub enum ControlKind {
     Subscribed,
     /// `gap`.
     Gap,
+    /// `presence`.
+    Presence,
+    /// `signal`.
+    Signal,
     /// Replies only WebSockets carry: `ack`, `error`, `pong`, ...
     Reply,
 }
@@ -90,6 +94,8 @@ impl ControlKind {
             ControlKind::Welcome => "welcome",
             ControlKind::Subscribed => "subscribed",
             ControlKind::Gap => "gap",
+            ControlKind::Presence => "presence",
+            ControlKind::Signal => "signal",
             ControlKind::Reply => "reply",
         }
     }
@@ -276,13 +282,26 @@ impl ConnectionHandle {
     /// Queues a live item; a full queue marks the connection slow instead.
     /// Returns whether the item was queued.
     pub fn offer(&self, item: Outbound) -> bool {
+        self.push_live(item, true)
+    }
+
+    /// Queues an item that may be lost under load (a signal): when the live
+    /// queue is full it is dropped, and the connection is not marked slow.
+    /// Returns whether the item was queued.
+    pub fn offer_or_drop(&self, item: Outbound) -> bool {
+        self.push_live(item, false)
+    }
+
+    fn push_live(&self, item: Outbound, full_is_slow: bool) -> bool {
         let mut state = self.outbox.state();
         if state.writer_gone || self.outbox.slow.load(Ordering::Acquire) {
             return false;
         }
         if state.live.len() >= state.live_capacity {
             drop(state);
-            self.outbox.raise_slow();
+            if full_is_slow {
+                self.outbox.raise_slow();
+            }
             return false;
         }
         let was_empty = state.is_empty();
@@ -294,7 +313,7 @@ impl ConnectionHandle {
         true
     }
 
-    /// Marks the connection a slow consumer: its writer closes it with 4000.
+    /// Marks the connection slow: the writer closes it with 4000.
     pub fn mark_slow(&self) {
         self.outbox.raise_slow();
     }

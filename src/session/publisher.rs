@@ -1,7 +1,8 @@
 //! A publish as every transport submits it: the frame tail built once
 //! (sender, server time, `cmid`, body), handed to the broker in submission
-//! order, timed and counted. Shared by the WebSocket session and the HTTP
-//! endpoint.
+//! order, timed and counted. Signals go out here too: the frame built once
+//! and handed to the broker's live feed, never stored. Shared by the
+//! WebSocket session and the HTTP endpoints.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -9,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::Instrument;
 
 use crate::broker::{Broker, BrokerError, PublishOutcome, PublishRequest};
-use crate::protocol::{MessageFrameTail, RoomName};
+use crate::protocol::{MessageFrameTail, RoomName, server_frame};
 use crate::telemetry::{Metrics, trace_context};
 
 /// See the module docs.
@@ -70,5 +71,26 @@ impl Publisher {
             Ok(outcome)
         };
         committed.instrument(span)
+    }
+
+    /// Sends a signal (validated compact JSON `body`) to the room's live
+    /// subscribers on every node.
+    ///
+    /// The future fails with [`BrokerError`] when the broker could not
+    /// take it; nothing is stored either way.
+    pub fn signal(
+        &self,
+        room: RoomName,
+        from: Option<&str>,
+        body: &str,
+    ) -> impl Future<Output = Result<(), BrokerError>> + Send + 'static {
+        let frame = bytes::Bytes::from(server_frame::signal(&room, from, body));
+        let broker = self.broker.clone();
+        let metrics = self.metrics.clone();
+        async move {
+            broker.signal(&room, frame).await?;
+            metrics.signals_sent.inc();
+            Ok(())
+        }
     }
 }

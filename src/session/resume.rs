@@ -1,7 +1,9 @@
 //! Subscribe and resume without a gap or a duplicate.
 //!
 //! 1. Attach to the room in buffering mode; the broker's live feed of the
-//!    room is confirmed before history is read.
+//!    room is confirmed before history is read. With presence, join the
+//!    room's presence then (its changes ride the live feed, so none is
+//!    missed between the snapshot and the first batch).
 //! 2. Read history after `since` (or the last N), bounded by `max_replay`,
 //!    and decide `recovered`.
 //! 3. Queue `subscribed`, then the history.
@@ -18,7 +20,8 @@ use tokio::sync::oneshot;
 
 use super::hub::{RoomHub, Subscription, live_message};
 use super::outbound::{ConnectionHandle, ControlKind, LiveMessage, Outbound, ReplySender};
-use crate::broker::{Broker, BrokerError};
+use crate::broker::{Broker, BrokerError, PresenceEntry};
+use crate::protocol::server_frame::{PRESENCE_SNAPSHOT_MEMBERS, PresenceSnapshot};
 use crate::protocol::{MessageId, ReplayRequest, RequestTag, RoomName, server_frame};
 
 /// Why a resume did not complete.
@@ -97,6 +100,8 @@ pub struct ResumeTarget<'a> {
     pub connection: ConnectionHandle,
     /// The subscribe's `req`.
     pub req: Option<&'a RequestTag>,
+    /// The connection's presence entry, when it asked for presence.
+    pub presence: Option<PresenceEntry>,
 }
 
 /// What a completed resume reports.
@@ -124,6 +129,16 @@ pub async fn subscribe_and_resume(
     target: ResumeTarget<'_>,
 ) -> Result<Resumed, ResumeError> {
     let subscription = hub.attach(room, target.connection.clone()).await?;
+    let presence = match target.presence {
+        Some(entry) => {
+            let state = subscription.join_presence(entry, PRESENCE_SNAPSHOT_MEMBERS).await?;
+            Some(PresenceSnapshot {
+                count: state.count,
+                members: state.members,
+            })
+        }
+        None => None,
+    };
     let broker = hub.broker().as_ref();
     let history = read_requested_history(broker, room, replay, max_replay).await?;
     let replayed = history.messages.len();
@@ -131,7 +146,7 @@ pub async fn subscribe_and_resume(
         target.replies,
         Outbound::control(
             ControlKind::Subscribed,
-            server_frame::subscribed(target.req, room, history.recovered, replayed),
+            server_frame::subscribed(target.req, room, history.recovered, replayed, presence.as_ref()),
         ),
     )
     .await?;

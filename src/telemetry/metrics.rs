@@ -96,6 +96,10 @@ pub struct Metrics {
     pub live_feed_resyncs: Counter,
     /// `gap`s: live messages lost that history no longer held.
     pub gaps: Counter,
+    /// Signals handed to the broker by this node's clients.
+    pub signals_sent: Counter,
+    /// `presence` frames queued to this node's watchers.
+    pub presence_frames: Counter,
 }
 
 impl Metrics {
@@ -207,6 +211,18 @@ impl Metrics {
             "Breaks in a room's live feed that history could not repair",
             gaps.clone(),
         );
+        let signals_sent = Counter::default();
+        registry.register(
+            "relay_signals_sent",
+            "Signals (typing, read markers) sent by clients of this node; live only, never stored",
+            signals_sent.clone(),
+        );
+        let presence_frames = Counter::default();
+        registry.register(
+            "relay_presence_frames",
+            "Presence frames queued to watchers on this node (at most one per room per watcher per second)",
+            presence_frames.clone(),
+        );
         let info = Family::<InfoLabels, Gauge>::default();
         registry.register(
             "relay_info",
@@ -237,6 +253,8 @@ impl Metrics {
             live_repairs,
             live_feed_resyncs,
             gaps,
+            signals_sent,
+            presence_frames,
         }
     }
 

@@ -7,7 +7,9 @@
 use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
-use chat_relay::broker::{Broker, LiveSink, PublishRequest, RetentionSettings, StoredMessage};
+use chat_relay::broker::{
+    Broker, LiveSink, PresenceChange, PresenceEntry, PublishRequest, RetentionSettings, StoredMessage,
+};
 use chat_relay::protocol::{MessageFrameTail, MessageId, ReplayRequest, RoomName};
 use chat_relay::session::read_requested_history;
 
@@ -44,6 +46,8 @@ pub async fn publish(
 pub struct RecordingSink {
     pub received: Mutex<Vec<(RoomName, Arc<StoredMessage>)>>,
     pub resyncs: Mutex<usize>,
+    pub presence: Mutex<Vec<(RoomName, PresenceChange)>>,
+    pub signals: Mutex<Vec<(RoomName, bytes::Bytes)>>,
 }
 
 impl LiveSink for RecordingSink {
@@ -54,6 +58,154 @@ impl LiveSink for RecordingSink {
     fn resync_all(&self) {
         *self.resyncs.lock().unwrap() += 1;
     }
+
+    fn presence(&self, room: &RoomName, change: PresenceChange) {
+        self.presence.lock().unwrap().push((room.clone(), change));
+    }
+
+    fn signal(&self, room: &RoomName, frame: bytes::Bytes) {
+        self.signals.lock().unwrap().push((room.clone(), frame));
+    }
+}
+
+fn entry(id: &str, user: Option<&str>) -> PresenceEntry {
+    PresenceEntry {
+        id: id.to_owned(),
+        user: user.map(str::to_owned),
+    }
+}
+
+/// Waits (bounded) until the sink recorded `count` presence changes of `room`.
+async fn presence_changes(sink: &RecordingSink, room: &RoomName, count: usize) -> Vec<PresenceChange> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        let changes: Vec<PresenceChange> = sink
+            .presence
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|(of, _)| of == room)
+            .map(|(_, change)| change.clone())
+            .collect();
+        if changes.len() >= count || tokio::time::Instant::now() > deadline {
+            return changes;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+const LONG: Duration = Duration::from_secs(60);
+
+pub async fn presence_counts_each_user_once_and_publishes_only_their_joins_and_leaves(broker: Arc<dyn Broker>) {
+    let sink = attach_recorder(broker.as_ref());
+    let room = room("presence");
+    broker.subscribe_live(&room).await.unwrap();
+    let state = broker.presence_join(&room, &entry("n:1", Some("ann")), LONG, 100).await.unwrap();
+    assert_eq!((state.count, state.members.clone()), (1, vec!["ann".to_owned()]));
+    let second_tab = broker.presence_join(&room, &entry("n:2", Some("ann")), LONG, 100).await.unwrap();
+    assert_eq!((second_tab.count, second_tab.version), (1, state.version), "a second tab changes nothing");
+    let state = broker.presence_join(&room, &entry("m:1", Some("bo lee")), LONG, 100).await.unwrap();
+    assert_eq!(state.members, ["ann", "bo lee"]);
+    let state = broker.presence_join(&room, &entry("m:2", None), LONG, 100).await.unwrap();
+    assert_eq!((state.count, state.members.len()), (3, 2), "anonymous connections count, unlisted");
+    broker.presence_leave(&room, &[entry("n:1", Some("ann"))]).await.unwrap();
+    let state = broker.presence_members(&room, None, 100).await.unwrap();
+    assert_eq!((state.count, state.members.len()), (3, 2), "closing one of two tabs changes nothing");
+    broker
+        .presence_leave(&room, &[entry("n:2", Some("ann")), entry("m:2", None)])
+        .await
+        .unwrap();
+    broker.presence_leave(&room, &[entry("n:2", Some("ann"))]).await.unwrap();
+    let changes = presence_changes(&sink, &room, 5).await;
+    let seen: Vec<(Option<&str>, bool, u64)> = changes
+        .iter()
+        .map(|change| (change.user.as_deref(), change.joined, change.count))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (Some("ann"), true, 1),
+            (Some("bo lee"), true, 2),
+            (None, true, 3),
+            (Some("ann"), false, 2),
+            (None, false, 1),
+        ]
+    );
+    let versions: Vec<u64> = changes.iter().map(|change| change.version).collect();
+    assert!(versions.windows(2).all(|pair| pair[1] == pair[0] + 1), "{versions:?}");
+    let state = broker.presence_members(&room, None, 100).await.unwrap();
+    assert_eq!((state.count, state.members, state.version), (1, vec!["bo lee".to_owned()], versions[4]));
+}
+
+pub async fn presence_entries_not_refreshed_expire(broker: Arc<dyn Broker>) {
+    let sink = attach_recorder(broker.as_ref());
+    let room = room("expiry");
+    broker.subscribe_live(&room).await.unwrap();
+    let short = Duration::from_millis(300);
+    broker.presence_join(&room, &entry("dead:1", Some("ann")), short, 10).await.unwrap();
+    broker.presence_join(&room, &entry("live:1", Some("bo")), short, 10).await.unwrap();
+    for _ in 0..4 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        broker
+            .presence_refresh(&room, &[entry("live:1", Some("bo"))], short)
+            .await
+            .unwrap();
+    }
+    broker.presence_sweep(&room).await.unwrap();
+    let state = broker.presence_members(&room, None, 10).await.unwrap();
+    assert_eq!((state.count, state.members), (1, vec!["bo".to_owned()]));
+    let changes = presence_changes(&sink, &room, 3).await;
+    assert_eq!(changes.len(), 3, "{changes:?}");
+    assert_eq!((changes[2].user.as_deref(), changes[2].joined), (Some("ann"), false));
+    // An entry swept while its node was away comes back with its refresh.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    broker.presence_sweep(&room).await.unwrap();
+    assert_eq!(broker.presence_members(&room, None, 10).await.unwrap().count, 0);
+    broker
+        .presence_refresh(&room, &[entry("live:1", Some("bo"))], LONG)
+        .await
+        .unwrap();
+    assert_eq!(broker.presence_members(&room, None, 10).await.unwrap().members, ["bo"]);
+}
+
+pub async fn presence_members_page_in_sorted_order(broker: Arc<dyn Broker>) {
+    let room = room("paging");
+    let mut users: Vec<String> = (0..150).map(|n| format!("user-{n:03}")).collect();
+    for (index, user) in users.iter().enumerate().rev() {
+        broker
+            .presence_join(&room, &entry(&format!("e:{index}"), Some(user)), LONG, 1)
+            .await
+            .unwrap();
+    }
+    users.sort();
+    let mut paged = Vec::new();
+    let mut after: Option<String> = None;
+    loop {
+        let page = broker.presence_members(&room, after.as_deref(), 40).await.unwrap();
+        assert_eq!(page.count, 150);
+        if page.members.is_empty() {
+            break;
+        }
+        after = page.members.last().cloned();
+        paged.extend(page.members);
+    }
+    assert_eq!(paged, users, "every member exactly once, in order");
+}
+
+pub async fn signals_reach_the_live_feed_and_are_never_stored(broker: Arc<dyn Broker>) {
+    let sink = attach_recorder(broker.as_ref());
+    let room = room("signals");
+    broker.subscribe_live(&room).await.unwrap();
+    let frame = bytes::Bytes::from_static(br#"{"type":"signal","room":"x","from":"ann","body":{"typing":true}}"#);
+    broker.signal(&room, frame.clone()).await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while sink.signals.lock().unwrap().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(sink.signals.lock().unwrap().as_slice(), [(room.clone(), frame)]);
+    assert!(sink.received.lock().unwrap().is_empty(), "a signal is not a message");
+    let page = broker.read_after(&room, MessageId::ZERO, 10).await.unwrap();
+    assert!(page.messages.is_empty() && page.last_id.is_none(), "nothing stored");
 }
 
 pub fn attach_recorder(broker: &dyn Broker) -> Arc<RecordingSink> {
@@ -316,6 +468,26 @@ macro_rules! contract_tests {
             async fn recovered_rule_holds() {
                 let (broker, _guard) = $factory(retention(10_000)).await;
                 super::contract::recovered_rule_holds(broker).await;
+            }
+            #[tokio::test]
+            async fn presence_counts_each_user_once_and_publishes_only_their_joins_and_leaves() {
+                let (broker, _guard) = $factory(retention(10_000)).await;
+                super::contract::presence_counts_each_user_once_and_publishes_only_their_joins_and_leaves(broker).await;
+            }
+            #[tokio::test]
+            async fn presence_entries_not_refreshed_expire() {
+                let (broker, _guard) = $factory(retention(10_000)).await;
+                super::contract::presence_entries_not_refreshed_expire(broker).await;
+            }
+            #[tokio::test]
+            async fn presence_members_page_in_sorted_order() {
+                let (broker, _guard) = $factory(retention(10_000)).await;
+                super::contract::presence_members_page_in_sorted_order(broker).await;
+            }
+            #[tokio::test]
+            async fn signals_reach_the_live_feed_and_are_never_stored() {
+                let (broker, _guard) = $factory(retention(10_000)).await;
+                super::contract::signals_reach_the_live_feed_and_are_never_stored(broker).await;
             }
             #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn concurrent_publishes_keep_one_chain() {

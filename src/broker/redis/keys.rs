@@ -37,6 +37,12 @@ impl KeyScheme {
         }
     }
 
+    /// The room's presence keys, in the order `presence.lua` takes them:
+    /// entries, entry count per user, members, meta.
+    pub(super) fn presence(&self, room: &RoomName) -> [String; 4] {
+        ["pe", "pc", "pu", "pm"].map(|suffix| format!("{}:{{{}}}:{suffix}", self.prefix, room))
+    }
+
     /// The room a live channel belongs to.
     pub(super) fn room_of_channel(&self, channel: &str) -> Option<RoomName> {
         let inner = channel
@@ -58,6 +64,7 @@ mod tests {
         assert_eq!(keys.stream(&room), "relay:{team:42}:s");
         assert_eq!(keys.channel(&room), "relay:{team:42}:c");
         assert_eq!(keys.idempotency(&room, Some("c-1")), "relay:{team:42}:i:c-1");
+        assert_eq!(keys.presence(&room)[0], "relay:{team:42}:pe");
         assert_eq!(keys.room_of_channel("relay:{team:42}:c"), Some(room));
         assert_eq!(keys.room_of_channel("other:{team:42}:c"), None);
     }

@@ -16,6 +16,7 @@ use redis::{Client, Value};
 
 use super::entries::live_message;
 use super::keys::KeyScheme;
+use super::presence::{LivePayload, classify};
 use super::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, bounded, failure, lock};
 use crate::broker::{BrokerError, LiveSink};
 use crate::protocol::RoomName;
@@ -60,12 +61,20 @@ impl LiveFeed {
         let Some(room) = self.keys.room_of_channel(channel) else {
             return;
         };
-        let Some(message) = live_message(&room, payload) else {
-            tracing::error!(%room, "live message from Redis is not a message frame; skipped");
-            return;
-        };
-        if let Some(hub) = self.hub() {
-            hub.deliver(&room, Arc::new(message));
+        let Some(hub) = self.hub() else { return };
+        match classify(payload) {
+            LivePayload::Message(payload) => {
+                let Some(message) = live_message(&room, payload) else {
+                    tracing::error!(%room, "live message from Redis is not a message frame; skipped");
+                    return;
+                };
+                hub.deliver(&room, Arc::new(message));
+            }
+            LivePayload::Presence(change) => hub.presence(&room, change),
+            LivePayload::Signal(frame) => hub.signal(&room, bytes::Bytes::copy_from_slice(frame)),
+            LivePayload::Unreadable => {
+                tracing::error!(%room, "presence change from Redis is unreadable; skipped");
+            }
         }
     }
 

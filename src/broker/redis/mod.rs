@@ -20,6 +20,7 @@
 mod entries;
 mod keys;
 mod live_feed;
+mod presence;
 mod publisher;
 
 use std::sync::atomic::Ordering;
@@ -30,12 +31,16 @@ use async_trait::async_trait;
 use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 use redis::{Client, Value};
 
-use super::{Broker, BrokerError, HistoryPage, LiveSink, PendingPublish, PublishRequest, RetentionSettings};
+use super::{
+    Broker, BrokerError, HistoryPage, LiveSink, PendingPublish, PresenceEntry, PresenceState, PublishRequest,
+    RetentionSettings,
+};
 use crate::protocol::{MessageId, RoomName};
 use crate::tasks::NodeTasks;
 use entries::{newest_id, parse_entries};
 use keys::KeyScheme;
 use live_feed::LiveFeed;
+use presence::RedisPresence;
 use publisher::Publisher;
 
 /// Longest wait for any single Redis command.
@@ -77,6 +82,7 @@ pub struct RedisBroker {
     keys: KeyScheme,
     commands: ConnectionManager,
     publisher: Publisher,
+    presence: RedisPresence,
     live: Arc<LiveFeed>,
 }
 
@@ -149,9 +155,10 @@ impl RedisBroker {
         let live = Arc::new(LiveFeed::new(client, keys.clone()));
         let publisher = Publisher::start(commands.clone(), &retention, keys.clone(), "PUBLISH", tasks);
         let broker = Arc::new(Self {
-            keys,
+            keys: keys.clone(),
             commands,
             publisher,
+            presence: RedisPresence::new(keys.clone(), "PUBLISH"),
             live: live.clone(),
         });
         tasks.spawn("redis live feed", LiveFeed::run(Arc::downgrade(&live), pubsub));
@@ -276,5 +283,45 @@ impl Broker for RedisBroker {
             .await,
             Ok(Ok(_))
         )
+    }
+
+    async fn presence_join(
+        &self,
+        room: &RoomName,
+        entry: &PresenceEntry,
+        lifetime: Duration,
+        list: usize,
+    ) -> Result<PresenceState, BrokerError> {
+        self.presence.join(self.connection(), room, entry, lifetime, list).await
+    }
+
+    async fn presence_refresh(
+        &self,
+        room: &RoomName,
+        entries: &[PresenceEntry],
+        lifetime: Duration,
+    ) -> Result<(), BrokerError> {
+        self.presence.refresh(self.connection(), room, entries, lifetime).await
+    }
+
+    async fn presence_leave(&self, room: &RoomName, entries: &[PresenceEntry]) -> Result<(), BrokerError> {
+        self.presence.leave(self.connection(), room, entries).await
+    }
+
+    async fn presence_sweep(&self, room: &RoomName) -> Result<(), BrokerError> {
+        self.presence.sweep(self.connection(), room).await
+    }
+
+    async fn presence_members(
+        &self,
+        room: &RoomName,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<PresenceState, BrokerError> {
+        self.presence.members(self.connection(), room, after, limit).await
+    }
+
+    async fn signal(&self, room: &RoomName, frame: bytes::Bytes) -> Result<(), BrokerError> {
+        self.presence.signal(self.connection(), room, &frame).await
     }
 }
