@@ -166,7 +166,15 @@ fn setup(maxlen: u64, dropped: impl IntoIterator<Item = usize>) -> Setup {
         inner,
         state: state.clone(),
     });
-    let hub = RoomHub::new(broker.clone(), Arc::new(Metrics::new("test", "lossy")), 10_000, tasks, chat_relay::session::PresenceTiming { ttl: Duration::from_secs(45) });
+    let hub = RoomHub::new(
+        broker.clone(),
+        Arc::new(Metrics::new("test", "lossy")),
+        10_000,
+        tasks,
+        chat_relay::session::PresenceTiming {
+            ttl: Duration::from_secs(45),
+        },
+    );
     Setup {
         broker,
         hub,

@@ -164,12 +164,19 @@ mod tests {
         let joined = room.add(&entry("a1", Some("ann")), later).unwrap();
         assert_eq!((joined.version, joined.joined, joined.count), (1, true, 1));
         assert_eq!(room.add(&entry("a2", Some("ann")), later), None);
-        assert_eq!(room.add(&entry("a2", Some("ann")), later), None, "a refresh is no change");
+        assert_eq!(
+            room.add(&entry("a2", Some("ann")), later),
+            None,
+            "a refresh is no change"
+        );
         assert_eq!(room.remove("a1"), None, "one of two tabs closing changes nothing");
         let anonymous = room.add(&entry("x", None), later).unwrap();
         assert_eq!((anonymous.user, anonymous.count), (None, 2));
         let left = room.remove("a2").unwrap();
-        assert_eq!((left.user.as_deref(), left.joined, left.count, left.version), (Some("ann"), false, 1, 3));
+        assert_eq!(
+            (left.user.as_deref(), left.joined, left.count, left.version),
+            (Some("ann"), false, 1, 3)
+        );
         assert_eq!(room.remove("a2"), None, "leaving twice is no change");
         assert_eq!(room.state(None, 10).members, Vec::<String>::new());
     }
@@ -179,7 +186,10 @@ mod tests {
         let now = Instant::now();
         let mut room = RoomPresence::default();
         for (index, user) in ["cy", "ann", "bo"].iter().enumerate() {
-            room.add(&entry(&format!("e{index}"), Some(user)), now + std::time::Duration::from_secs(1));
+            room.add(
+                &entry(&format!("e{index}"), Some(user)),
+                now + std::time::Duration::from_secs(1),
+            );
         }
         room.add(&entry("keep", Some("dee")), now + std::time::Duration::from_secs(9));
         assert_eq!(room.state(None, 2).members, ["ann", "bo"]);

@@ -11,9 +11,8 @@ mod room;
 pub mod server_frame;
 
 pub use client_frame::{
-    ClientFrame, ClientRequest, DecodeLimits, FrameRejection, MAX_CMID_BYTES, MAX_REQ_BYTES, MAX_SIGNAL_BYTES, ReplayRequest,
-    RequestTag,
-    compact_json, decode_client_frame,
+    ClientFrame, ClientRequest, DecodeLimits, FrameRejection, MAX_CMID_BYTES, MAX_REQ_BYTES, MAX_SIGNAL_BYTES,
+    ReplayRequest, RequestTag, compact_json, decode_client_frame,
 };
 pub use message_frame::MessageFrameTail;
 pub use message_id::{InvalidMessageId, MessageId, wall_clock_ms};

@@ -417,7 +417,10 @@ impl ClientSession {
         if let Some(delivered) = self.refuse_publish(req, &room).await {
             return delivered;
         }
-        let pending = self.context.publisher.signal(room.clone(), self.identity.subject(), body);
+        let pending = self
+            .context
+            .publisher
+            .signal(room.clone(), self.identity.subject(), body);
         let metrics = self.context.metrics.clone();
         let req = req.cloned();
         let in_flight = self.publishes_in_flight.get_or_insert_with(FuturesOrdered::new);

@@ -189,7 +189,9 @@ impl RoomHub {
                         if watcher.seen.is_none() {
                             watcher.hold(&batch);
                         } else if let Some(frame) = watcher.frame(&local.name, &batch, &mut shared)
-                            && subscriber.connection.offer(Outbound::control(ControlKind::Presence, frame))
+                            && subscriber
+                                .connection
+                                .offer(Outbound::control(ControlKind::Presence, frame))
                         {
                             self.metrics.presence_frames.inc();
                         }

@@ -76,6 +76,7 @@ impl Publisher {
     /// Sends a signal (validated compact JSON `body`) to the room's live
     /// subscribers on every node.
     ///
+    /// # Errors
     /// The future fails with [`BrokerError`] when the broker could not
     /// take it; nothing is stored either way.
     pub fn signal(

@@ -100,22 +100,52 @@ pub async fn presence_counts_each_user_once_and_publishes_only_their_joins_and_l
     let sink = attach_recorder(broker.as_ref());
     let room = room("presence");
     broker.subscribe_live(&room).await.unwrap();
-    let state = broker.presence_join(&room, &entry("n:1", Some("ann")), LONG, 100).await.unwrap();
+    let state = broker
+        .presence_join(&room, &entry("n:1", Some("ann")), LONG, 100)
+        .await
+        .unwrap();
     assert_eq!((state.count, state.members.clone()), (1, vec!["ann".to_owned()]));
-    let second_tab = broker.presence_join(&room, &entry("n:2", Some("ann")), LONG, 100).await.unwrap();
-    assert_eq!((second_tab.count, second_tab.version), (1, state.version), "a second tab changes nothing");
-    let state = broker.presence_join(&room, &entry("m:1", Some("bo lee")), LONG, 100).await.unwrap();
+    let second_tab = broker
+        .presence_join(&room, &entry("n:2", Some("ann")), LONG, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        (second_tab.count, second_tab.version),
+        (1, state.version),
+        "a second tab changes nothing"
+    );
+    let state = broker
+        .presence_join(&room, &entry("m:1", Some("bo lee")), LONG, 100)
+        .await
+        .unwrap();
     assert_eq!(state.members, ["ann", "bo lee"]);
-    let state = broker.presence_join(&room, &entry("m:2", None), LONG, 100).await.unwrap();
-    assert_eq!((state.count, state.members.len()), (3, 2), "anonymous connections count, unlisted");
-    broker.presence_leave(&room, &[entry("n:1", Some("ann"))]).await.unwrap();
+    let state = broker
+        .presence_join(&room, &entry("m:2", None), LONG, 100)
+        .await
+        .unwrap();
+    assert_eq!(
+        (state.count, state.members.len()),
+        (3, 2),
+        "anonymous connections count, unlisted"
+    );
+    broker
+        .presence_leave(&room, &[entry("n:1", Some("ann"))])
+        .await
+        .unwrap();
     let state = broker.presence_members(&room, None, 100).await.unwrap();
-    assert_eq!((state.count, state.members.len()), (3, 2), "closing one of two tabs changes nothing");
+    assert_eq!(
+        (state.count, state.members.len()),
+        (3, 2),
+        "closing one of two tabs changes nothing"
+    );
     broker
         .presence_leave(&room, &[entry("n:2", Some("ann")), entry("m:2", None)])
         .await
         .unwrap();
-    broker.presence_leave(&room, &[entry("n:2", Some("ann"))]).await.unwrap();
+    broker
+        .presence_leave(&room, &[entry("n:2", Some("ann"))])
+        .await
+        .unwrap();
     let changes = presence_changes(&sink, &room, 5).await;
     let seen: Vec<(Option<&str>, bool, u64)> = changes
         .iter()
@@ -134,7 +164,10 @@ pub async fn presence_counts_each_user_once_and_publishes_only_their_joins_and_l
     let versions: Vec<u64> = changes.iter().map(|change| change.version).collect();
     assert!(versions.windows(2).all(|pair| pair[1] == pair[0] + 1), "{versions:?}");
     let state = broker.presence_members(&room, None, 100).await.unwrap();
-    assert_eq!((state.count, state.members, state.version), (1, vec!["bo lee".to_owned()], versions[4]));
+    assert_eq!(
+        (state.count, state.members, state.version),
+        (1, vec!["bo lee".to_owned()], versions[4])
+    );
 }
 
 pub async fn presence_entries_not_refreshed_expire(broker: Arc<dyn Broker>) {
@@ -142,8 +175,14 @@ pub async fn presence_entries_not_refreshed_expire(broker: Arc<dyn Broker>) {
     let room = room("expiry");
     broker.subscribe_live(&room).await.unwrap();
     let short = Duration::from_millis(300);
-    broker.presence_join(&room, &entry("dead:1", Some("ann")), short, 10).await.unwrap();
-    broker.presence_join(&room, &entry("live:1", Some("bo")), short, 10).await.unwrap();
+    broker
+        .presence_join(&room, &entry("dead:1", Some("ann")), short, 10)
+        .await
+        .unwrap();
+    broker
+        .presence_join(&room, &entry("live:1", Some("bo")), short, 10)
+        .await
+        .unwrap();
     for _ in 0..4 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         broker

@@ -64,7 +64,15 @@ pub async fn hub_with_live_subscribers(room: &RoomName, count: usize) -> (Arc<Ro
         },
         &tasks,
     );
-    let hub = RoomHub::new(broker, Arc::new(Metrics::new("fanout", "memory")), 1024, tasks, chat_relay::session::PresenceTiming { ttl: std::time::Duration::from_secs(45) });
+    let hub = RoomHub::new(
+        broker,
+        Arc::new(Metrics::new("fanout", "memory")),
+        1024,
+        tasks,
+        chat_relay::session::PresenceTiming {
+            ttl: std::time::Duration::from_secs(45),
+        },
+    );
     let mut subscribers = Vec::with_capacity(count);
     for _ in 0..count {
         let (handle, _replies, queues) = ConnectionHandle::new(1024);
