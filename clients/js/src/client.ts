@@ -15,7 +15,8 @@ import { RoomContinuity } from "./continuity.js";
 import { compareIds } from "./ids.js";
 import { MemoryCursors, type CursorStore } from "./cursors.js";
 import { RelayError } from "./errors.js";
-import { parseServerFrame, type AckFrame, type ClientFrame, type ErrorFrame, type Message } from "./frames.js";
+import { parseServerFrame, type AckFrame, type ClientFrame, type ErrorFrame, type Message, type SignalFrame } from "./frames.js";
+import { PresenceSet, type PresenceInfo } from "./presence.js";
 import { DEFAULT_MAX_OUTBOX, MemoryOutbox, Outbox, newCmid, type OutboxStore, type Pending } from "./outbox.js";
 
 /** What the SDK needs of a WebSocket: the browser API, which `ws` also offers. */
@@ -103,6 +104,12 @@ export interface SubscribeOptions {
   since?: string;
   /** Without a cursor: first deliver the last N messages. */
   last?: number;
+  /** Join the room's presence and keep its member set current (`onPresence`). */
+  presence?: boolean;
+  /** The room's presence: a snapshot after every (re)subscribe, then each batch of changes (at most one a second). */
+  onPresence?(presence: PresenceInfo): void;
+  /** Signals (typing, read markers) sent to the room while subscribed; live only, never replayed. */
+  onSignal?(signal: SignalFrame): void;
   /** Each message once, in order, across reconnects. */
   onMessage?(message: Message): void;
   onSubscribed?(info: SubscribedInfo): void;
@@ -156,6 +163,8 @@ export class Subscription {
 interface RoomState {
   handle: Subscription;
   options: SubscribeOptions;
+  /** Kept when the subscription asked for presence. */
+  presence: PresenceSet | undefined;
   continuity: RoomContinuity;
   /** Resolved once the cursor store was read. */
   cursorLoaded: Promise<void>;
@@ -164,6 +173,8 @@ interface RoomState {
 }
 
 const OPEN = 1;
+/** Largest signal body, as JSON bytes (presence.md). */
+const MAX_SIGNAL_BYTES = 1024;
 /** Close codes that mean the client sent something it should not have. */
 const CLIENT_BUG_CLOSES = new Set([1003, 1008, 1009]);
 /** How long a connection may take from the first byte to `welcome`. */
@@ -243,7 +254,8 @@ export class RelayClient {
     }
     const handle = new Subscription(room, (subscription) => this.leave(subscription));
     const continuity = new RoomContinuity(options.since);
-    const state: RoomState = { handle, options, continuity, cursorLoaded: Promise.resolve(), epoch: 0 };
+    const presence = options.presence === true ? new PresenceSet() : undefined;
+    const state: RoomState = { handle, options, presence, continuity, cursorLoaded: Promise.resolve(), epoch: 0 };
     if (options.since === undefined) {
       state.cursorLoaded = Promise.resolve()
         .then(() => this.cursors.get(room))
@@ -283,24 +295,60 @@ export class RelayClient {
     });
   }
 
+  /**
+   * Sends a signal (typing, a read marker) to the room's live subscribers.
+   * Signals are never stored or retried: `false` when there is no
+   * connection now (send a fresh one later if it still matters). A refusal
+   * by the relay (`rate_limited`, `forbidden`) arrives as an `error` event.
+   * Throws a `too_large` RelayError for a body over 1 KiB as JSON.
+   */
+  signal(room: string, body: unknown): boolean {
+    const size = new TextEncoder().encode(JSON.stringify(body) ?? "null").length;
+    if (size > MAX_SIGNAL_BYTES) {
+      throw new RelayError("too_large", `the signal body is ${size} bytes as JSON; signals are at most ${MAX_SIGNAL_BYTES}: send less, or publish a message`, { room });
+    }
+    if (this.closed || this.socket === undefined || !this.ready) return false;
+    this.send({ type: "signal", room, body, req: this.req("g") });
+    return true;
+  }
+
+  /** A page of a room's presence members over HTTP, sorted; `next` is the `after` of the next page (null on the last). */
+  async presenceMembers(room: string, query: { after?: string; limit?: number } = {}): Promise<{ count: number; members: string[]; next: string | null }> {
+    const params = new URLSearchParams();
+    if (query.after !== undefined) params.set("after", query.after);
+    if (query.limit !== undefined) params.set("limit", String(query.limit));
+    const search = params.toString();
+    return await this.getJson(`/v1/rooms/${encodeURIComponent(room)}/presence${search === "" ? "" : `?${search}`}`, room);
+  }
+
   /** A page of a room's history over HTTP, oldest first. */
   async history(room: string, query: HistoryQuery = {}): Promise<HistoryPage> {
     const params = new URLSearchParams();
     if (query.after !== undefined) params.set("after", query.after);
     if (query.before !== undefined) params.set("before", query.before);
     if (query.limit !== undefined) params.set("limit", String(query.limit));
+    const search = params.toString();
+    const path = `/v1/rooms/${encodeURIComponent(room)}/messages${search === "" ? "" : `?${search}`}`;
+    const page = await this.getJson<{ messages?: unknown; complete?: unknown }>(path, room);
+    if (!Array.isArray(page.messages) || typeof page.complete !== "boolean") {
+      throw new RelayError("http_failed", `the answer to ${path} is not a page of messages`, { room });
+    }
+    return { messages: page.messages as Message[], complete: page.complete };
+  }
+
+  /** GETs a relay endpoint with the current token; a relay error body becomes its RelayError. */
+  private async getJson<T>(path: string, room: string): Promise<T> {
     const fetcher = this.options.fetch ?? (globalThis as { fetch?: typeof fetch }).fetch;
     if (fetcher === undefined) throw new RelayError("http_failed", "no fetch: pass one as the fetch option");
     const headers: Record<string, string> = {};
     const token = this.token ?? (typeof this.options.token === "string" ? this.options.token : undefined);
     if (token !== undefined) headers["authorization"] = `Bearer ${token}`;
-    const search = params.toString();
-    const url = `${this.httpBase}/v1/rooms/${encodeURIComponent(room)}/messages${search === "" ? "" : `?${search}`}`;
+    const url = `${this.httpBase}${path}`;
     let response: Response;
     try {
       response = await fetcher(url, { headers });
     } catch (error) {
-      throw new RelayError("http_failed", `history request to ${url} failed: ${String(error)}`, { room });
+      throw new RelayError("http_failed", `request to ${url} failed: ${String(error)}`, { room });
     }
     const text = await response.text();
     let parsed: unknown;
@@ -311,13 +359,12 @@ export class RelayClient {
     }
     if (!response.ok) {
       const error = (parsed as { error?: { code?: string; message?: string } } | undefined)?.error;
-      throw new RelayError(error?.code ?? "http_failed", error?.message ?? `history request failed with HTTP ${response.status}`, { room });
+      throw new RelayError(error?.code ?? "http_failed", error?.message ?? `request to ${url} failed with HTTP ${response.status}`, { room });
     }
-    const page = parsed as { messages?: unknown; complete?: unknown } | undefined;
-    if (page === undefined || !Array.isArray(page.messages) || typeof page.complete !== "boolean") {
-      throw new RelayError("http_failed", `history answer from ${url} is not a page of messages`, { room });
+    if (typeof parsed !== "object" || parsed === null) {
+      throw new RelayError("http_failed", `the answer from ${url} is not a JSON object`, { room });
     }
-    return { messages: page.messages as Message[], complete: page.complete };
+    return parsed as T;
   }
 
   /** Ends the connection and every reconnect; publishes not yet acked reject with `closed`. */
@@ -544,7 +591,25 @@ export class RelayClient {
         return;
       case "subscribed": {
         const room = this.rooms.get(frame.room);
-        if (room !== undefined) this.callSafely(() => room.options.onSubscribed?.({ ...(frame.recovered === undefined ? {} : { recovered: frame.recovered }), replay: frame.replay }));
+        if (room === undefined) return;
+        this.callSafely(() => room.options.onSubscribed?.({ ...(frame.recovered === undefined ? {} : { recovered: frame.recovered }), replay: frame.replay }));
+        const snapshot = frame.presence;
+        if (room.presence !== undefined && snapshot !== undefined) {
+          const info = room.presence.reset(snapshot);
+          this.callSafely(() => room.options.onPresence?.(info));
+        }
+        return;
+      }
+      case "presence": {
+        const room = this.rooms.get(frame.room);
+        if (room?.presence === undefined) return;
+        const info = room.presence.apply(frame);
+        this.callSafely(() => room.options.onPresence?.(info));
+        return;
+      }
+      case "signal": {
+        const room = this.rooms.get(frame.room);
+        if (room !== undefined) this.callSafely(() => room.options.onSignal?.(frame));
         return;
       }
       case "ack":
@@ -585,6 +650,7 @@ export class RelayClient {
     const frame: ClientFrame = { type: "subscribe", room: room.handle.room, req };
     if (since !== undefined) frame.since = since;
     else if (room.options.last !== undefined) frame.last = room.options.last;
+    if (room.presence !== undefined) frame.presence = true;
     this.send(frame);
   }
 

@@ -35,6 +35,24 @@ export interface SubscribedFrame {
   room: string;
   recovered?: boolean;
   replay: number;
+  /** Present when the subscribe asked for presence. */
+  presence?: { count: number; members: string[] };
+}
+
+export interface PresenceFrame {
+  type: "presence";
+  room: string;
+  joined: string[];
+  left: string[];
+  count: number;
+}
+
+export interface SignalFrame {
+  type: "signal";
+  room: string;
+  /** The sender's subject, or null. */
+  from: string | null;
+  body: unknown;
 }
 
 export interface AckFrame {
@@ -85,17 +103,20 @@ export type ServerFrame =
   | GapFrame
   | ErrorFrame
   | ReconnectFrame
+  | PresenceFrame
+  | SignalFrame
   | SimpleReply;
 
 /** Client frames the SDK sends. */
 export type ClientFrame =
-  | { type: "subscribe"; room: string; since?: string; last?: number; req: string }
+  | { type: "subscribe"; room: string; since?: string; last?: number; presence?: boolean; req: string }
+  | { type: "signal"; room: string; body: unknown; req: string }
   | { type: "unsubscribe"; room: string; req: string }
   | { type: "publish"; room: string; body: unknown; cmid: string; req: string }
   | { type: "ping"; req: string }
   | { type: "refresh"; token: string; req: string };
 
-const KNOWN = new Set(["message", "welcome", "subscribed", "ack", "gap", "error", "reconnect", "unsubscribed", "pong", "refreshed"]);
+const KNOWN = new Set(["message", "welcome", "subscribed", "ack", "gap", "error", "reconnect", "unsubscribed", "pong", "refreshed", "presence", "signal"]);
 
 /** Parses one text frame; `undefined` for anything that is not a known frame. */
 export function parseServerFrame(text: string): ServerFrame | undefined {
@@ -114,5 +135,12 @@ export function parseServerFrame(text: string): ServerFrame | undefined {
       return undefined;
     }
   }
+  if (type === "presence") {
+    const change = value as Partial<PresenceFrame>;
+    if (typeof change.room !== "string" || !Array.isArray(change.joined) || !Array.isArray(change.left) || typeof change.count !== "number") {
+      return undefined;
+    }
+  }
+  if (type === "signal" && typeof (value as Partial<SignalFrame>).room !== "string") return undefined;
   return value as ServerFrame;
 }

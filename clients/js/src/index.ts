@@ -25,6 +25,7 @@ export { backoffDelay, DEFAULT_BACKOFF, type BackoffOptions } from "./backoff.js
 export { RoomContinuity, type Loss, type RefillOutcome, type Verdict } from "./continuity.js";
 export { LocalStorageCursors, MemoryCursors, type CursorStore, type KeyValueStorage } from "./cursors.js";
 export { RelayError, type ErrorCode, type SdkErrorCode, type WireErrorCode } from "./errors.js";
-export type { AckFrame, ClientFrame, ErrorFrame, GapFrame, Message, ReconnectFrame, ServerFrame, SubscribedFrame, WelcomeFrame } from "./frames.js";
+export type { AckFrame, ClientFrame, ErrorFrame, GapFrame, Message, PresenceFrame, ReconnectFrame, ServerFrame, SignalFrame, SubscribedFrame, WelcomeFrame } from "./frames.js";
+export { PresenceSet, type PresenceInfo } from "./presence.js";
 export { compareIds, isMessageId } from "./ids.js";
 export { MemoryOutbox, Outbox, newCmid, type OutboxEntry, type OutboxStore, type Pending } from "./outbox.js";

@@ -7,7 +7,7 @@ import assert from "node:assert/strict";
 import { after, test } from "node:test";
 import WebSocket from "ws";
 
-import { RelayClient, type Message, type PublishAck, type WebSocketConstructor } from "@chat-relay/client";
+import { RelayClient, type Message, type PresenceInfo, type PublishAck, type RelayError, type SignalFrame, type WebSocketConstructor } from "@chat-relay/client";
 import { assertExactSequence, fullHistory, startProxy, startRedis, startRelay, stopAll, waitFor, type Relay } from "../../harness/relay.js";
 
 const WS = WebSocket as unknown as WebSocketConstructor;
@@ -156,4 +156,35 @@ test("publishes in flight when their node dies: each body stored once, each prom
   assert.equal(ids.size, TOTAL, "every ack names its own stored message");
   for (const message of history) assert.ok(ids.has(message.id), `${message.id} was acked`);
   publisher.close();
+});
+
+test("presence and signals across two nodes: onPresence keeps the member set current, onSignal gets typing, nothing is stored", { timeout: 30_000 }, async () => {
+  const redis = await startRedis();
+  const a = await startRelay({ REDIS_URL: redis.url, RELAY_PUBLISH_RATE: "100000" }, "node-a");
+  const b = await startRelay({ REDIS_URL: redis.url, RELAY_PUBLISH_RATE: "100000" }, "node-b");
+  const ann = new RelayClient({ url: `${a.wsUrl}?user=ann`, WebSocket: WS });
+  const seen: PresenceInfo[] = [];
+  const signals: SignalFrame[] = [];
+  ann.subscribe("room", { presence: true, onPresence: (info) => seen.push(info), onSignal: (signal) => signals.push(signal) });
+  await waitFor("ann's snapshot", () => seen.length === 1);
+  assert.deepEqual([...seen[0]!.members], ["ann"]);
+  assert.equal(seen[0]!.snapshot, true);
+  const bo = new RelayClient({ url: `${b.wsUrl}?user=bo`, WebSocket: WS });
+  let boReady = false;
+  bo.subscribe("room", { presence: true, onPresence: () => { boReady = true; } });
+  await waitFor("bo in ann's member set", () => seen.at(-1)?.members.has("bo") === true);
+  const joined = seen.at(-1)!;
+  assert.deepEqual([joined.count, joined.joined, joined.complete], [2, ["bo"], true]);
+  await waitFor("bo subscribed", () => boReady);
+  assert.equal(bo.signal("room", { typing: true }), true);
+  await waitFor("bo's signal at ann", () => signals.length === 1);
+  assert.deepEqual(signals[0], { type: "signal", room: "room", from: "bo", body: { typing: true } });
+  assert.throws(() => bo.signal("room", "x".repeat(2000)), (error: RelayError) => error.code === "too_large");
+  assert.equal((await fullHistory(a.httpUrl, "room")).length, 0, "signals are never stored");
+  const page = await ann.presenceMembers("room", { limit: 1 });
+  assert.deepEqual([page.count, page.members, page.next], [2, ["ann"], "ann"]);
+  bo.close();
+  await waitFor("bo left ann's member set", () => seen.at(-1)?.left.includes("bo") === true);
+  assert.deepEqual([...seen.at(-1)!.members], ["ann"]);
+  ann.close();
 });

@@ -3,7 +3,7 @@
 import assert from "node:assert/strict";
 import { test } from "node:test";
 
-import { LocalStorageCursors, Outbox, RoomContinuity, backoffDelay, compareIds, newCmid, type Message, type Pending, type PublishAck } from "@chat-relay/client";
+import { LocalStorageCursors, Outbox, PresenceSet, RoomContinuity, backoffDelay, compareIds, newCmid, type Message, type Pending, type PublishAck } from "@chat-relay/client";
 
 function message(id: string, prev: string): Message {
   return { type: "message", room: "r", id, prev, from: null, ts: 0, body: id };
@@ -143,4 +143,17 @@ test("the CommonJS build exports the same API as the ESM one", async () => {
   const imported = (await import("@chat-relay/client")) as Record<string, unknown>;
   assert.deepEqual(Object.keys(required).sort(), Object.keys(imported).sort());
   assert.equal(typeof required["RelayClient"], "function");
+});
+
+test("a presence set starts from each snapshot and applies batches as set operations", () => {
+  const presence = new PresenceSet();
+  const snapshot = presence.reset({ count: 3, members: ["ann", "bo"] });
+  assert.deepEqual([[...snapshot.members], snapshot.complete, snapshot.snapshot], [["ann", "bo"], false, true]);
+  const change = presence.apply({ joined: ["cy"], left: ["ann"], count: 3 });
+  assert.deepEqual([[...change.members].sort(), change.joined, change.left, change.snapshot], [["bo", "cy"], ["cy"], ["ann"], false]);
+  const again = presence.apply({ joined: ["bo"], left: ["zed"], count: 2 });
+  assert.deepEqual([[...again.members].sort(), again.complete], [["bo", "cy"], true], "a repeated join or an unknown leave changes nothing");
+  assert.equal(change.members.size, 2);
+  const healed = presence.reset({ count: 1, members: ["dee"] });
+  assert.deepEqual([...healed.members], ["dee"], "a reconnect's snapshot replaces the set");
 });
