@@ -16,6 +16,7 @@
 mod client;
 mod latency;
 mod ledger;
+mod presence;
 mod report;
 mod scenarios;
 mod systems;
@@ -48,6 +49,9 @@ enum Command {
     Throughput(throughput::Options),
     /// Publish-to-delivery latency across two running nodes.
     Latency(latency::Options),
+    /// What presence costs per change, in a large room and a small one
+    /// (deploys Redis and two nodes itself).
+    Presence(presence::Options),
     /// Keep idle connections open until killed (a worker of `run`).
     Hold(HoldOptions),
 }
@@ -103,6 +107,7 @@ fn main() -> anyhow::Result<()> {
             Command::Run(options) => run(options).await,
             Command::Throughput(options) => throughput::run(options).await,
             Command::Latency(options) => latency::run(options).await,
+            Command::Presence(options) => presence::run(options).await,
             Command::Hold(options) => hold(options).await,
         }
     })

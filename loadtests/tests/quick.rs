@@ -96,3 +96,53 @@ fn every_quick_scenario_runs_against_chat_relay_and_finds_it_exact() {
     );
     let _ = std::fs::remove_dir_all(&out);
 }
+
+/// `relay-load presence` at a small size: it checks a watcher's final count
+/// itself; here the figures must be those of a design whose cost follows
+/// the changes (about one script call per change, at most one presence
+/// frame per watcher per second).
+#[test]
+fn the_presence_benchmark_runs_and_its_cost_follows_the_changes() {
+    let out = std::env::temp_dir().join(format!("relay-load-presence-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_relay-load"))
+        .args([
+            "presence",
+            "--members",
+            "60",
+            "--churn",
+            "20",
+            "--seconds",
+            "3",
+            "--json",
+            "--out",
+        ])
+        .arg(&out)
+        .arg("--relay-binary")
+        .arg(relay_binary())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start relay-load presence");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("relay-load presence took over 2 minutes");
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let mut stdout = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+    assert!(status.success(), "relay-load presence exited {status}: {stdout}");
+    let row: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let figure = |name: &str| row[name].as_f64().unwrap_or_else(|| panic!("no {name} in {row}"));
+    assert_eq!(row["changes"], 60, "{row}");
+    assert!((0.9..1.5).contains(&figure("script_calls_per_change")), "{row}");
+    assert!(figure("redis_commands_per_change") < 20.0, "{row}");
+    assert!(figure("frames_per_watcher_per_second") <= 1.2, "{row}");
+    assert!(figure("frames_per_watcher_per_second") > 0.3, "{row}");
+    let _ = std::fs::remove_dir_all(&out);
+}

@@ -98,6 +98,8 @@ pub struct Deployment {
     pub nodes: Vec<ServerProcess>,
     /// Runs until the deployment is dropped.
     _redis: ServerProcess,
+    /// The shared Redis, on 127.0.0.1.
+    pub redis_port: u16,
     pub version: String,
 }
 
@@ -182,6 +184,7 @@ impl Deployment {
             endpoints,
             nodes,
             _redis: redis,
+            redis_port,
             version,
         })
     }
