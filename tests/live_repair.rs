@@ -134,6 +134,13 @@ impl Broker for LossyBroker {
     ) -> Result<PresenceState, BrokerError> {
         self.inner.presence_members(room, after, limit).await
     }
+    async fn presence_changes_after(
+        &self,
+        room: &RoomName,
+        after: u64,
+    ) -> Result<Option<Vec<PresenceChange>>, BrokerError> {
+        self.inner.presence_changes_after(room, after).await
+    }
     async fn signal(&self, room: &RoomName, frame: bytes::Bytes) -> Result<(), BrokerError> {
         self.inner.signal(room, frame).await
     }

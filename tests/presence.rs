@@ -19,7 +19,7 @@ struct Deployment {
     bases: [String; 2],
     nodes: Vec<RelayProcess>,
     _memory: Option<TestRelay>,
-    _redis: Option<TestRedis>,
+    redis: Option<TestRedis>,
 }
 
 impl Deployment {
@@ -33,7 +33,7 @@ impl Deployment {
             bases: [nodes[0].addr.clone(), nodes[1].addr.clone()],
             nodes,
             _memory: None,
-            _redis: Some(redis),
+            redis: Some(redis),
         }
     }
 
@@ -44,7 +44,7 @@ impl Deployment {
             bases: [base.clone(), base],
             nodes: Vec::new(),
             _memory: Some(relay),
-            _redis: None,
+            redis: None,
         }
     }
 
@@ -467,6 +467,63 @@ mod redis {
         assert_eq!(frames.last().unwrap()["count"], 1);
         eprintln!("a killed node's 5 members left after {took:?} (TTL {ttl:?})");
         drop(doomed);
+    }
+
+    /// Changes published while a node's Pub/Sub connection is down are read
+    /// from the room's change log when it comes back: its watchers still
+    /// see every join.
+    #[tokio::test]
+    async fn changes_missed_during_a_pubsub_blip_are_caught_up() {
+        let deployment = Deployment::redis(&[]).await;
+        let room = room("blip");
+        let mut watcher = deployment.client(0, "watcher").await;
+        watch(&mut watcher, &room).await;
+        let mut joiners = Vec::new();
+        for n in 0..10 {
+            joiners.push(deployment.client(1, &format!("during-blip-{n}")).await);
+        }
+        let mut admin = deployment.redis.as_ref().unwrap().command_connection().await;
+        // No new connection for a moment: the killed feed cannot come back
+        // before the joins below are published.
+        let info: String = ::redis::cmd("INFO")
+            .arg("clients")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        let connected: i64 = info
+            .lines()
+            .find_map(|line| line.strip_prefix("connected_clients:"))
+            .and_then(|count| count.trim().parse().ok())
+            .expect("connected_clients");
+        let limit = |clients: i64| ::redis::cmd("CONFIG").arg("SET").arg("maxclients").arg(clients).clone();
+        let () = limit(connected - 1).query_async(&mut admin).await.unwrap();
+        let killed: i64 = ::redis::cmd("CLIENT")
+            .arg("KILL")
+            .arg("TYPE")
+            .arg("pubsub")
+            .query_async(&mut admin)
+            .await
+            .unwrap();
+        // The watcher's node is the one subscribed to anything.
+        assert!(
+            killed >= 1,
+            "the watcher's node's Pub/Sub connection was killed, got {killed}"
+        );
+        for client in &mut joiners {
+            client
+                .send_json(json!({"type": "subscribe", "room": room, "presence": true, "req": "s"}))
+                .await;
+        }
+        for client in &mut joiners {
+            let reply = client.reply_to("s").await;
+            assert_eq!(reply["type"], "subscribed", "{reply}");
+        }
+        let () = limit(10_000).query_async(&mut admin).await.unwrap();
+        let frames = presence_until(&mut watcher, &room, Duration::from_secs(8), |joined, _| {
+            joined.len() == 10
+        })
+        .await;
+        assert_eq!(frames.last().unwrap()["count"], 11, "{frames:?}");
     }
 
     /// A drain removes the node's members at once, long before the TTL.

@@ -343,6 +343,14 @@ impl Broker for MemoryBroker {
         Ok(self.with_presence(room, |presence, _, _| presence.state(after, limit)))
     }
 
+    async fn presence_changes_after(
+        &self,
+        room: &RoomName,
+        after: u64,
+    ) -> Result<Option<Vec<PresenceChange>>, BrokerError> {
+        Ok(self.with_presence(room, |presence, _, _| presence.changes_after(after)))
+    }
+
     async fn signal(&self, room: &RoomName, frame: Bytes) -> Result<(), BrokerError> {
         if lock(&self.live_rooms).contains(room) {
             if let Some(sink) = self.live_sink() {

@@ -235,6 +235,18 @@ pub trait Broker: Send + Sync + 'static {
         limit: usize,
     ) -> Result<PresenceState, BrokerError>;
 
+    /// The room's presence changes after version `after`, oldest first, for
+    /// a node whose live feed may have dropped some; `None` when the
+    /// broker no longer holds them all (it keeps about the newest 1,000).
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker could not be reached.
+    async fn presence_changes_after(
+        &self,
+        room: &RoomName,
+        after: u64,
+    ) -> Result<Option<Vec<PresenceChange>>, BrokerError>;
+
     /// Hands a signal frame to every node's live subscribers of the room;
     /// nothing is stored.
     ///

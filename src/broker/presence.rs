@@ -7,10 +7,12 @@
 //! (no user) change the count and are never listed. Every join or leave
 //! bumps the room's *version* and is published as a [`PresenceChange`];
 //! nothing else is, so a change costs O(1) whatever the room's size.
+//! The newest [`CHANGE_LOG`] changes are kept, so a node whose live feed
+//! dropped some can read what it missed (see [`covers`]).
 //! [`RoomPresence`] is that model in memory, for the memory broker; the
 //! Redis broker runs the same steps in `redis/presence.lua`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Bound;
 
 use tokio::time::Instant;
@@ -48,6 +50,21 @@ pub struct PresenceState {
     pub members: Vec<String>,
 }
 
+/// Changes each room keeps for nodes that missed some (about).
+pub const CHANGE_LOG: usize = 1000;
+
+/// Whether `changes`, read from a room's change log after version `after`,
+/// are every change up to the room's `current` version: they start right
+/// after `after` and end at `current`. If not, the log was trimmed past
+/// what the reader missed.
+#[must_use]
+pub fn covers(after: u64, current: u64, changes: &[PresenceChange]) -> bool {
+    match (changes.first(), changes.last()) {
+        (Some(first), Some(last)) => first.version == after + 1 && last.version == current,
+        _ => current <= after,
+    }
+}
+
 /// One room's presence in memory; see the module docs.
 #[derive(Debug, Default)]
 pub struct RoomPresence {
@@ -55,6 +72,7 @@ pub struct RoomPresence {
     users: BTreeMap<String, u32>,
     anonymous: u64,
     version: u64,
+    log: VecDeque<PresenceChange>,
 }
 
 impl RoomPresence {
@@ -64,12 +82,29 @@ impl RoomPresence {
 
     fn change(&mut self, user: Option<&str>, joined: bool) -> PresenceChange {
         self.version += 1;
-        PresenceChange {
+        let change = PresenceChange {
             version: self.version,
             user: user.map(str::to_owned),
             joined,
             count: self.count(),
+        };
+        if self.log.len() == CHANGE_LOG {
+            self.log.pop_front();
         }
+        self.log.push_back(change.clone());
+        change
+    }
+
+    /// The logged changes after `after`, if the log still holds them all.
+    #[must_use]
+    pub fn changes_after(&self, after: u64) -> Option<Vec<PresenceChange>> {
+        let changes: Vec<PresenceChange> = self
+            .log
+            .iter()
+            .filter(|change| change.version > after)
+            .cloned()
+            .collect();
+        covers(after, self.version, &changes).then_some(changes)
     }
 
     /// Adds or refreshes an entry; the change when its user joined.
@@ -179,6 +214,21 @@ mod tests {
         );
         assert_eq!(room.remove("a2"), None, "leaving twice is no change");
         assert_eq!(room.state(None, 10).members, Vec::<String>::new());
+    }
+
+    #[test]
+    fn a_log_covers_a_range_only_when_it_starts_right_after_it() {
+        let change = |version| PresenceChange {
+            version,
+            user: None,
+            joined: true,
+            count: 1,
+        };
+        assert!(covers(5, 7, &[change(6), change(7)]));
+        assert!(!covers(5, 7, &[change(7)]), "6 was trimmed away");
+        assert!(!covers(5, 8, &[change(6), change(7)]), "8 is not logged yet");
+        assert!(covers(7, 7, &[]));
+        assert!(!covers(5, 7, &[]));
     }
 
     #[tokio::test]

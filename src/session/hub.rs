@@ -69,6 +69,13 @@ struct RoomState {
     /// Presence changes since the last batch, in version order; kept only
     /// while the room has watchers here.
     presence_batch: Vec<PresenceChange>,
+    /// The newest presence version received without a gap before it.
+    presence_version: Option<u64>,
+    /// A read of missed presence changes is under way (after this version):
+    /// the room's batches wait for it.
+    presence_repair: Option<u64>,
+    /// Another gap showed up during that read: read again when it ends.
+    presence_repair_again: bool,
 }
 
 impl RoomState {
@@ -174,7 +181,7 @@ impl RoomHub {
         let rooms: Vec<_> = lock(&self.rooms).values().cloned().collect();
         for local in rooms {
             let mut state = lock(&local.state);
-            if state.presence_batch.is_empty() {
+            if state.presence_batch.is_empty() || state.presence_repair.is_some() {
                 continue;
             }
             let batch = std::mem::take(&mut state.presence_batch);
@@ -309,6 +316,8 @@ impl RoomHub {
             let watcher = position.and_then(|position| state.subscribers.swap_remove(position).watcher);
             if !state.has_watchers() {
                 state.presence_batch.clear();
+                // Continuity is not tracked without watchers.
+                state.presence_version = None;
             }
             (state.subscribers.is_empty(), watcher)
         };
@@ -359,6 +368,65 @@ impl RoomHub {
             rooms.remove(&local.name);
         }
         self.metrics.rooms.set(i64::try_from(rooms.len()).unwrap_or(i64::MAX));
+    }
+
+    /// Reads the room's presence changes after `after` (which the live feed
+    /// may have dropped) into its batch; the batch is held meanwhile.
+    fn start_presence_repair(&self, local: &Arc<LocalRoom>, state: &mut RoomState, after: u64) {
+        if state.presence_repair.is_some() {
+            state.presence_repair_again = true;
+            return;
+        }
+        state.presence_repair = Some(after);
+        self.metrics.live_repairs.inc();
+        let Some(hub) = self.this.upgrade() else { return };
+        let local = local.clone();
+        self.tasks
+            .spawn_if_running("presence repair", async move { hub.repair_presence(local).await });
+    }
+
+    async fn repair_presence(self: Arc<Self>, local: Arc<LocalRoom>) {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Some(after) = lock(&local.state).presence_repair else {
+                return;
+            };
+            let read = self.broker.presence_changes_after(&local.name, after).await;
+            let mut state = lock(&local.state);
+            match read {
+                Ok(changes) => {
+                    if let Some(changes) = changes {
+                        let newest = changes.last().map(|change| change.version);
+                        for change in changes {
+                            insert_change(&mut state.presence_batch, change);
+                        }
+                        state.presence_version = state.presence_version.max(newest);
+                    } else {
+                        tracing::warn!(
+                            room = %local.name,
+                            after,
+                            "presence changes were missed and the room's change log no longer holds them; member lists may be stale until those users change again"
+                        );
+                    }
+                    if std::mem::take(&mut state.presence_repair_again) {
+                        continue;
+                    }
+                    state.presence_repair = None;
+                    return;
+                }
+                Err(error) if backoff < REPAIR_MAX_BACKOFF => {
+                    drop(state);
+                    tracing::warn!(room = %local.name, %error, retry_in_ms = backoff.as_millis(), "cannot read missed presence changes");
+                    tokio::time::sleep(backoff.mul_f64(0.5 + fastrand::f64())).await;
+                    backoff *= 2;
+                }
+                Err(error) => {
+                    tracing::warn!(room = %local.name, %error, "gave up reading missed presence changes");
+                    state.presence_repair = None;
+                    return;
+                }
+            }
+        }
     }
 
     fn room(&self, name: &RoomName) -> Option<Arc<LocalRoom>> {
@@ -545,6 +613,14 @@ impl RoomHub {
     }
 }
 
+/// Puts a change into a batch kept in version order, once.
+fn insert_change(batch: &mut Vec<PresenceChange>, change: PresenceChange) {
+    let at = batch.partition_point(|held| held.version < change.version);
+    if batch.get(at).is_none_or(|held| held.version != change.version) {
+        batch.insert(at, change);
+    }
+}
+
 /// Wraps a stored message for delivery, logging one the broker corrupted.
 pub(crate) fn live_message(room: &RoomName, stored: &StoredMessage) -> Option<Arc<LiveMessage>> {
     let message = LiveMessage::from_stored(stored);
@@ -561,12 +637,16 @@ impl LiveSink for RoomHub {
         if !state.has_watchers() {
             return;
         }
-        let batch = &mut state.presence_batch;
-        // Versions arrive in order from one broker; keep the batch sorted anyway.
-        let at = batch.partition_point(|held| held.version < change.version);
-        if batch.get(at).is_none_or(|held| held.version != change.version) {
-            batch.insert(at, change);
+        match state.presence_version {
+            Some(last) if change.version > last + 1 => {
+                // The live feed dropped changes (a Pub/Sub blip): read them.
+                self.start_presence_repair(&local, &mut state, last);
+                state.presence_version = Some(change.version);
+            }
+            Some(last) if change.version <= last => {}
+            _ => state.presence_version = Some(change.version),
         }
+        insert_change(&mut state.presence_batch, change);
     }
 
     fn signal(&self, room: &RoomName, frame: bytes::Bytes) {
@@ -609,6 +689,16 @@ impl LiveSink for RoomHub {
     fn resync_all(&self) {
         self.metrics.live_feed_resyncs.inc();
         let rooms: Vec<_> = lock(&self.rooms).values().cloned().collect();
+        for local in &rooms {
+            // Presence changes published while the feed was down are read
+            // from the room's change log.
+            let mut state = lock(&local.state);
+            if let Some(last) = state.presence_version
+                && state.has_watchers()
+            {
+                self.start_presence_repair(local, &mut state, last);
+            }
+        }
         for local in rooms {
             let start = {
                 let mut state = lock(&local.state);
@@ -673,6 +763,7 @@ impl Subscription {
                 .await?
         };
         let mut state = lock(&self.room.state);
+        state.presence_version = state.presence_version.max(Some(presence.version));
         if let Some(watcher) = state
             .subscribers
             .iter_mut()

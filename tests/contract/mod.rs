@@ -170,6 +170,38 @@ pub async fn presence_counts_each_user_once_and_publishes_only_their_joins_and_l
     );
 }
 
+pub async fn presence_changes_can_be_read_again_after_a_version(broker: Arc<dyn Broker>) {
+    let room = room("changelog");
+    for (index, user) in ["ann", "bo", "cy"].iter().enumerate() {
+        broker
+            .presence_join(&room, &entry(&format!("e:{index}"), Some(user)), LONG, 10)
+            .await
+            .unwrap();
+    }
+    broker.presence_leave(&room, &[entry("e:1", Some("bo"))]).await.unwrap();
+    let all = broker
+        .presence_changes_after(&room, 0)
+        .await
+        .unwrap()
+        .expect("the log holds every change");
+    let seen: Vec<(u64, Option<&str>, bool, u64)> = all
+        .iter()
+        .map(|change| (change.version, change.user.as_deref(), change.joined, change.count))
+        .collect();
+    assert_eq!(
+        seen,
+        [
+            (1, Some("ann"), true, 1),
+            (2, Some("bo"), true, 2),
+            (3, Some("cy"), true, 3),
+            (4, Some("bo"), false, 2)
+        ]
+    );
+    let tail = broker.presence_changes_after(&room, 2).await.unwrap().unwrap();
+    assert_eq!(tail.iter().map(|change| change.version).collect::<Vec<_>>(), [3, 4]);
+    assert_eq!(broker.presence_changes_after(&room, 4).await.unwrap(), Some(Vec::new()));
+}
+
 pub async fn presence_entries_not_refreshed_expire(broker: Arc<dyn Broker>) {
     let sink = attach_recorder(broker.as_ref());
     let room = room("expiry");
@@ -512,6 +544,11 @@ macro_rules! contract_tests {
             async fn presence_counts_each_user_once_and_publishes_only_their_joins_and_leaves() {
                 let (broker, _guard) = $factory(retention(10_000)).await;
                 super::contract::presence_counts_each_user_once_and_publishes_only_their_joins_and_leaves(broker).await;
+            }
+            #[tokio::test]
+            async fn presence_changes_can_be_read_again_after_a_version() {
+                let (broker, _guard) = $factory(retention(10_000)).await;
+                super::contract::presence_changes_can_be_read_again_after_a_version(broker).await;
             }
             #[tokio::test]
             async fn presence_entries_not_refreshed_expire() {

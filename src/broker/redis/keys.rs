@@ -38,9 +38,9 @@ impl KeyScheme {
     }
 
     /// The room's presence keys, in the order `presence.lua` takes them:
-    /// entries, entry count per user, members, meta.
-    pub(super) fn presence(&self, room: &RoomName) -> [String; 4] {
-        ["pe", "pc", "pu", "pm"].map(|suffix| format!("{}:{{{}}}:{suffix}", self.prefix, room))
+    /// entries, entry count per user, members, meta, recent changes.
+    pub(super) fn presence(&self, room: &RoomName) -> [String; 5] {
+        ["pe", "pc", "pu", "pm", "pl"].map(|suffix| format!("{}:{{{}}}:{suffix}", self.prefix, room))
     }
 
     /// The room a live channel belongs to.

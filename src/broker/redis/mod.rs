@@ -321,6 +321,14 @@ impl Broker for RedisBroker {
         self.presence.members(self.connection(), room, after, limit).await
     }
 
+    async fn presence_changes_after(
+        &self,
+        room: &RoomName,
+        after: u64,
+    ) -> Result<Option<Vec<super::PresenceChange>>, BrokerError> {
+        self.presence.changes_after(self.connection(), room, after).await
+    }
+
     async fn signal(&self, room: &RoomName, frame: bytes::Bytes) -> Result<(), BrokerError> {
         self.presence.signal(self.connection(), room, &frame).await
     }

@@ -4,8 +4,10 @@
 -- KEYS[2] entry count per user: hash
 -- KEYS[3] members: sorted set, score 0, so ordered by name
 -- KEYS[4] meta: hash, n = count (users + anonymous entries), v = version
--- KEYS[5] the room's live channel
--- ARGV[1] the operation: join, refresh, leave, sweep or members.
+-- KEYS[5] recent changes: a stream whose ids are "<version>-1", capped,
+--         read by a node that missed some (its Pub/Sub connection dropped)
+-- KEYS[6] the room's live channel
+-- ARGV[1] the operation: join, refresh, leave, sweep, changes or members.
 -- A change is published as "p<version> <+|-> <count> <user>" (user empty
 -- for an anonymous entry). No step is O(members): sweeping takes at most
 -- @SWEEP_BATCH@ expired entries per call.
@@ -19,7 +21,11 @@ local function change(sign, user)
     n = 0
   end
   local v = redis.call('HINCRBY', KEYS[4], 'v', 1)
-  redis.call('@PUBLISH@', KEYS[5], 'p' .. v .. ' ' .. sign .. ' ' .. n .. ' ' .. user)
+  local payload = 'p' .. v .. ' ' .. sign .. ' ' .. n .. ' ' .. user
+  redis.call('@PUBLISH@', KEYS[6], payload)
+  -- pcall: after its keys expired the version restarts below the log's
+  -- last id; the log is then only behind, never a reason to fail.
+  redis.pcall('XADD', KEYS[5], 'MAXLEN', '~', @LOG_MAXLEN@, v .. '-1', 'c', payload)
 end
 
 local function user_of(member)
@@ -67,7 +73,7 @@ end
 -- The keys outlive every entry; they go when no node refreshed them for
 -- four entry lifetimes (the room's version then restarts).
 local function keep(lifetime)
-  for i = 1, 4 do
+  for i = 1, 5 do
     redis.call('PEXPIRE', KEYS[i], lifetime * 4)
   end
 end
@@ -108,6 +114,16 @@ elseif op == 'leave' then
 elseif op == 'sweep' then
   sweep()
   return 0
+elseif op == 'changes' then
+  -- ARGV: after (a version): the current version and the logged changes
+  -- after it, oldest first, at most @LOG_MAXLEN@.
+  local current = tonumber(redis.call('HGET', KEYS[4], 'v') or '0')
+  local entries = redis.call('XRANGE', KEYS[5], '(' .. ARGV[2] .. '-1', '+', 'COUNT', @LOG_MAXLEN@)
+  local changes = {}
+  for i, entry in ipairs(entries) do
+    changes[i] = entry[2][2]
+  end
+  return { current, changes }
 elseif op == 'members' then
   -- ARGV: after ('' for the first), limit
   sweep()

@@ -12,11 +12,15 @@ use redis::{Script, Value};
 
 use super::bounded;
 use super::keys::KeyScheme;
+use crate::broker::presence::covers;
 use crate::broker::{BrokerError, PresenceChange, PresenceEntry, PresenceState};
 use crate::protocol::RoomName;
 
 /// Most expired entries one call removes; the rest go on the next sweep.
 const SWEEP_BATCH: usize = 500;
+/// Recent changes kept per room for nodes that missed some (about: the
+/// stream is trimmed by whole nodes).
+const LOG_MAXLEN: usize = crate::broker::presence::CHANGE_LOG;
 
 /// What a live payload carries.
 pub(super) enum LivePayload<'a> {
@@ -79,7 +83,8 @@ impl RedisPresence {
     pub(super) fn new(keys: KeyScheme, publish_command: &'static str) -> Self {
         let source = include_str!("presence.lua")
             .replace("@PUBLISH@", publish_command)
-            .replace("@SWEEP_BATCH@", &SWEEP_BATCH.to_string());
+            .replace("@SWEEP_BATCH@", &SWEEP_BATCH.to_string())
+            .replace("@LOG_MAXLEN@", &LOG_MAXLEN.to_string());
         Self {
             script: Script::new(&source),
             keys,
@@ -161,6 +166,35 @@ impl RedisPresence {
             limit.max(1).to_string(),
         ];
         parse_state(&self.run(connection, room, &args).await?)
+    }
+
+    pub(super) async fn changes_after(
+        &self,
+        connection: ConnectionManager,
+        room: &RoomName,
+        after: u64,
+    ) -> Result<Option<Vec<PresenceChange>>, BrokerError> {
+        let args = ["changes".to_owned(), after.to_string()];
+        let reply = self.run(connection, room, &args).await?;
+        let malformed = || BrokerError::Internal("unexpected presence change log from Redis".to_owned());
+        let Value::Array(parts) = &reply else {
+            return Err(malformed());
+        };
+        let [Value::Int(current), Value::Array(entries)] = parts.as_slice() else {
+            return Err(malformed());
+        };
+        let current = u64::try_from(*current).unwrap_or(0);
+        let mut changes = Vec::with_capacity(entries.len());
+        for entry in entries {
+            let Value::BulkString(payload) = entry else {
+                return Err(malformed());
+            };
+            let Some((b'p', text)) = payload.split_first() else {
+                return Err(malformed());
+            };
+            changes.push(parse_change(text).ok_or_else(malformed)?);
+        }
+        Ok(covers(after, current, &changes).then_some(changes))
     }
 
     pub(super) async fn signal(
