@@ -1,6 +1,7 @@
 // The demo chat: one room, a name, the connection's state, each message
-// once and in order across reconnects and reloads, and a marker where the
-// SDK recovered messages that were missed while disconnected.
+// once and in order across reconnects and reloads, a marker where the SDK
+// recovered messages that were missed while disconnected, who is here
+// (presence) and who is typing (signals).
 //
 // Query parameters: relay (ws URL of the relay, default this host's
 // /v1/ws), room (default lobby), name (default guest).
@@ -15,6 +16,8 @@ const list = document.querySelector<HTMLUListElement>("#messages")!;
 const stateBadge = document.querySelector<HTMLSpanElement>("#state")!;
 const nodeLine = document.querySelector<HTMLDivElement>("#node")!;
 const form = document.querySelector<HTMLFormElement>("#composer")!;
+const hereLine = document.querySelector<HTMLDivElement>("#here")!;
+const typingLine = document.querySelector<HTMLDivElement>("#typing")!;
 document.querySelector("#room")!.textContent = room;
 document.querySelector("#name")!.textContent = name;
 
@@ -52,7 +55,21 @@ function add(line: Line): void {
 
 for (const line of transcript) render(line);
 
-const client = new RelayClient({ url: relay, cursors: new LocalStorageCursors("chat-demo:cursor:") });
+// With RELAY_AUTH=none the relay takes the user from the URL; with tokens
+// it would be the token's subject.
+const relayUrl = new URL(relay);
+relayUrl.searchParams.set("user", name);
+const client = new RelayClient({ url: relayUrl.toString(), cursors: new LocalStorageCursors("chat-demo:cursor:") });
+
+// Who is typing: a signal at most every 2 s while typing, shown for 3 s.
+const typing = new Map<string, number>();
+function renderTyping(): void {
+  const now = Date.now();
+  for (const [who, until] of typing) if (until <= now) typing.delete(who);
+  const names = [...typing.keys()].sort();
+  typingLine.textContent = names.length === 0 ? "" : `${names.join(", ")} ${names.length === 1 ? "is" : "are"} typing…`;
+}
+setInterval(renderTyping, 500);
 client.on("state", (state, detail) => {
   stateBadge.dataset["state"] = state;
   stateBadge.textContent = state;
@@ -63,6 +80,18 @@ client.on("error", (error) => console.warn("chat-relay:", error.code, error.mess
 
 client.subscribe(room, {
   last: 20,
+  presence: true,
+  onPresence(presence) {
+    const others = presence.count - (presence.members.has(name) ? 1 : 0);
+    hereLine.dataset["members"] = [...presence.members].sort().join(",");
+    hereLine.textContent = `here: ${[...presence.members].sort().join(", ")}${presence.complete ? "" : ` and ${presence.count - presence.members.size} more`} (${others} besides you)`;
+  },
+  onSignal(signal) {
+    const body = signal.body as { typing?: unknown } | null;
+    if (signal.from === null || signal.from === name || body?.typing !== true) return;
+    typing.set(signal.from, Date.now() + 3000);
+    renderTyping();
+  },
   onSubscribed(info) {
     if (info.recovered === true && info.replay > 0) {
       add({ kind: "marker", text: `${info.replay} missed message${info.replay === 1 ? "" : "s"} recovered`, lost: false });
@@ -82,6 +111,12 @@ client.subscribe(room, {
       ts: message.ts,
     });
   },
+});
+
+let lastTypingSignal = 0;
+form.addEventListener("input", () => {
+  if (Date.now() - lastTypingSignal < 2000) return;
+  if (client.signal(room, { typing: true })) lastTypingSignal = Date.now();
 });
 
 form.addEventListener("submit", (event) => {

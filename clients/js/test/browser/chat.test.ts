@@ -61,6 +61,12 @@ test("two pages on two nodes chat through a node kill, a reload and an offline s
   await waitForState(bob, "connected");
   assert.match((await ann.textContent("#node")) ?? "", /node-1/);
   assert.match((await bob.textContent("#node")) ?? "", /node-2/);
+  // Presence across the two nodes, and bob's typing shown to ann.
+  await ann.waitForSelector('#here[data-members="ann,bob"]', { timeout: 30_000 });
+  await bob.waitForSelector('#here[data-members="ann,bob"]', { timeout: 30_000 });
+  await bob.type('input[name="text"]', "typing");
+  await ann.waitForFunction(() => document.querySelector("#typing")?.textContent === "bob is typing…", undefined, { timeout: 10_000 });
+  await bob.fill('input[name="text"]', "");
 
   const history = () => fullHistory(two.httpUrl, "demo");
   const bothExact = async (count: number) => {
