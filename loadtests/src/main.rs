@@ -6,6 +6,8 @@
 //!   loopback; writes `results.json`, `results.md` and SVG charts.
 //! - `throughput`: acked publishes per second through one running node.
 //! - `latency`: publish-to-delivery latency across two running nodes.
+//! - `soak`: Redis and three nodes under a seeded schedule of faults, then
+//!   an independent check of every client's log against Redis.
 //! - `hold`: a worker that keeps idle connections open (used by `run`).
 //!
 //! The generator measures with one clock (publishers and subscribers live
@@ -19,6 +21,7 @@ mod ledger;
 mod presence;
 mod report;
 mod scenarios;
+mod soak;
 mod systems;
 mod throughput;
 mod wire;
@@ -52,6 +55,9 @@ enum Command {
     /// What presence costs per change, in a large room and a small one
     /// (deploys Redis and two nodes itself).
     Presence(presence::Options),
+    /// Redis and three nodes under a seeded schedule of faults, then an
+    /// independent check that nothing was lost, doubled or reordered untold.
+    Soak(soak::Options),
     /// Keep idle connections open until killed (a worker of `run`).
     Hold(HoldOptions),
 }
@@ -108,6 +114,7 @@ fn main() -> anyhow::Result<()> {
             Command::Throughput(options) => throughput::run(options).await,
             Command::Latency(options) => latency::run(options).await,
             Command::Presence(options) => presence::run(options).await,
+            Command::Soak(options) => soak::run(options).await,
             Command::Hold(options) => hold(options).await,
         }
     })

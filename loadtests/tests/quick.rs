@@ -5,44 +5,28 @@
 
 #![allow(clippy::disallowed_methods, reason = "a load generator owns its tasks itself")]
 
-use std::path::PathBuf;
-use std::process::Command;
-use std::time::{Duration, Instant};
+mod common;
 
-fn relay_binary() -> PathBuf {
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
-    let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(|| root.join("target"), PathBuf::from);
-    let release = target.join("release").join("chat-relay");
-    assert!(
-        release.exists(),
-        "{} is missing: scripts/test builds it (cargo build --release -p chat-relay)",
-        release.display()
-    );
-    release
-}
+use std::time::Duration;
+
+use common::relay_load;
 
 #[test]
 fn every_quick_scenario_runs_against_chat_relay_and_finds_it_exact() {
     let out = std::env::temp_dir().join(format!("relay-load-quick-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relay-load"))
-        .args(["run", "--quick", "--systems", "relay", "--require-exact", "--out"])
-        .arg(&out)
-        .arg("--relay-binary")
-        .arg(relay_binary())
-        .spawn()
-        .expect("start relay-load");
-    let deadline = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("relay-load run --quick took over 5 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let (status, _) = relay_load(
+        &[
+            "run",
+            "--quick",
+            "--systems",
+            "relay",
+            "--require-exact",
+            "--out",
+            out.to_str().unwrap(),
+        ],
+        Duration::from_secs(300),
+    );
     assert!(status.success(), "relay-load exited {status}");
 
     let results: serde_json::Value =
@@ -105,8 +89,8 @@ fn every_quick_scenario_runs_against_chat_relay_and_finds_it_exact() {
 fn the_presence_benchmark_runs_and_its_cost_follows_the_changes() {
     let out = std::env::temp_dir().join(format!("relay-load-presence-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&out);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_relay-load"))
-        .args([
+    let (status, stdout) = relay_load(
+        &[
             "presence",
             "--members",
             "60",
@@ -116,26 +100,10 @@ fn the_presence_benchmark_runs_and_its_cost_follows_the_changes() {
             "3",
             "--json",
             "--out",
-        ])
-        .arg(&out)
-        .arg("--relay-binary")
-        .arg(relay_binary())
-        .stdout(std::process::Stdio::piped())
-        .spawn()
-        .expect("start relay-load presence");
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            panic!("relay-load presence took over 2 minutes");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
-    let mut stdout = String::new();
-    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
+            out.to_str().unwrap(),
+        ],
+        Duration::from_secs(120),
+    );
     assert!(status.success(), "relay-load presence exited {status}: {stdout}");
     let row: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
     let figure = |name: &str| row[name].as_f64().unwrap_or_else(|| panic!("no {name} in {row}"));

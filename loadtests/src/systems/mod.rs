@@ -15,8 +15,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-pub use process::ServerProcess;
-use process::free_port;
+pub use process::{ServerProcess, free_port};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -73,7 +72,7 @@ pub struct Locations {
 }
 
 impl Locations {
-    fn relay_binary(&self) -> anyhow::Result<PathBuf> {
+    pub fn relay_binary(&self) -> anyhow::Result<PathBuf> {
         if let Some(path) = &self.relay_binary {
             return Ok(path.clone());
         }

@@ -55,6 +55,18 @@ impl ServerProcess {
         let _ = self.child.wait();
     }
 
+    /// Sends `signal` to the process alone (SIGTERM to drain, SIGSTOP and
+    /// SIGCONT to freeze and thaw).
+    pub fn signal(&self, signal: libc::c_int) {
+        // SAFETY: kill(2) on our own child, which has not been reaped.
+        unsafe { libc::kill(self.pid() as libc::pid_t, signal) };
+    }
+
+    /// Whether the process has exited (and is reaped).
+    pub fn exited(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(Some(_)))
+    }
+
     /// This process and its descendants.
     fn family(&self) -> Vec<u32> {
         let mut family = vec![self.pid()];

@@ -1,0 +1,120 @@
+//! The chaos soak, as CI runs it: Redis and three release-binary nodes
+//! under a seeded schedule of every fault, checked by `relay-load soak`'s
+//! own checker against Redis's `XRANGE`; and the checker's own test: a
+//! broken client (resume without `since`) must be caught.
+
+#![allow(clippy::disallowed_methods, reason = "a load generator owns its tasks itself")]
+
+mod common;
+
+use std::time::Duration;
+
+use common::relay_load;
+use serde_json::Value;
+
+/// Runs `relay-load soak` with `args` into a folder of its own and reads
+/// back its report.
+fn soak(name: &str, args: &[&str], limit: Duration) -> (bool, Value, String) {
+    let out = std::env::temp_dir().join(format!("relay-soak-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&out);
+    let mut all = vec!["soak", "--out", out.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let (status, stdout) = relay_load(&all, limit);
+    let report: Value = serde_json::from_str(
+        &std::fs::read_to_string(out.join("soak.json"))
+            .unwrap_or_else(|error| panic!("no soak.json ({error}): {stdout}")),
+    )
+    .unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    (status.success(), report, stdout)
+}
+
+fn count(report: &Value, pointer: &str) -> u64 {
+    report
+        .pointer(pointer)
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| panic!("no {pointer} in the report"))
+}
+
+#[test]
+fn a_minute_of_every_fault_together_loses_doubles_and_reorders_nothing() {
+    let (passed, report, stdout) = soak("persistent", &["--seconds", "60"], Duration::from_secs(240));
+    assert!(passed, "{stdout}");
+    let totals = &report["findings"]["totals"];
+    for (name, value) in totals.as_object().unwrap() {
+        assert_eq!(value, 0, "{name}: {stdout}");
+    }
+    assert!(count(&report, "/findings/acked") > 5000, "{stdout}");
+    // Every subscriber received every message once: stored x subscribers
+    // per room, summed over rooms.
+    assert_eq!(
+        count(&report, "/findings/delivered"),
+        count(&report, "/findings/stored") * 4,
+        "{stdout}"
+    );
+    for kind in [
+        "kill-node",
+        "drain-node",
+        "kill-pubsub",
+        "freeze-redis",
+        "restart-redis",
+        "storm",
+        "stall-subscriber",
+    ] {
+        assert!(
+            report["fault_counts"][kind].as_u64().unwrap_or(0) >= 1,
+            "no {kind}: {stdout}"
+        );
+    }
+    // The faults did what they are for: drains closed with 1012, stalls
+    // with 4000.
+    assert!(report["closes"]["1012"].as_u64().unwrap_or(0) >= 1, "{stdout}");
+    assert!(report["closes"]["4000"].as_u64().unwrap_or(0) >= 1, "{stdout}");
+}
+
+#[test]
+fn without_persistence_every_loss_is_real_and_told() {
+    let (passed, report, stdout) = soak(
+        "volatile",
+        &[
+            "--seconds",
+            "25",
+            "--persistence",
+            "none",
+            "--faults",
+            "restart-redis,kill-node,kill-pubsub",
+        ],
+        Duration::from_secs(180),
+    );
+    assert!(passed, "{stdout}");
+    assert!(count(&report, "/fault_counts/restart-redis") >= 1, "{stdout}");
+    // Losses happened, and every one was told and explained.
+    assert!(count(&report, "/findings/totals/acked_missing") > 0, "{stdout}");
+    assert!(count(&report, "/findings/totals/surfaced_losses") > 0, "{stdout}");
+    for unexplained in [
+        "acked_missing_unexplained",
+        "surfaced_unexplained",
+        "phantoms_unexplained",
+    ] {
+        assert_eq!(
+            count(&report, &format!("/findings/totals/{unexplained}")),
+            0,
+            "{stdout}"
+        );
+    }
+    assert_eq!(count(&report, "/findings/totals/silent_losses"), 0, "{stdout}");
+}
+
+#[test]
+fn the_checker_catches_a_client_that_resumes_without_since() {
+    let (passed, report, stdout) = soak(
+        "broken",
+        &["--seconds", "20", "--faults", "kill-node", "--broken-resume"],
+        Duration::from_secs(150),
+    );
+    assert!(!passed, "a broken client passed: {stdout}");
+    assert!(count(&report, "/findings/totals/silent_losses") > 0, "{stdout}");
+    assert!(count(&report, "/findings/totals/prev_breaks") > 0, "{stdout}");
+    // The relay itself lost nothing: the history holds every acked message.
+    assert_eq!(count(&report, "/findings/totals/acked_missing"), 0, "{stdout}");
+}
