@@ -1,5 +1,6 @@
 //! The chaos soak, as CI runs it: Redis and three release-binary nodes
-//! under a seeded schedule of every fault, checked by `relay-load soak`'s
+//! (each in a network namespace of the run's own) under a seeded schedule
+//! of every fault, checked by `relay-load soak`'s
 //! own checker against Redis's `XRANGE`; and the checker's own test: a
 //! broken client (resume without `since`) must be caught.
 
@@ -36,8 +37,19 @@ fn count(report: &Value, pointer: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {pointer} in the report"))
 }
 
+/// Partitions put the nodes in network namespaces, which takes root.
+fn assert_root() {
+    // SAFETY: geteuid(2) reads the caller's effective user id.
+    let user = unsafe { libc::geteuid() };
+    assert_eq!(
+        user, 0,
+        "the soak's partition faults need root (network namespaces, iptables); run the tests as root, as CI does"
+    );
+}
+
 #[test]
 fn a_minute_of_every_fault_together_loses_doubles_and_reorders_nothing() {
+    assert_root();
     let (passed, report, stdout) = soak("persistent", &["--seconds", "60"], Duration::from_secs(240));
     assert!(passed, "{stdout}");
     let totals = &report["findings"]["totals"];
@@ -60,6 +72,8 @@ fn a_minute_of_every_fault_together_loses_doubles_and_reorders_nothing() {
         "restart-redis",
         "storm",
         "stall-subscriber",
+        "partition-redis",
+        "partition-clients",
     ] {
         assert!(
             report["fault_counts"][kind].as_u64().unwrap_or(0) >= 1,

@@ -1,7 +1,10 @@
-//! The soak's deployment: one Redis and three relay nodes on fixed
-//! loopback ports, each of which a fault may kill, freeze, drain or
-//! restart. Every incarnation writes its own log in the run's folder.
+//! The soak's deployment: one Redis and three relay nodes on fixed ports,
+//! each of which a fault may kill, freeze, drain or restart. The nodes
+//! listen on loopback, or (with partition faults) each in a network
+//! namespace of its own (`network`). Every incarnation writes its own log
+//! in the run's folder.
 
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -10,6 +13,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tokio::sync::Mutex;
 
+use super::network::Namespaces;
 use crate::systems::{ServerProcess, free_port};
 
 /// What Redis keeps across a restart.
@@ -44,6 +48,10 @@ const NODE_SETTINGS: &[(&str, &str)] = &[
 pub struct Cluster {
     pub redis_port: u16,
     pub node_ports: Vec<u16>,
+    /// Where clients reach each node.
+    pub node_addresses: Vec<SocketAddr>,
+    /// The nodes' namespaces, when the run has partition faults.
+    pub network: Option<Namespaces>,
     pub persistence: Persistence,
     relay_binary: PathBuf,
     redis_server: String,
@@ -61,11 +69,25 @@ impl Cluster {
         work: &Path,
         persistence: Persistence,
         nodes: usize,
+        network: Option<Namespaces>,
     ) -> anyhow::Result<Self> {
         std::fs::create_dir_all(work.join("redis"))?;
+        let node_ports: Vec<u16> = (0..nodes).map(|_| free_port()).collect::<Result<_, _>>()?;
+        let node_addresses = node_ports
+            .iter()
+            .enumerate()
+            .map(|(index, &port)| {
+                let ip = network
+                    .as_ref()
+                    .map_or(Ipv4Addr::LOCALHOST, |network| network.node_address(index));
+                SocketAddr::new(IpAddr::V4(ip), port)
+            })
+            .collect();
         let cluster = Self {
             redis_port: free_port()?,
-            node_ports: (0..nodes).map(|_| free_port()).collect::<Result<_, _>>()?,
+            node_ports,
+            node_addresses,
+            network,
             persistence,
             relay_binary,
             redis_server,
@@ -95,14 +117,16 @@ impl Cluster {
     /// Starts Redis on its port (with the same data folder every time).
     pub async fn start_redis(&self) -> anyhow::Result<ServerProcess> {
         let mut command = Command::new(&self.redis_server);
-        command.args([
-            "--port",
-            &self.redis_port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-        ]);
+        command.args(["--port", &self.redis_port.to_string(), "--save", ""]);
+        // Loopback, and the host's end of each node's veth (which only this
+        // run's namespaces reach; so no password and no protected mode).
+        command.arg("--bind").arg("127.0.0.1");
+        if let Some(network) = &self.network {
+            for index in 0..self.nodes.len() {
+                command.arg(network.host_address(index).to_string());
+            }
+            command.args(["--protected-mode", "no"]);
+        }
         command.arg("--dir").arg(self.work.join("redis"));
         command.args(["--maxclients", "20000"]);
         match self.persistence {
@@ -116,19 +140,22 @@ impl Cluster {
 
     /// Starts node `index` on its port.
     pub async fn start_node(&self, index: usize) -> anyhow::Result<ServerProcess> {
-        let port = self.node_ports[index];
-        let mut command = Command::new(&self.relay_binary);
+        let address = self.node_addresses[index];
+        let (mut command, redis_host) = match &self.network {
+            Some(network) => (network.command(index, &self.relay_binary), network.host_address(index)),
+            None => (Command::new(&self.relay_binary), Ipv4Addr::LOCALHOST),
+        };
         command
             .env_clear()
-            .env("REDIS_URL", self.redis_url())
-            .env("RELAY_LISTEN", format!("127.0.0.1:{port}"))
+            .env("REDIS_URL", format!("redis://{redis_host}:{}", self.redis_port))
+            .env("RELAY_LISTEN", address.to_string())
             .env("RELAY_NODE_ID", format!("soak-{index}"));
         for (name, value) in NODE_SETTINGS {
             command.env(name, value);
         }
         let name = format!("relay-{index}");
         let log = self.log(&name);
-        tokio::task::spawn_blocking(move || ServerProcess::start(&name, command, port, &log))
+        tokio::task::spawn_blocking(move || ServerProcess::start_at(&name, command, address, &log))
             .await?
             .with_context(|| format!("start node {index}"))
     }

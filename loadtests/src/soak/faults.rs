@@ -9,6 +9,7 @@ use anyhow::Context;
 use serde::Serialize;
 
 use super::cluster::{Cluster, Persistence};
+use super::network::Cut;
 use super::workload::{self, Order, Shared};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, Serialize)]
@@ -30,6 +31,18 @@ pub enum FaultKind {
     /// A subscriber stops reading while a burst fills its queue (4000),
     /// then reads again and resumes.
     StallSubscriber,
+    /// Packets between a node and Redis dropped (iptables DROP in the
+    /// node's namespace) for 3-8 s: no reset, only silence.
+    PartitionRedis,
+    /// Packets between every client and a node dropped for 3-8 s.
+    PartitionClients,
+}
+
+impl FaultKind {
+    /// Whether it needs the nodes in network namespaces.
+    pub fn partitions(self) -> bool {
+        matches!(self, FaultKind::PartitionRedis | FaultKind::PartitionClients)
+    }
 }
 
 pub const ALL: &[FaultKind] = &[
@@ -40,6 +53,8 @@ pub const ALL: &[FaultKind] = &[
     FaultKind::RestartRedis,
     FaultKind::Storm,
     FaultKind::StallSubscriber,
+    FaultKind::PartitionRedis,
+    FaultKind::PartitionClients,
 ];
 
 /// One fault of the schedule.
@@ -64,6 +79,8 @@ impl Planned {
             FaultKind::RestartRedis => "Redis killed and restarted".to_owned(),
             FaultKind::Storm => format!("reconnect storm on node {}", self.target),
             FaultKind::StallSubscriber => format!("subscriber {} stalls {} ms in a burst", self.target, self.ms),
+            FaultKind::PartitionRedis => format!("node {} cut from Redis (DROP) {} ms", self.target, self.ms),
+            FaultKind::PartitionClients => format!("node {} cut from its clients (DROP) {} ms", self.target, self.ms),
         }
     }
 }
@@ -88,6 +105,7 @@ pub fn plan(seed: u64, seconds: f64, kinds: &[FaultKind], nodes: usize, subscrib
             FaultKind::KillPubsub | FaultKind::RestartRedis => (0, 0),
             FaultKind::FreezeRedis => (0, rng.u64(1000..5000)),
             FaultKind::StallSubscriber => (rng.usize(..subscribers), rng.u64(2000..4000)),
+            FaultKind::PartitionRedis | FaultKind::PartitionClients => (rng.usize(..nodes), rng.u64(3000..8000)),
         };
         planned.push(Planned { at, kind, target, ms });
         at += 1.5 + rng.f64() * 3.5;
@@ -201,6 +219,26 @@ pub async fn inflict(
                 if !burst.refused.is_empty() || burst.unfinished {
                     anyhow::bail!("the burst did not finish: {:?}", burst.refused.first());
                 }
+            }
+            FaultKind::PartitionRedis | FaultKind::PartitionClients => {
+                let network = cluster
+                    .network
+                    .as_ref()
+                    .context("partitions need the nodes in namespaces")?;
+                // Held so that the node is not restarted meanwhile.
+                let _node = cluster.nodes[fault.target].lock().await;
+                let cut = if fault.kind == FaultKind::PartitionRedis {
+                    Cut::Redis {
+                        port: cluster.redis_port,
+                    }
+                } else {
+                    Cut::Clients {
+                        port: cluster.node_ports[fault.target],
+                    }
+                };
+                network.partition(fault.target, cut, true)?;
+                tokio::time::sleep(Duration::from_millis(fault.ms)).await;
+                network.partition(fault.target, cut, false)?;
             }
         }
         Ok(())

@@ -8,10 +8,12 @@
 mod checker;
 mod cluster;
 mod faults;
+mod network;
 mod workload;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -83,7 +85,18 @@ struct Report {
     passed: bool,
 }
 
+/// Runs the soak. Ctrl-C or SIGTERM ends it early: Redis and the nodes are
+/// stopped and the namespaces removed, as at a normal end.
 pub async fn run(options: Options) -> anyhow::Result<()> {
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        result = soak(options) => result,
+        _ = tokio::signal::ctrl_c() => anyhow::bail!("soak: interrupted; stopped Redis and the nodes"),
+        _ = terminate.recv() => anyhow::bail!("soak: terminated; stopped Redis and the nodes"),
+    }
+}
+
+async fn soak(options: Options) -> anyhow::Result<()> {
     let seed = options.seed.unwrap_or_else(|| {
         u64::try_from(
             std::time::SystemTime::UNIX_EPOCH
@@ -95,6 +108,11 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     println!("soak: seed {seed} (replay with --seed {seed})");
     let work = options.out.join(format!("soak-{seed}"));
     let _ = std::fs::remove_dir_all(&work);
+    let network = if options.faults.iter().any(|kind| kind.partitions()) {
+        Some(network::Namespaces::create(NODES)?)
+    } else {
+        None
+    };
     let cluster = Arc::new(
         Cluster::start(
             options.locations.relay_binary()?,
@@ -102,6 +120,7 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             &work,
             options.persistence,
             NODES,
+            network,
         )
         .await?,
     );
@@ -109,12 +128,13 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
     let (stop_tx, stop) = watch::channel(false);
     let (orders, _) = broadcast::channel(256);
     let shared = Arc::new(Shared {
-        ports: cluster.node_ports.clone(),
+        nodes: cluster.node_addresses.clone(),
         started: Instant::now(),
         orders,
         stop_publishing,
         stop,
         broken_resume: options.broken_resume,
+        acked: AtomicU64::new(0),
     });
     let subscribers = options.rooms * options.subscribers_per_room;
     let seconds = options.seconds as f64;
@@ -170,7 +190,21 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         })
         .collect();
 
-    tokio::time::sleep_until((shared.started + Duration::from_secs(options.seconds)).into()).await;
+    let end = tokio::time::Instant::from(shared.started + Duration::from_secs(options.seconds));
+    let mut minute = tokio::time::interval_at(
+        tokio::time::Instant::now() + Duration::from_secs(60),
+        Duration::from_secs(60),
+    );
+    loop {
+        tokio::select! {
+            () = tokio::time::sleep_until(end) => break,
+            _ = minute.tick() => println!(
+                "soak: {:.0} s: {} acked",
+                shared.now(),
+                shared.acked.load(Ordering::Relaxed)
+            ),
+        }
+    }
     let _ = stop_publishing_tx.send(true);
     let mut inflicted = Vec::new();
     for task in fault_tasks {

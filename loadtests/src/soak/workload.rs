@@ -23,6 +23,9 @@ use super::checker::{Acked, Seen, StreamId, SubscriberLog};
 
 type Socket = WebSocketStream<TcpStream>;
 
+const SILENCE_PING: Duration = Duration::from_secs(3);
+const SILENCE_DEAD: Duration = Duration::from_secs(3);
+
 /// What a fault asks of the clients.
 #[derive(Debug, Clone, Copy)]
 pub enum Order {
@@ -34,7 +37,8 @@ pub enum Order {
 
 /// What every client shares.
 pub struct Shared {
-    pub ports: Vec<u16>,
+    /// The nodes, on 127.0.0.1 or in this run's own namespaces.
+    pub nodes: Vec<std::net::SocketAddr>,
     pub started: Instant,
     pub orders: broadcast::Sender<Order>,
     /// Publishers take no new sequence number once this is true.
@@ -42,6 +46,8 @@ pub struct Shared {
     /// Everyone stops once this is true.
     pub stop: watch::Receiver<bool>,
     pub broken_resume: bool,
+    /// Acks so far, for the progress line.
+    pub acked: std::sync::atomic::AtomicU64,
 }
 
 impl Shared {
@@ -54,20 +60,19 @@ pub fn room_name(room: usize) -> String {
     format!("soak-{room}")
 }
 
-/// Connects to a node (on 127.0.0.1 only) and reads its `welcome`. A
+/// Connects to a node and reads its `welcome`. A
 /// subscriber's socket has a 4 KiB receive buffer, so that when it stops
 /// reading the node notices within a burst, as with a real slow phone.
-async fn connect(port: u16, small_buffer: bool) -> anyhow::Result<Socket> {
+async fn connect(address: std::net::SocketAddr, small_buffer: bool) -> anyhow::Result<Socket> {
     let socket = TcpSocket::new_v4()?;
     if small_buffer {
         socket.set_recv_buffer_size(4096)?;
     }
-    let address = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     let limit = Duration::from_secs(2);
     let tcp = tokio::time::timeout(limit, socket.connect(address))
         .await
         .context("connect timed out")??;
-    let url = format!("ws://127.0.0.1:{port}/v1/ws");
+    let url = format!("ws://{address}/v1/ws");
     let (mut socket, _) = tokio::time::timeout(limit, tokio_tungstenite::client_async(url, tcp))
         .await
         .context("handshake timed out")??;
@@ -119,8 +124,8 @@ pub async fn subscriber(
         if *stop.borrow() {
             break;
         }
-        let node = rng.usize(..shared.ports.len());
-        let Ok(mut socket) = connect(shared.ports[node], true).await else {
+        let node = rng.usize(..shared.nodes.len());
+        let Ok(mut socket) = connect(shared.nodes[node], true).await else {
             if !pause(&mut stop, Duration::from_millis(rng.u64(100..400))).await {
                 break;
             }
@@ -136,9 +141,30 @@ pub async fn subscriber(
         }
         // Full jitter after an unplanned loss, as the SDK does.
         let mut delay = Duration::from_millis(rng.u64(50..500));
+        // Liveness, as the SDK keeps it: a ping after 3 s of silence, and
+        // after 6 s the connection is taken for dead (a partition that
+        // drops packets ends no TCP connection for minutes).
+        let mut heard = tokio::time::Instant::now();
+        let mut pinged = false;
         loop {
+            let check = heard
+                + if pinged {
+                    SILENCE_PING + SILENCE_DEAD
+                } else {
+                    SILENCE_PING
+                };
             tokio::select! {
                 _ = stop.changed() => break 'run,
+                () = tokio::time::sleep_until(check) => {
+                    if pinged {
+                        log.events.push((shared.now(), Seen::Closed { code: None }));
+                        break;
+                    }
+                    pinged = true;
+                    if socket.send(Message::text(r#"{"type":"ping"}"#)).await.is_err() {
+                        break;
+                    }
+                }
                 order = orders.recv() => match order {
                     Ok(Order::Storm { node: stormed }) if stormed == node => {
                         delay = Duration::ZERO;
@@ -146,11 +172,16 @@ pub async fn subscriber(
                     }
                     Ok(Order::Stall { subscriber, ms }) if subscriber == index => {
                         tokio::time::sleep(Duration::from_millis(ms)).await;
+                        // What waits in the socket is read next: not silence.
+                        heard = tokio::time::Instant::now();
                     }
                     Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
                     Err(broadcast::error::RecvError::Closed) => break 'run,
                 },
-                frame = socket.next() => match frame {
+                frame = socket.next() => {
+                    heard = tokio::time::Instant::now();
+                    pinged = false;
+                    match frame {
                     Some(Ok(Message::Text(text))) => {
                         let Ok(frame) = serde_json::from_str::<Value>(&text) else { break };
                         let at = shared.now();
@@ -196,7 +227,8 @@ pub async fn subscriber(
                         log.events.push((shared.now(), Seen::Closed { code: None }));
                         break;
                     }
-                },
+                    }
+                }
             }
         }
         drop(socket);
@@ -309,8 +341,8 @@ pub async fn publisher(
             let (node, socket) = match &mut connection {
                 Some((node, socket)) => (*node, socket),
                 None => {
-                    let node = rng.usize(..shared.ports.len());
-                    match connect(shared.ports[node], false).await {
+                    let node = rng.usize(..shared.nodes.len());
+                    match connect(shared.nodes[node], false).await {
                         Ok(socket) => (node, &mut connection.insert((node, socket)).1),
                         Err(_) => {
                             pause(&mut stop, Duration::from_millis(rng.u64(100..400))).await;
@@ -326,6 +358,7 @@ pub async fn publisher(
             };
             match outcome {
                 Outcome::Acked { id } => {
+                    shared.acked.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     published.acked.push(Acked {
                         room,
                         cmid: cmid.clone(),

@@ -2,6 +2,7 @@
 //! CPU time read from `/proc`, for a process and its children (nginx's
 //! workers).
 
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -16,7 +17,13 @@ pub struct ServerProcess {
 impl ServerProcess {
     /// Starts `command` with its output in `log` and waits until something
     /// accepts connections on `port` of 127.0.0.1.
-    pub fn start(name: &str, mut command: Command, port: u16, log: &Path) -> anyhow::Result<Self> {
+    pub fn start(name: &str, command: Command, port: u16, log: &Path) -> anyhow::Result<Self> {
+        Self::start_at(name, command, SocketAddr::from(([127, 0, 0, 1], port)), log)
+    }
+
+    /// As [`ServerProcess::start`], waiting for `address` (a loopback
+    /// address, or one in a network namespace the caller created).
+    pub fn start_at(name: &str, mut command: Command, address: SocketAddr, log: &Path) -> anyhow::Result<Self> {
         let output = std::fs::File::create(log).with_context(|| format!("create {}", log.display()))?;
         let child = command
             .stdin(Stdio::null())
@@ -26,15 +33,12 @@ impl ServerProcess {
             .with_context(|| format!("start {name}"))?;
         let mut process = Self { child };
         let deadline = Instant::now() + Duration::from_secs(30);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        while std::net::TcpStream::connect_timeout(&address, Duration::from_millis(500)).is_err() {
             if let Some(status) = process.child.try_wait()? {
                 bail!("{name} exited ({status}) before listening; see {}", log.display());
             }
             if Instant::now() > deadline {
-                bail!(
-                    "{name} did not listen on 127.0.0.1:{port} within 30 s; see {}",
-                    log.display()
-                );
+                bail!("{name} did not listen on {address} within 30 s; see {}", log.display());
             }
             std::thread::sleep(Duration::from_millis(50));
         }
