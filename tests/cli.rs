@@ -190,3 +190,34 @@ fn a_port_in_use_exits_1_naming_relay_listen() {
     assert!(stderr.contains("RELAY_LISTEN"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn a_cluster_seed_without_cluster_mode_exits_1_with_one_line_saying_what_to_change() {
+    let cluster = common::cluster::TestCluster::start();
+    let child = relay_command()
+        .env("REDIS_URL", cluster.seed_url())
+        .env("RELAY_AUTH", "none")
+        .env("RELAY_LISTEN", "127.0.0.1:0")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut running = Running(child);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = running.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "the relay started against a cluster seed");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1));
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut running.0.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(
+        stderr.contains("REDIS_URL") && stderr.contains("Redis Cluster node"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+}

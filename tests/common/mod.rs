@@ -10,6 +10,7 @@ use std::time::Duration;
 
 use chat_relay::RunningNode;
 
+pub mod cluster;
 pub mod nodes;
 pub mod redis;
 use futures_util::{SinkExt, StreamExt};

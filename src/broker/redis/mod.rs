@@ -100,6 +100,25 @@ pub enum RedisStartError {
         /// What went wrong.
         reason: String,
     },
+    /// `REDIS_URL` names a node of a Redis Cluster: a single-Redis broker
+    /// would get `MOVED` for every room on another shard.
+    #[error(
+        "REDIS_URL ({address}) is a Redis Cluster node, and this build supports a single Redis only (RELAY_REDIS_CLUSTER is not available yet): point REDIS_URL at a Redis with cluster mode disabled"
+    )]
+    ClusterNode {
+        /// Host and port (never the password).
+        address: String,
+    },
+}
+
+/// Whether the server is a Redis Cluster node (`INFO cluster` says
+/// `cluster_enabled:1`). A server that refuses `INFO` (some managed
+/// services rename it) is taken at its word as a single Redis.
+async fn is_cluster_node(commands: &ConnectionManager) -> bool {
+    let mut connection = commands.clone();
+    let info: Result<String, BrokerError> =
+        bounded(redis::cmd("INFO").arg("cluster").query_async(&mut connection)).await;
+    info.is_ok_and(|info| info.lines().any(|line| line.trim() == "cluster_enabled:1"))
 }
 
 impl RedisBroker {
@@ -147,6 +166,9 @@ impl RedisBroker {
         .await
         .map_err(|_| unreachable("connect timed out".to_owned()))?
         .map_err(|error| unreachable(error.to_string()))?;
+        if is_cluster_node(&commands).await {
+            return Err(RedisStartError::ClusterNode { address });
+        }
         let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
             .await
             .map_err(|_| unreachable("connect timed out".to_owned()))?
