@@ -29,7 +29,7 @@ pub enum FaultKind {
     /// Every client of one node drops its connection and reconnects at once.
     Storm,
     /// A subscriber stops reading while a burst fills its queue (4000),
-    /// then reads again and resumes.
+    /// and 0.5-2 s after the burst reads again and resumes.
     StallSubscriber,
     /// Packets between a node and Redis dropped (iptables DROP in the
     /// node's namespace) for 3-8 s: no reset, only silence.
@@ -78,7 +78,10 @@ impl Planned {
             FaultKind::FreezeRedis => format!("Redis frozen {} ms", self.ms),
             FaultKind::RestartRedis => "Redis killed and restarted".to_owned(),
             FaultKind::Storm => format!("reconnect storm on node {}", self.target),
-            FaultKind::StallSubscriber => format!("subscriber {} stalls {} ms in a burst", self.target, self.ms),
+            FaultKind::StallSubscriber => format!(
+                "subscriber {} stalls through a burst and {} ms more",
+                self.target, self.ms
+            ),
             FaultKind::PartitionRedis => format!("node {} cut from Redis (DROP) {} ms", self.target, self.ms),
             FaultKind::PartitionClients => format!("node {} cut from its clients (DROP) {} ms", self.target, self.ms),
         }
@@ -104,7 +107,7 @@ pub fn plan(seed: u64, seconds: f64, kinds: &[FaultKind], nodes: usize, subscrib
             FaultKind::DrainNode | FaultKind::Storm => (rng.usize(..nodes), 0),
             FaultKind::KillPubsub | FaultKind::RestartRedis => (0, 0),
             FaultKind::FreezeRedis => (0, rng.u64(1000..5000)),
-            FaultKind::StallSubscriber => (rng.usize(..subscribers), rng.u64(2000..4000)),
+            FaultKind::StallSubscriber => (rng.usize(..subscribers), rng.u64(500..2000)),
             FaultKind::PartitionRedis | FaultKind::PartitionClients => (rng.usize(..nodes), rng.u64(3000..8000)),
         };
         planned.push(Planned { at, kind, target, ms });
@@ -201,7 +204,6 @@ pub async fn inflict(
             FaultKind::StallSubscriber => {
                 let _ = shared.orders.send(Order::Stall {
                     subscriber: fault.target,
-                    ms: fault.ms,
                 });
                 // 300 messages of 40 KB: more than the kernel's buffers and
                 // the node's queue hold for a subscriber that does not read.
@@ -215,6 +217,12 @@ pub async fn inflict(
                     u64::from(burst_publisher),
                 )
                 .await;
+                // The queue overflowed during the burst; the node waits 5 s
+                // for its 4000 to be read: read again well inside that.
+                tokio::time::sleep(Duration::from_millis(fault.ms)).await;
+                let _ = shared.orders.send(Order::Unstall {
+                    subscriber: fault.target,
+                });
                 acked = burst.acked;
                 if !burst.refused.is_empty() || burst.unfinished {
                     anyhow::bail!("the burst did not finish: {:?}", burst.refused.first());

@@ -31,8 +31,10 @@ const SILENCE_DEAD: Duration = Duration::from_secs(3);
 pub enum Order {
     /// Every client on `node` drops its connection and reconnects at once.
     Storm { node: usize },
-    /// Subscriber `subscriber` stops reading its socket for `ms`.
-    Stall { subscriber: usize, ms: u64 },
+    /// Subscriber `subscriber` stops reading its socket...
+    Stall { subscriber: usize },
+    /// ...until this.
+    Unstall { subscriber: usize },
 }
 
 /// What every client shares.
@@ -170,8 +172,21 @@ pub async fn subscriber(
                         delay = Duration::ZERO;
                         break;
                     }
-                    Ok(Order::Stall { subscriber, ms }) if subscriber == index => {
-                        tokio::time::sleep(Duration::from_millis(ms)).await;
+                    Ok(Order::Stall { subscriber }) if subscriber == index => {
+                        // Not reading: only orders, until the unstall (or
+                        // 15 s, should it never come).
+                        let limit = tokio::time::sleep(Duration::from_secs(15));
+                        tokio::pin!(limit);
+                        loop {
+                            tokio::select! {
+                                () = &mut limit => break,
+                                order = orders.recv() => match order {
+                                    Ok(Order::Unstall { subscriber }) if subscriber == index => break,
+                                    Err(broadcast::error::RecvError::Closed) => break 'run,
+                                    _ => {}
+                                },
+                            }
+                        }
                         // What waits in the socket is read next: not silence.
                         heard = tokio::time::Instant::now();
                     }
