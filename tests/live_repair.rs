@@ -301,6 +301,41 @@ async fn a_reconnected_feed_catches_up_every_room_from_history() {
     assert_unbroken(&frames, &ids);
 }
 
+/// Found by the soak: a subscriber resumes into a room that has delivered
+/// nothing live on this node yet (new here, and quiet); the feed drops and
+/// comes back. The resync must catch the room up from what the subscriber
+/// read, and the next live message must not go out over the hole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_room_that_only_replayed_history_is_caught_up_after_a_reconnect() {
+    let setup = setup(10_000, []);
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(publish(&setup, n).await.id);
+    }
+    let collected = subscriber(&setup, ReplayRequest::Since(ids[1])).await;
+    wait_for_messages(&collected, 1).await;
+    *setup.state.offline.lock().unwrap() = true;
+    for n in 3..13 {
+        ids.push(publish(&setup, n).await.id);
+    }
+    *setup.state.offline.lock().unwrap() = false;
+    // No new message: only the resync can deliver the missed ones.
+    setup.hub.resync_all();
+    wait_for_messages(&collected, 11).await;
+    ids.push(publish(&setup, 13).await.id);
+    let frames = wait_for_messages(&collected, 12).await;
+    assert!(frames.iter().all(|frame| frame["type"] != "gap"), "{frames:?}");
+    let messages: Vec<&Value> = frames.iter().filter(|frame| frame["type"] == "message").collect();
+    let got: Vec<&str> = messages.iter().map(|message| message["id"].as_str().unwrap()).collect();
+    let want: Vec<String> = ids[2..].iter().map(ToString::to_string).collect();
+    assert_eq!(got, want, "every message after since once, in order");
+    let mut previous = ids[1].to_string();
+    for message in messages {
+        assert_eq!(message["prev"], previous.as_str(), "{frames:?}");
+        previous = message["id"].as_str().unwrap().to_owned();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_lost_by_history_too_becomes_one_gap() {
     // History keeps 3 messages; live drops publishes 5 to 9, so when 10

@@ -791,6 +791,14 @@ impl Subscription {
                 subscriber.mode = Mode::Live {
                     skip_through: last_sent,
                 };
+                // A room that has fanned nothing out live yet (new, or its
+                // feed was off) continues from what this subscriber read
+                // from history: without it, a feed reconnect would have
+                // nothing to repair from, and the next live message would
+                // go out unchecked, over a hole (found by the soak).
+                if state.last_delivered.is_none() {
+                    state.last_delivered = last_sent;
+                }
                 None
             }
             Mode::Live { .. } => None,

@@ -61,10 +61,19 @@ pub struct Acked {
 /// What a subscriber saw, in order.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Seen {
-    Subscribed { recovered: Option<bool> },
-    Message { id: StreamId, prev: StreamId },
+    Subscribed {
+        recovered: Option<bool>,
+    },
+    Message {
+        id: StreamId,
+        prev: StreamId,
+    },
     Gap,
-    Closed { code: Option<u16> },
+    Closed {
+        code: Option<u16>,
+    },
+    /// What else the client saw (its node, `replay`): only for the examples.
+    Note(String),
 }
 
 #[derive(Debug, Clone, Default)]
@@ -164,6 +173,9 @@ pub struct Findings {
     pub windows: Vec<WindowFindings>,
     /// Findings in no fault's window.
     pub outside_windows: Counts,
+    /// The first silent losses and `prev` breaks, each with its subscriber,
+    /// room, time and ids: where to start reading the nodes' logs.
+    pub examples: Vec<String>,
 }
 
 /// One finding, with when it happened.
@@ -273,7 +285,8 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
     }
 
     let mut delivered = 0;
-    for log in evidence.subscribers {
+    let mut examples = Vec::new();
+    for (index, log) in evidence.subscribers.iter().enumerate() {
         let history: Vec<StreamId> = evidence
             .histories
             .get(log.room)
@@ -289,7 +302,14 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
         let mut last = StreamId::default();
         let mut last_at = 0.0;
         let mut told: Option<f64> = None;
+        // What the subscriber saw since its last message, for the examples.
+        let mut since_last: Vec<String> = Vec::new();
         for &(at, ref seen) in &log.events {
+            match seen {
+                Seen::Message { .. } => {}
+                Seen::Note(note) => since_last.push(format!("{at:.3} {note}")),
+                other => since_last.push(format!("{at:.3} {other:?}")),
+            }
             match *seen {
                 Seen::Subscribed { recovered: Some(false) } | Seen::Gap => {
                     found.push((
@@ -300,7 +320,7 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
                     ));
                     told = Some(at);
                 }
-                Seen::Subscribed { .. } | Seen::Closed { .. } => {}
+                Seen::Subscribed { .. } | Seen::Closed { .. } | Seen::Note(_) => {}
                 Seen::Message { id, prev } => {
                     if !received.insert(id) {
                         found.push((at, Kind::Duplicate));
@@ -328,10 +348,18 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
                         if prev != last {
                             found.push((at, Kind::PrevBreak));
                         }
+                        if (missing > 0 || prev != last) && examples.len() < 20 {
+                            examples.push(format!(
+                                "{at:.3} s: subscriber {index} (room {}) received {id} (prev {prev}) after {last} (received at {last_at:.3} s), {missing} between them untold; meanwhile: {}",
+                                log.room,
+                                since_last.join("; ")
+                            ));
+                        }
                     }
                     last = id;
                     last_at = at;
                     told = None;
+                    since_last.clear();
                 }
             }
         }
@@ -342,6 +370,12 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
             if missing > 0 {
                 let end = log.events.last().map_or(0.0, |(at, _)| *at);
                 found.push((end, Kind::SilentLoss(missing)));
+                if examples.len() < 20 {
+                    examples.push(format!(
+                        "end: subscriber {index} (room {}) never received the last {missing} messages after {last}",
+                        log.room
+                    ));
+                }
             }
         }
     }
@@ -375,6 +409,7 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
         totals,
         windows,
         outside_windows,
+        examples,
     }
 }
 

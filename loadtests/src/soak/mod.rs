@@ -124,6 +124,10 @@ async fn soak(options: Options) -> anyhow::Result<()> {
         )
         .await?,
     );
+    println!(
+        "soak: clients start at {} (offsets below count from it)",
+        chrono::Utc::now().format("%H:%M:%S%.3f UTC")
+    );
     let (stop_publishing_tx, stop_publishing) = watch::channel(false);
     let (stop_tx, stop) = watch::channel(false);
     let (orders, _) = broadcast::channel(256);
@@ -467,6 +471,9 @@ fn print_report(report: &Report) {
     }
     if !findings.outside_windows.is_clean() {
         println!("soak:   outside every fault window: {}", findings.outside_windows);
+    }
+    for example in &findings.examples {
+        println!("soak:   {example}");
     }
     for trouble in &report.fault_trouble {
         println!("soak: a fault misbehaved: {trouble}");

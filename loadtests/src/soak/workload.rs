@@ -133,6 +133,10 @@ pub async fn subscriber(
             }
             continue;
         };
+        log.events.push((
+            shared.now(),
+            Seen::Note(format!("connected to node {node}, since {last}")),
+        ));
         let subscribe = if shared.broken_resume && subscribed_once {
             json!({"type": "subscribe", "room": name, "req": "s"})
         } else {
@@ -204,6 +208,7 @@ pub async fn subscriber(
                             Some("subscribed") => {
                                 subscribed_once = true;
                                 log.events.push((at, Seen::Subscribed { recovered: frame["recovered"].as_bool() }));
+                                log.events.push((at, Seen::Note(format!("replay {}", frame["replay"]))));
                             }
                             Some("message") => {
                                 let id = frame["id"].as_str().and_then(StreamId::parse);
