@@ -9,17 +9,12 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::redis::free_loopback_port;
+
 pub struct TestCluster {
     pub ports: Vec<u16>,
     servers: Vec<Child>,
     folder: PathBuf,
-}
-
-fn free_loopback_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .map(|address| address.port())
-        .expect("a free port")
 }
 
 impl TestCluster {

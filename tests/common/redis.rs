@@ -18,7 +18,8 @@ pub struct TestRedis {
     pub port: u16,
 }
 
-fn free_loopback_port() -> u16 {
+/// A free port on 127.0.0.1.
+pub fn free_loopback_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|listener| listener.local_addr())
         .map(|address| address.port())
