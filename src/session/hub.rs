@@ -64,6 +64,12 @@ struct PendingRepair {
 struct RoomState {
     subscribers: Vec<LocalSubscriber>,
     last_delivered: Option<MessageId>,
+    /// Where a room that has fanned nothing out live yet continues from:
+    /// the newest id its live subscribers read from history. A feed
+    /// reconnect repairs from it (else the next live message would go out
+    /// over the hole; the soak found this). It never gates the fan-out, so
+    /// messages still in flight reach buffering and live-only subscribers.
+    resume_position: Option<MessageId>,
     repair: Option<PendingRepair>,
     broker_subscribed: bool,
     /// Presence changes since the last batch, in version order; kept only
@@ -354,6 +360,7 @@ impl RoomHub {
             state.broker_subscribed = false;
             // Continuity is not tracked while the feed is off.
             state.last_delivered = None;
+            state.resume_position = None;
         }
         let mut rooms = lock(&self.rooms);
         let idle = {
@@ -511,7 +518,7 @@ impl RoomHub {
                 } else {
                     repair.held.first().map(|message| message.id)
                 };
-                match state.last_delivered {
+                match state.last_delivered.or(state.resume_position) {
                     Some(after) if !state.subscribers.is_empty() => (after, until),
                     _ => {
                         // Nothing to continue from, or nobody to deliver to.
@@ -572,7 +579,7 @@ impl RoomHub {
     }
 
     fn deliver_checked(&self, room: &RoomName, state: &mut RoomState, message: &Arc<LiveMessage>) {
-        let Some(last) = state.last_delivered else {
+        let Some(last) = state.last_delivered.or(state.resume_position) else {
             self.fan_out(state, message);
             return;
         };
@@ -702,8 +709,8 @@ impl LiveSink for RoomHub {
         for local in rooms {
             let start = {
                 let mut state = lock(&local.state);
-                let last_delivered = state.last_delivered;
-                match (&mut state.repair, last_delivered) {
+                let position = state.last_delivered.or(state.resume_position);
+                match (&mut state.repair, position) {
                     (Some(repair), _) => {
                         repair.to_end = true;
                         false
@@ -791,13 +798,8 @@ impl Subscription {
                 subscriber.mode = Mode::Live {
                     skip_through: last_sent,
                 };
-                // A room that has fanned nothing out live yet (new, or its
-                // feed was off) continues from what this subscriber read
-                // from history: without it, a feed reconnect would have
-                // nothing to repair from, and the next live message would
-                // go out unchecked, over a hole (found by the soak).
                 if state.last_delivered.is_none() {
-                    state.last_delivered = last_sent;
+                    state.resume_position = state.resume_position.max(last_sent);
                 }
                 None
             }
