@@ -91,8 +91,13 @@ impl Planned {
 /// The schedule: from 3 s after the start until 5 s before the end, a fault
 /// every 1.5-5 s, the kinds in rounds of a shuffled order (so each kind
 /// comes up once in every round).
+///
+/// Faults overlap, but a fault on a node goes to one that no other fault
+/// holds at that moment (see [`Targets`]), so that each does what it is
+/// for when the schedule says, instead of queueing behind another.
 pub fn plan(seed: u64, seconds: f64, kinds: &[FaultKind], nodes: usize, subscribers: usize) -> Vec<Planned> {
     let mut rng = fastrand::Rng::with_seed(seed);
+    let mut targets = Targets::new(nodes);
     let mut planned = Vec::new();
     let mut round: Vec<FaultKind> = Vec::new();
     let mut at = 3.0;
@@ -110,10 +115,82 @@ pub fn plan(seed: u64, seconds: f64, kinds: &[FaultKind], nodes: usize, subscrib
             FaultKind::StallSubscriber => (rng.usize(..subscribers), rng.u64(500..2000)),
             FaultKind::PartitionRedis | FaultKind::PartitionClients => (rng.usize(..nodes), rng.u64(3000..8000)),
         };
-        planned.push(Planned { at, kind, target, ms });
+        let (target, starts) = targets.take(kind, target, at, ms);
+        // Unless waiting for its node pushed it past the end.
+        if starts < seconds - 5.0 {
+            planned.push(Planned {
+                at: starts,
+                kind,
+                target,
+                ms,
+            });
+        }
         at += 1.5 + rng.f64() * 3.5;
     }
+    planned.sort_by(|a, b| a.at.total_cmp(&b.at));
     planned
+}
+
+/// Which node each fault on a node goes to. A node is taken from a fault's
+/// start until its expected end (a kill's down time plus a restart, a
+/// drain's window plus a restart, a partition's length). A drain also
+/// skips a node whose clients were cut off in the last 20 s: they moved to
+/// the other nodes, so it would have nobody to close with 1012. The drawn
+/// node is kept when it is free, else the next free one; when none is, the
+/// one that frees first, and the fault starts then.
+struct Targets {
+    taken_until: Vec<f64>,
+    clients_back: Vec<f64>,
+}
+
+impl Targets {
+    /// Seconds a restarted node takes to listen again (a margin).
+    const RESTART: f64 = 1.5;
+    /// Seconds until a node cut from its clients has clients again.
+    const CLIENTS_RETURN: f64 = 20.0;
+
+    fn new(nodes: usize) -> Targets {
+        Targets {
+            taken_until: vec![f64::NEG_INFINITY; nodes],
+            clients_back: vec![f64::NEG_INFINITY; nodes],
+        }
+    }
+
+    #[allow(clippy::cast_precision_loss, reason = "fault lengths are a few thousand ms")]
+    fn take(&mut self, kind: FaultKind, drawn: usize, at: f64, ms: u64) -> (usize, f64) {
+        let seconds = ms as f64 / 1000.0;
+        let length = match kind {
+            FaultKind::KillNode => seconds + Self::RESTART,
+            // The node's drain window (3 s in the soak) and a restart.
+            FaultKind::DrainNode => 3.0 + Self::RESTART,
+            FaultKind::PartitionRedis | FaultKind::PartitionClients => seconds,
+            _ => return (drawn, at),
+        };
+        let nodes = self.taken_until.len();
+        let free_at = |node: usize| {
+            if kind == FaultKind::DrainNode {
+                self.taken_until[node].max(self.clients_back[node])
+            } else {
+                self.taken_until[node]
+            }
+        };
+        // The drawn node if it is free, else the next free one, else the
+        // one that frees first (and the fault waits for it).
+        let target = (0..nodes)
+            .map(|step| (drawn + step) % nodes)
+            .find(|&node| free_at(node) <= at)
+            .unwrap_or_else(|| {
+                (0..nodes)
+                    .min_by(|&a, &b| free_at(a).total_cmp(&free_at(b)))
+                    .expect("the soak has nodes")
+            });
+        let at = at.max(free_at(target));
+        self.taken_until[target] = at + length;
+        if kind == FaultKind::PartitionClients {
+            self.clients_back[target] = at + seconds + Self::CLIENTS_RETURN;
+        }
+        (target, at)
+    }
 }
 
 /// What inflicting a fault did, in seconds after the start.
@@ -259,5 +336,63 @@ pub async fn inflict(
         data_loss,
         trouble: outcome.err().map(|error| format!("{error:#}")),
         acked,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// When each node fault holds its node, per the planner's own margins.
+    fn held(fault: &Planned) -> Option<(f64, f64)> {
+        #[allow(clippy::cast_precision_loss, reason = "a few thousand ms")]
+        let seconds = fault.ms as f64 / 1000.0;
+        match fault.kind {
+            FaultKind::KillNode => Some((fault.at, fault.at + seconds + 1.5)),
+            FaultKind::DrainNode => Some((fault.at, fault.at + 4.5)),
+            FaultKind::PartitionRedis | FaultKind::PartitionClients => Some((fault.at, fault.at + seconds)),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn node_faults_never_queue_behind_each_other_and_drains_find_clients() {
+        for seed in 0..300 {
+            let plan = plan(seed, 60.0, ALL, 3, 32);
+            for (index, fault) in plan.iter().enumerate() {
+                let Some((start, _)) = held(fault) else { continue };
+                for earlier in &plan[..index] {
+                    let Some((_, end)) = held(earlier) else { continue };
+                    if earlier.target != fault.target {
+                        continue;
+                    }
+                    assert!(
+                        end <= start,
+                        "seed {seed}: {fault:?} starts while {earlier:?} holds its node"
+                    );
+                    if fault.kind == FaultKind::DrainNode && earlier.kind == FaultKind::PartitionClients {
+                        assert!(
+                            end + 20.0 <= start,
+                            "seed {seed}: {fault:?} drains a node whose clients left at {end}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_same_seed_gives_the_same_schedule() {
+        let first = plan(521_597_520, 60.0, ALL, 3, 32);
+        let second = plan(521_597_520, 60.0, ALL, 3, 32);
+        assert_eq!(format!("{first:?}"), format!("{second:?}"));
+        // This seed once drained node 1 just after its clients were cut
+        // off, and the drain found nobody to close with 1012.
+        let drain = first.iter().find(|fault| fault.kind == FaultKind::DrainNode).unwrap();
+        let cut = first
+            .iter()
+            .find(|fault| fault.kind == FaultKind::PartitionClients && fault.at < drain.at)
+            .unwrap();
+        assert_ne!(drain.target, cut.target, "{first:?}");
     }
 }
