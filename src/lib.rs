@@ -69,9 +69,6 @@ async fn build_broker(settings: &Settings, tasks: &Arc<NodeTasks>) -> Result<Arc
     };
     match &settings.redis_url {
         None => Ok(MemoryBroker::new(retention, tasks)),
-        Some(_) if settings.redis_cluster => Err(StartError::Broker(
-            "RELAY_REDIS_CLUSTER=true is not supported by this build yet; point REDIS_URL at a single Redis and unset RELAY_REDIS_CLUSTER".to_owned(),
-        )),
         Some(url) => {
             let ca_pem = match &settings.redis_ca_file {
                 None => None,
@@ -79,9 +76,16 @@ async fn build_broker(settings: &Settings, tasks: &Arc<NodeTasks>) -> Result<Arc
                     StartError::Broker(format!("cannot read RELAY_REDIS_CA_FILE {}: {error}", path.display()))
                 })?),
             };
-            let broker = RedisBroker::connect(url, ca_pem, &settings.key_prefix, retention, tasks)
-                .await
-                .map_err(|error| StartError::Broker(error.to_string()))?;
+            let broker = RedisBroker::connect(
+                url,
+                ca_pem,
+                &settings.key_prefix,
+                retention,
+                settings.redis_cluster,
+                tasks,
+            )
+            .await
+            .map_err(|error| StartError::Broker(error.to_string()))?;
             Ok(broker)
         }
     }

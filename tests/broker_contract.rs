@@ -20,15 +20,29 @@ async fn memory_broker(retention: RetentionSettings) -> (Arc<dyn Broker>, ()) {
 async fn redis_broker(retention: RetentionSettings) -> (Arc<dyn Broker>, common::redis::TestRedis) {
     let redis = common::redis::TestRedis::start().await;
     let prefix = format!("contract{}", fastrand::u32(..));
-    let broker = RedisBroker::connect(&redis.url(), None, &prefix, retention, &NodeTasks::new())
+    let broker = RedisBroker::connect(&redis.url(), None, &prefix, retention, false, &NodeTasks::new())
         .await
         .expect("connect to the test Redis");
     (broker, redis)
 }
 
+/// A broker on a Redis Cluster of its own (three primaries), in cluster
+/// mode.
+async fn cluster_broker(retention: RetentionSettings) -> (Arc<dyn Broker>, common::cluster::TestCluster) {
+    let cluster = tokio::task::spawn_blocking(common::cluster::TestCluster::start_primaries_only)
+        .await
+        .unwrap();
+    let prefix = format!("contract{}", fastrand::u32(..));
+    let broker = RedisBroker::connect(&cluster.seed_url(), None, &prefix, retention, true, &NodeTasks::new())
+        .await
+        .expect("connect to the test cluster");
+    (broker, cluster)
+}
+
 contract_tests!(memory, crate::memory_broker, 0);
 // Redis trims whole stream nodes (100 entries by default) with MAXLEN ~.
 contract_tests!(redis, crate::redis_broker, 110);
+contract_tests!(cluster, crate::cluster_broker, 110);
 
 mod memory_model {
     use super::*;

@@ -50,6 +50,10 @@ impl LiveSink for LossySink {
         }
     }
 
+    fn resync_rooms(&self, _rooms: &[chat_relay::protocol::RoomName]) {
+        self.resync_all();
+    }
+
     fn resync_all(&self) {
         if let Some(sink) = self.0.sink.lock().unwrap().as_ref().and_then(Weak::upgrade) {
             sink.resync_all();

@@ -83,6 +83,16 @@ pub struct HistoryPage {
 /// A submitted publish: resolves once the broker committed it (or refused).
 pub type PendingPublish = Pin<Box<dyn Future<Output = Result<PublishOutcome, BrokerError>> + Send>>;
 
+/// The state of one shard of a broker (a Redis Cluster primary), for
+/// `/readyz`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShardState {
+    /// `host:port` of the primary.
+    pub address: String,
+    /// Whether it answered a PING just now.
+    pub up: bool,
+}
+
 /// A broker failure.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum BrokerError {
@@ -121,6 +131,11 @@ pub trait LiveSink: Send + Sync {
     /// The live feed may have dropped messages (the connection to the broker
     /// was re-established): every room must be caught up from history.
     fn resync_all(&self);
+
+    /// The live feed of these rooms may have dropped messages (on a
+    /// cluster: their shard's connection was re-established, or their slot
+    /// moved): each must be caught up from history.
+    fn resync_rooms(&self, rooms: &[RoomName]);
 
     /// A room's presence changed (one user joined or left, in the room's
     /// version order). Called in feed order; must not block.
@@ -184,6 +199,12 @@ pub trait Broker: Send + Sync + 'static {
 
     /// Whether the broker is reachable now.
     async fn is_ready(&self) -> bool;
+
+    /// Each shard (a Redis Cluster primary) and whether it answers now;
+    /// empty for a broker without shards.
+    async fn shards(&self) -> Vec<ShardState> {
+        Vec::new()
+    }
 
     /// Adds a connection to a room's presence, living `lifetime` unless
     /// refreshed, and returns the room's state after it (first `list`

@@ -7,6 +7,7 @@ mod rest;
 mod sse;
 mod ws;
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -70,10 +71,30 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     if node.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    if !node.broker.is_ready().await {
-        return (StatusCode::SERVICE_UNAVAILABLE, "broker unreachable\n").into_response();
+    // On a cluster the body lists each shard; the node is ready while any
+    // answers (every node shares the shards: a 503 would take the whole
+    // fleet out of the load balancer), and rooms of a shard that is down
+    // answer `unavailable` on their own.
+    let shards = node.broker.shards().await;
+    if shards.is_empty() {
+        if !node.broker.is_ready().await {
+            return (StatusCode::SERVICE_UNAVAILABLE, "broker unreachable\n").into_response();
+        }
+        return "ready\n".into_response();
     }
-    "ready\n".into_response()
+    let mut body = String::new();
+    let ready = shards.iter().any(|shard| shard.up);
+    body.push_str(if ready { "ready\n" } else { "broker unreachable\n" });
+    for shard in &shards {
+        let state = if shard.up { "up" } else { "down" };
+        let _ = writeln!(body, "shard {} {state}", shard.address);
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (status, body).into_response()
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {

@@ -618,6 +618,48 @@ impl RoomHub {
             }
         }
     }
+
+    /// Catches rooms up from history after their live feed may have
+    /// dropped messages: presence from the change log, messages from the
+    /// room's resume position on (a repair to the end of the stream).
+    fn resync(&self, rooms: Vec<Arc<LocalRoom>>) {
+        for local in &rooms {
+            // Presence changes published while the feed was down are read
+            // from the room's change log.
+            let mut state = lock(&local.state);
+            if let Some(last) = state.presence_version
+                && state.has_watchers()
+            {
+                self.start_presence_repair(local, &mut state, last);
+            }
+        }
+        for local in rooms {
+            let start = {
+                let mut state = lock(&local.state);
+                let position = state.last_delivered.or(state.resume_position);
+                match (&mut state.repair, position) {
+                    (Some(repair), _) => {
+                        repair.to_end = true;
+                        false
+                    }
+                    (None, Some(_)) => {
+                        state.repair = Some(PendingRepair {
+                            held: Vec::new(),
+                            to_end: true,
+                        });
+                        true
+                    }
+                    (None, None) => false,
+                }
+            };
+            if start {
+                self.metrics.live_repairs.inc();
+                if let Some(hub) = self.this.upgrade() {
+                    hub.spawn_repair(local);
+                }
+            }
+        }
+    }
 }
 
 /// Puts a change into a batch kept in version order, once.
@@ -696,42 +738,16 @@ impl LiveSink for RoomHub {
     fn resync_all(&self) {
         self.metrics.live_feed_resyncs.inc();
         let rooms: Vec<_> = lock(&self.rooms).values().cloned().collect();
-        for local in &rooms {
-            // Presence changes published while the feed was down are read
-            // from the room's change log.
-            let mut state = lock(&local.state);
-            if let Some(last) = state.presence_version
-                && state.has_watchers()
-            {
-                self.start_presence_repair(local, &mut state, last);
-            }
-        }
-        for local in rooms {
-            let start = {
-                let mut state = lock(&local.state);
-                let position = state.last_delivered.or(state.resume_position);
-                match (&mut state.repair, position) {
-                    (Some(repair), _) => {
-                        repair.to_end = true;
-                        false
-                    }
-                    (None, Some(_)) => {
-                        state.repair = Some(PendingRepair {
-                            held: Vec::new(),
-                            to_end: true,
-                        });
-                        true
-                    }
-                    (None, None) => false,
-                }
-            };
-            if start {
-                self.metrics.live_repairs.inc();
-                if let Some(hub) = self.this.upgrade() {
-                    hub.spawn_repair(local);
-                }
-            }
-        }
+        self.resync(rooms);
+    }
+
+    fn resync_rooms(&self, rooms: &[RoomName]) {
+        self.metrics.live_feed_resyncs.inc();
+        let rooms: Vec<_> = {
+            let known = lock(&self.rooms);
+            rooms.iter().filter_map(|room| known.get(room).cloned()).collect()
+        };
+        self.resync(rooms);
     }
 }
 

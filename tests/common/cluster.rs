@@ -21,6 +21,16 @@ impl TestCluster {
     /// Starts the six servers and waits (at most 30 s) until the cluster
     /// reports `cluster_state:ok` on every node.
     pub fn start() -> Self {
+        Self::start_with(1)
+    }
+
+    /// Three primaries and no replica (quicker, for tests that kill no
+    /// primary).
+    pub fn start_primaries_only() -> Self {
+        Self::start_with(0)
+    }
+
+    fn start_with(replicas: usize) -> Self {
         let folder =
             std::env::temp_dir().join(format!("relay-cluster-{}-{}", std::process::id(), free_loopback_port()));
         std::fs::create_dir_all(&folder).unwrap();
@@ -29,7 +39,7 @@ impl TestCluster {
             servers: Vec::new(),
             folder,
         };
-        for _ in 0..6 {
+        for _ in 0..3 * (1 + replicas) {
             let port = free_loopback_port();
             let server = Command::new("redis-server")
                 .args([
@@ -43,6 +53,13 @@ impl TestCluster {
                     "no",
                 ])
                 .args(["--cluster-enabled", "yes", "--cluster-require-full-coverage", "no"])
+                // Fail over quickly, and let any replica take over.
+                .args([
+                    "--cluster-node-timeout",
+                    "2000",
+                    "--cluster-replica-validity-factor",
+                    "0",
+                ])
                 .arg("--cluster-config-file")
                 .arg(cluster.folder.join(format!("nodes-{port}.conf")))
                 .arg("--dir")
@@ -63,7 +80,7 @@ impl TestCluster {
             create.arg(format!("127.0.0.1:{port}"));
         }
         let output = create
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .output()
             .expect("run redis-cli --cluster create");
         assert!(
@@ -80,6 +97,58 @@ impl TestCluster {
     /// `redis://127.0.0.1:<port>` of the first node (a seed).
     pub fn seed_url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.ports[0])
+    }
+
+    /// `redis-cli -p <port> <args>`, its standard output.
+    pub fn cli(port: u16, args: &[&str]) -> String {
+        let output = Command::new("redis-cli")
+            .args(["-p", &port.to_string()])
+            .args(args)
+            .output()
+            .expect("run redis-cli");
+        String::from_utf8_lossy(&output.stdout).into_owned()
+    }
+
+    /// The port of the primary that serves `slot` now, asked of any node
+    /// that answers.
+    pub fn primary_of_slot(&self, slot: u16) -> u16 {
+        for &port in &self.ports {
+            for line in Self::cli(port, &["CLUSTER", "NODES"]).lines() {
+                let fields: Vec<&str> = line.split(' ').collect();
+                if fields.len() < 9 || !fields[2].contains("master") || fields[2].contains("fail") {
+                    continue;
+                }
+                for range in &fields[8..] {
+                    let (start, end) = range.split_once('-').unwrap_or((range, range));
+                    if let (Ok(start), Ok(end)) = (start.parse::<u16>(), end.parse::<u16>())
+                        && (start..=end).contains(&slot)
+                    {
+                        let address = fields[1].split('@').next().unwrap();
+                        return address.rsplit_once(':').unwrap().1.parse().unwrap();
+                    }
+                }
+            }
+        }
+        panic!("no primary serves slot {slot}");
+    }
+
+    /// The slot of a key, as the cluster computes it.
+    pub fn keyslot(&self, key: &str) -> u16 {
+        Self::cli(self.ports[0], &["CLUSTER", "KEYSLOT", key])
+            .trim()
+            .parse()
+            .unwrap()
+    }
+
+    /// The server process listening on `port`.
+    pub fn server(&mut self, port: u16) -> &mut Child {
+        let index = self.ports.iter().position(|&known| known == port).unwrap();
+        &mut self.servers[index]
+    }
+
+    /// The node id of the server on `port`.
+    pub fn node_id(port: u16) -> String {
+        Self::cli(port, &["CLUSTER", "MYID"]).trim().to_owned()
     }
 
     fn wait_until(port: u16, command: &str, wanted: &str) {

@@ -59,6 +59,10 @@ impl LiveSink for RecordingSink {
         *self.resyncs.lock().unwrap() += 1;
     }
 
+    fn resync_rooms(&self, _rooms: &[RoomName]) {
+        *self.resyncs.lock().unwrap() += 1;
+    }
+
     fn presence(&self, room: &RoomName, change: PresenceChange) {
         self.presence.lock().unwrap().push((room.clone(), change));
     }

@@ -127,6 +127,110 @@ impl Publisher {
     }
 }
 
+/// The publishers of a cluster: one [`Publisher`] (task, connection and
+/// queue) per primary, so that a primary that does not answer holds up
+/// only the publishes to its own rooms. A publish goes at once to the
+/// publisher of its room's primary as the slot map has it, which keeps the
+/// submission order of a room's publishes. One that Redis refused (it never
+/// ran: `MOVED` after a failover or a migration, `TRYAGAIN`, the primary
+/// down) is sent again where the room now lives, up to three times.
+/// Publishes of one room that were in flight together while its slot moved
+/// can commit in another order than submitted; each still commits once.
+pub(super) struct ShardPublishers {
+    shards: Arc<super::shards::Shards>,
+    retention: RetentionSettings,
+    keys: KeyScheme,
+    tasks: Arc<NodeTasks>,
+    by_primary: std::sync::Mutex<std::collections::HashMap<String, Arc<Publisher>>>,
+}
+
+impl ShardPublishers {
+    pub(super) fn new(
+        shards: Arc<super::shards::Shards>,
+        retention: RetentionSettings,
+        keys: KeyScheme,
+        tasks: &Arc<NodeTasks>,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            shards,
+            retention,
+            keys,
+            tasks: tasks.clone(),
+            by_primary: std::sync::Mutex::new(std::collections::HashMap::new()),
+        })
+    }
+
+    /// The publisher of the primary at `address`, if it is running.
+    fn running(&self, address: &str) -> Option<Arc<Publisher>> {
+        super::lock(&self.by_primary).get(address).cloned()
+    }
+
+    /// The publisher of the primary at `address`, started if need be.
+    async fn publisher(&self, address: &str) -> Result<Arc<Publisher>, BrokerError> {
+        if let Some(publisher) = self.running(address) {
+            return Ok(publisher);
+        }
+        let connection = self.shards.connection(address).await?;
+        let tasks = &self.tasks;
+        let mut by_primary = super::lock(&self.by_primary);
+        Ok(by_primary
+            .entry(address.to_owned())
+            .or_insert_with(|| {
+                Arc::new(Publisher::start(
+                    connection,
+                    &self.retention,
+                    self.keys.clone(),
+                    "SPUBLISH",
+                    tasks,
+                ))
+            })
+            .clone())
+    }
+
+    /// Queues a publish with its room's primary; see the type's docs.
+    pub(super) fn submit(self: &Arc<Self>, request: PublishRequest) -> PendingPublish {
+        // The common case queues now, in the caller's order.
+        let first = self
+            .shards
+            .map()
+            .owner(&request.room)
+            .and_then(|owner| self.running(owner))
+            .map(|publisher| publisher.submit(request.clone()));
+        let this = self.clone();
+        Box::pin(async move {
+            let mut pending = first;
+            let mut pause = Duration::from_millis(50);
+            for attempt in 0..4 {
+                let outcome = match pending.take() {
+                    Some(pending) => pending.await,
+                    None => match this.shards.owner(&request.room).await {
+                        Ok(owner) => match this.publisher(&owner).await {
+                            Ok(publisher) => publisher.submit(request.clone()).await,
+                            Err(error) => Err(error),
+                        },
+                        Err(error) => Err(error),
+                    },
+                };
+                match outcome {
+                    // It never ran: the map is behind, or the primary is
+                    // down and a replica may be taking over.
+                    Err(error) if attempt < 3 && super::is_refusal(&error) => {
+                        tracing::debug!(room = %request.room, %error, "publish refused by the cluster; sending it where the room now lives");
+                        let _ = this.shards.refresh().await;
+                        tokio::time::sleep(pause).await;
+                        pause *= 3;
+                    }
+                    outcome => return outcome,
+                }
+            }
+            Err(BrokerError::Unavailable(format!(
+                "no Redis primary took the publish to room {}",
+                request.room
+            )))
+        })
+    }
+}
+
 async fn run(
     mut jobs: mpsc::UnboundedReceiver<PublishJob>,
     mut connection: ConnectionManager,
