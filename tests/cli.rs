@@ -191,33 +191,56 @@ fn a_port_in_use_exits_1_naming_relay_listen() {
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
 }
 
-#[test]
-fn a_cluster_seed_without_cluster_mode_exits_1_with_one_line_saying_what_to_change() {
-    let cluster = common::cluster::TestCluster::start();
-    let child = relay_command()
-        .env("REDIS_URL", cluster.seed_url())
+/// Starts the relay with these Redis settings and returns what it printed
+/// to stderr, asserting that it exits 1 within 15 s with one line.
+fn start_up_failure(env: &[(&str, &str)]) -> String {
+    let mut command = relay_command();
+    command
         .env("RELAY_AUTH", "none")
         .env("RELAY_LISTEN", "127.0.0.1:0")
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut running = Running(child);
+        .stderr(Stdio::piped());
+    for (name, value) in env {
+        command.env(name, value);
+    }
+    let mut running = Running(command.spawn().unwrap());
     let deadline = Instant::now() + Duration::from_secs(15);
     let status = loop {
         if let Some(status) = running.0.try_wait().unwrap() {
             break status;
         }
-        assert!(Instant::now() < deadline, "the relay started against a cluster seed");
+        assert!(Instant::now() < deadline, "the relay started with {env:?}");
         std::thread::sleep(Duration::from_millis(50));
     };
     assert_eq!(status.code(), Some(1));
     let mut stderr = String::new();
     std::io::Read::read_to_string(&mut running.0.stderr.take().unwrap(), &mut stderr).unwrap();
     assert_eq!(stderr.lines().count(), 1, "{stderr}");
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    stderr
+}
+
+#[test]
+fn a_cluster_seed_without_cluster_mode_exits_1_with_one_line_saying_what_to_change() {
+    let cluster = common::cluster::TestCluster::start_primaries_only();
+    let stderr = start_up_failure(&[("REDIS_URL", &cluster.seed_url())]);
     assert!(
-        stderr.contains("REDIS_URL") && stderr.contains("Redis Cluster node"),
+        stderr.contains("REDIS_URL")
+            && stderr.contains("Redis Cluster node")
+            && stderr.contains("RELAY_REDIS_CLUSTER=true"),
         "{stderr}"
     );
-    assert!(!stderr.contains("panicked"), "{stderr}");
+}
+
+#[test]
+fn cluster_mode_on_a_single_redis_exits_1_with_one_line_saying_what_to_change() {
+    let single = common::cluster::TestCluster::single_server();
+    let stderr = start_up_failure(&[("REDIS_URL", &single.seed_url()), ("RELAY_REDIS_CLUSTER", "true")]);
+    assert!(
+        stderr.contains("is not a Redis Cluster node") && stderr.contains("unset RELAY_REDIS_CLUSTER"),
+        "{stderr}"
+    );
+    // A list of seeds without cluster mode is refused as well.
+    let stderr = start_up_failure(&[("REDIS_URL", &format!("{},127.0.0.1:1", single.seed_url()))]);
+    assert!(stderr.contains("RELAY_REDIS_CLUSTER=true"), "{stderr}");
 }

@@ -30,6 +30,37 @@ impl TestCluster {
         Self::start_with(0)
     }
 
+    /// One `redis-server` with cluster mode disabled, on a free port (for
+    /// the start-up checks).
+    pub fn single_server() -> Self {
+        let folder = std::env::temp_dir().join(format!("relay-single-{}-{}", std::process::id(), free_loopback_port()));
+        std::fs::create_dir_all(&folder).unwrap();
+        let port = free_loopback_port();
+        let server = Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .arg("--dir")
+            .arg(&folder)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (apt-get install redis-server)");
+        Self::wait_until(port, "PING", "PONG");
+        Self {
+            ports: vec![port],
+            servers: vec![server],
+            folder,
+        }
+    }
+
     fn start_with(replicas: usize) -> Self {
         let folder =
             std::env::temp_dir().join(format!("relay-cluster-{}-{}", std::process::id(), free_loopback_port()));
@@ -134,10 +165,60 @@ impl TestCluster {
 
     /// The slot of a key, as the cluster computes it.
     pub fn keyslot(&self, key: &str) -> u16 {
-        Self::cli(self.ports[0], &["CLUSTER", "KEYSLOT", key])
-            .trim()
-            .parse()
-            .unwrap()
+        self.ports
+            .iter()
+            .find_map(|&port| Self::cli(port, &["CLUSTER", "KEYSLOT", key]).trim().parse().ok())
+            .expect("a node answers CLUSTER KEYSLOT")
+    }
+
+    /// Moves `slot` (and its keys) from the primary on `from` to the one on
+    /// `to` by hand, as an operator resharding does: `SETSLOT IMPORTING`
+    /// and `MIGRATING`, `MIGRATE` of its keys until none is left, then
+    /// `SETSLOT NODE` on the destination, the source and every other
+    /// node. Traffic on the slot goes on meanwhile.
+    pub fn migrate_slot(&self, slot: u16, from: u16, to: u16) {
+        let slot = slot.to_string();
+        let (from_id, to_id) = (Self::node_id(from), Self::node_id(to));
+        let ok = |port: u16, args: &[&str]| {
+            let answer = Self::cli(port, args);
+            assert!(
+                answer.trim() == "OK" || answer.trim() == "NOKEY",
+                "{args:?} on {port}: {answer}"
+            );
+        };
+        ok(to, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to_id]);
+        loop {
+            let keys = Self::cli(from, &["CLUSTER", "GETKEYSINSLOT", &slot, "1000"]);
+            let keys: Vec<&str> = keys.lines().filter(|key| !key.is_empty()).collect();
+            if keys.is_empty() {
+                break;
+            }
+            let port = to.to_string();
+            let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+            args.extend(keys);
+            ok(from, &args);
+        }
+        ok(to, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        ok(from, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+        for &port in &self.ports {
+            if port != from && port != to {
+                let _ = Self::cli(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to_id]);
+            }
+        }
+    }
+
+    /// The port of a replica of the primary on `primary`.
+    pub fn replica_of(primary: u16) -> u16 {
+        let id = Self::node_id(primary);
+        for line in Self::cli(primary, &["CLUSTER", "NODES"]).lines() {
+            let fields: Vec<&str> = line.split(' ').collect();
+            if fields.len() > 3 && fields[2].contains("slave") && fields[3] == id {
+                let address = fields[1].split('@').next().unwrap();
+                return address.rsplit_once(':').unwrap().1.parse().unwrap();
+            }
+        }
+        panic!("the primary on {primary} has no replica");
     }
 
     /// The server process listening on `port`.

@@ -348,6 +348,13 @@ pub async fn http_get_json(url: &str) -> (u16, Value) {
     (status, response.json().await.unwrap_or(Value::Null))
 }
 
+/// GET returning status and text body.
+pub async fn http_get_text(url: &str) -> (u16, String) {
+    let response = reqwest::get(url).await.expect("GET");
+    let status = response.status().as_u16();
+    (status, response.text().await.unwrap_or_default())
+}
+
 /// The value of the first `/metrics` line of the node at `base`
 /// (`http://host:port`) that starts with `line_start`.
 pub async fn metric_at(base: &str, line_start: &str) -> f64 {
