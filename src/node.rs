@@ -52,7 +52,9 @@ impl Node {
         authenticator: Authenticator,
         tasks: Arc<NodeTasks>,
     ) -> Arc<Self> {
-        let metrics = Arc::new(Metrics::new(&settings.node_id, broker.kind()));
+        let mut metrics = Metrics::new(&settings.node_id, broker.kind());
+        broker.register_metrics(metrics.registry_mut());
+        let metrics = Arc::new(metrics);
         let hub = RoomHub::new(
             broker.clone(),
             metrics.clone(),

@@ -319,6 +319,12 @@ async fn rooms_on_every_shard_reach_every_node_exactly() {
     drop(cluster);
 }
 
+/// The primary port of a room other than `not` (a healthy shard).
+fn run_rooms_primary(acks: &BTreeMap<String, Vec<Acked>>, not: &str, cluster: &TestCluster) -> u16 {
+    let room = acks.keys().find(|room| room.as_str() != not).unwrap();
+    cluster.primary_of_slot(cluster.keyslot(room))
+}
+
 /// The longest round trip of the publishes sent in `window` after `from`.
 fn worst_latency(acks: &[Acked], from: Instant, window: Duration) -> Duration {
     acks.iter()
@@ -335,7 +341,28 @@ async fn a_killed_primary_fails_over_and_the_other_shards_keep_delivering() {
     let (doomed_room, doomed_port) = run.rooms[0].clone();
     let killed = Instant::now();
     let _ = run.cluster.server(doomed_port).kill();
-    let (cluster, _nodes, acks) = run.finish(std::slice::from_ref(&doomed_room)).await;
+    let (cluster, nodes, acks) = run.finish(std::slice::from_ref(&doomed_room)).await;
+    // The metrics say which shard went away and that its rooms were
+    // caught up, and time publishes per shard.
+    let doomed_shard = format!("shard=\"127.0.0.1:{doomed_port}\"");
+    let resyncs = common::metric_at(
+        &nodes[1].url(""),
+        &format!("relay_redis_shard_resyncs_total{{{doomed_shard}}}"),
+    )
+    .await;
+    assert!(resyncs >= 1.0, "{resyncs}");
+    let up = common::metric_at(&nodes[1].url(""), &format!("relay_redis_shard_up{{{doomed_shard}}}")).await;
+    assert!(up < 0.5, "the dead primary's link is down: {up}");
+    let healthy = format!(
+        "shard=\"127.0.0.1:{}\"",
+        run_rooms_primary(&acks, &doomed_room, &cluster)
+    );
+    let timed = common::metric_at(
+        &nodes[0].url(""),
+        &format!("relay_redis_shard_publish_duration_seconds_count{{{healthy}}}"),
+    )
+    .await;
+    assert!(timed >= 700.0, "{timed}");
     // A replica took over the slot.
     let slot = cluster.keyslot(&doomed_room);
     assert_ne!(cluster.primary_of_slot(slot), doomed_port);

@@ -200,6 +200,10 @@ pub trait Broker: Send + Sync + 'static {
     /// Whether the broker is reachable now.
     async fn is_ready(&self) -> bool;
 
+    /// Registers the broker's own metrics (per shard, on a cluster) with
+    /// the node's registry.
+    fn register_metrics(&self, _registry: &mut prometheus_client::registry::Registry) {}
+
     /// Each shard (a Redis Cluster primary) and whether it answers now;
     /// empty for a broker without shards.
     async fn shards(&self) -> Vec<ShardState> {

@@ -290,6 +290,11 @@ impl Metrics {
         self.closes.get_or_create(&CloseLabel { code }).inc();
     }
 
+    /// The registry, for metrics owned elsewhere (the broker's).
+    pub fn registry_mut(&mut self) -> &mut Registry {
+        &mut self.registry
+    }
+
     /// The metrics in the Prometheus (OpenMetrics) text format.
     #[must_use]
     pub fn render(&self) -> String {

@@ -509,6 +509,12 @@ impl Broker for RedisBroker {
         }
     }
 
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        if let Backend::Cluster { shards, .. } = &self.backend {
+            shards.metrics.register(registry);
+        }
+    }
+
     async fn shards(&self) -> Vec<ShardState> {
         self.shard_states().await
     }

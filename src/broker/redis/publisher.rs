@@ -190,27 +190,34 @@ impl ShardPublishers {
     /// Queues a publish with its room's primary; see the type's docs.
     pub(super) fn submit(self: &Arc<Self>, request: PublishRequest) -> PendingPublish {
         // The common case queues now, in the caller's order.
-        let first = self
-            .shards
-            .map()
-            .owner(&request.room)
-            .and_then(|owner| self.running(owner))
-            .map(|publisher| publisher.submit(request.clone()));
+        let map = self.shards.map();
+        let first = map.owner(&request.room).and_then(|owner| {
+            let publisher = self.running(owner)?;
+            Some((owner.to_owned(), publisher.submit(request.clone())))
+        });
         let this = self.clone();
         Box::pin(async move {
             let mut pending = first;
             let mut pause = Duration::from_millis(50);
             for attempt in 0..4 {
-                let outcome = match pending.take() {
-                    Some(pending) => pending.await,
+                let started = std::time::Instant::now();
+                let (owner, outcome) = match pending.take() {
+                    Some((owner, pending)) => (Some(owner), pending.await),
                     None => match this.shards.owner(&request.room).await {
                         Ok(owner) => match this.publisher(&owner).await {
-                            Ok(publisher) => publisher.submit(request.clone()).await,
-                            Err(error) => Err(error),
+                            Ok(publisher) => (Some(owner), publisher.submit(request.clone()).await),
+                            Err(error) => (Some(owner), Err(error)),
                         },
-                        Err(error) => Err(error),
+                        Err(error) => (None, Err(error)),
                     },
                 };
+                if let Some(owner) = owner {
+                    this.shards
+                        .metrics
+                        .publish_seconds
+                        .get_or_create(&super::shards::ShardMetrics::label(&owner))
+                        .observe(started.elapsed().as_secs_f64());
+                }
                 match outcome {
                     // It never ran: the map is behind, or the primary is
                     // down and a replica may be taking over.

@@ -33,7 +33,7 @@ use tokio::sync::{Notify, mpsc, watch};
 use super::entries::live_message;
 use super::keys::KeyScheme;
 use super::presence::{LivePayload, classify};
-use super::shards::Shards;
+use super::shards::{ShardMetrics, Shards};
 use super::{COMMAND_TIMEOUT, CONNECT_TIMEOUT, bounded, lock};
 use crate::broker::{BrokerError, LiveSink};
 use crate::protocol::RoomName;
@@ -362,6 +362,11 @@ async fn run_link(feed: Weak<ShardedFeed>, link: Arc<ShardLink>) {
         lock(&link.leaving).clear();
         *lock(&link.connection) = Some(connection.clone());
         link.up.send_replace(true);
+        live.shards
+            .metrics
+            .up
+            .get_or_create(&ShardMetrics::label(&link.address))
+            .set(1);
         backoff = RECONNECT_MIN;
         if reconnected && !rooms.is_empty() {
             tracing::info!(shard = %link.address, rooms = rooms.len(), "live feed from a Redis primary reconnected; catching rooms up from history");
@@ -403,6 +408,9 @@ async fn run_link(feed: Weak<ShardedFeed>, link: Arc<ShardLink>) {
         link.up.send_replace(false);
         tracing::warn!(shard = %link.address, %reason, "live feed from a Redis primary lost; reconnecting");
         if let Some(live) = feed.upgrade() {
+            let label = ShardMetrics::label(&link.address);
+            live.shards.metrics.up.get_or_create(&label).set(0);
+            live.shards.metrics.resyncs.get_or_create(&label).inc();
             live.unplace(&link.address);
         }
     }

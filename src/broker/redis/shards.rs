@@ -16,6 +16,10 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
 use redis::aio::ConnectionManager;
 use redis::{Client, ConnectionAddr, ConnectionInfo};
 
@@ -31,8 +35,65 @@ const REFRESH_COOLDOWN: Duration = Duration::from_millis(100);
 /// `MOVED`, `TRYAGAIN` or `CLUSTERDOWN` never ran).
 const ATTEMPTS: u32 = 4;
 
+/// Label of a shard: its primary's `host:port`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, prometheus_client::encoding::EncodeLabelSet)]
+pub(super) struct ShardLabel {
+    pub(super) shard: String,
+}
+
+/// Metrics per shard, registered with the node's registry.
+pub(super) struct ShardMetrics {
+    /// 1 while this node's live-feed link to the primary is up.
+    pub(super) up: Family<ShardLabel, Gauge>,
+    /// Times the rooms of a shard were caught up from their streams (the
+    /// link dropped, went silent, or Redis moved a room away).
+    pub(super) resyncs: Family<ShardLabel, Counter>,
+    /// Time from a publish's submission to the primary's answer.
+    pub(super) publish_seconds: Family<ShardLabel, Histogram, fn() -> Histogram>,
+}
+
+impl ShardMetrics {
+    fn new() -> Self {
+        Self {
+            up: Family::default(),
+            resyncs: Family::default(),
+            publish_seconds: Family::new_with_constructor(|| {
+                Histogram::new([
+                    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+                ])
+            }),
+        }
+    }
+
+    pub(super) fn label(shard: &str) -> ShardLabel {
+        ShardLabel {
+            shard: shard.to_owned(),
+        }
+    }
+
+    pub(super) fn register(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register(
+            "relay_redis_shard_up",
+            "1 while this node's live feed from a Redis Cluster primary is up",
+            self.up.clone(),
+        );
+        registry.register(
+            "relay_redis_shard_resyncs",
+            "Times the rooms of a Redis Cluster shard were caught up from their streams",
+            self.resyncs.clone(),
+        );
+        registry.register(
+            "relay_redis_shard_publish_duration_seconds",
+            "Time from a publish's submission to the answer of its shard's primary",
+            self.publish_seconds.clone(),
+        );
+    }
+}
+
 /// The cluster's primaries and how to reach them; see the module docs.
 pub(super) struct Shards {
+    /// Metrics per shard.
+    pub(super) metrics: ShardMetrics,
     /// Credentials and TLS of `REDIS_URL`; each primary's address replaces
     /// its host and port.
     base: ConnectionInfo,
@@ -62,6 +123,7 @@ impl Shards {
     /// broker connected with (its credentials and TLS are used for all).
     pub(super) fn new(first: &Client, seeds: Vec<String>) -> Self {
         Self {
+            metrics: ShardMetrics::new(),
             base: first.get_connection_info().clone(),
             seeds,
             map: RwLock::new(Arc::new(SlotMap::default())),
