@@ -18,6 +18,7 @@ locals {
       { name = "RELAY_DRAIN_SECS", value = tostring(var.drain_seconds) },
       { name = "RELAY_MAX_CONNECTIONS", value = tostring(var.max_connections_per_task) },
       { name = "RELAY_HISTORY_MAXLEN", value = tostring(var.history_maxlen) },
+      { name = "RELAY_REDIS_CLUSTER", value = tostring(var.cache_cluster_mode) },
       { name = "RELAY_ALLOWED_ORIGINS", value = var.allowed_origins },
       # Behind a load balancer every client shares its address; the per-client
       # cap keys by token subject with RELAY_AUTH=jwt, so it stays useful.

@@ -8,6 +8,7 @@ resource "aws_secretsmanager_secret" "redis_url" {
 }
 
 resource "aws_secretsmanager_secret_version" "redis_url" {
-  secret_id     = aws_secretsmanager_secret.redis_url.id
-  secret_string = "rediss://:${random_password.cache_auth.result}@${aws_elasticache_replication_group.relay.primary_endpoint_address}:6379"
+  secret_id = aws_secretsmanager_secret.redis_url.id
+  # In cluster mode the configuration endpoint is the seed node.
+  secret_string = "rediss://:${random_password.cache_auth.result}@${var.cache_cluster_mode ? aws_elasticache_replication_group.relay.configuration_endpoint_address : aws_elasticache_replication_group.relay.primary_endpoint_address}:6379"
 }

@@ -147,6 +147,29 @@ variable "cache_node_type" {
   default     = "cache.r7g.large"
 }
 
+variable "cache_cluster_mode" {
+  description = "Run ElastiCache in cluster mode (sharded Pub/Sub, RELAY_REDIS_CLUSTER=true) once one shard is not enough: see docs/cluster.md."
+  type        = bool
+  default     = false
+}
+
+variable "cache_shards" {
+  description = "Shards (node groups) in cluster mode; rooms spread over them by hash slot."
+  type        = number
+  default     = 3
+}
+
+variable "cache_replicas_per_shard" {
+  description = "Replicas of each shard's primary in cluster mode (at least 1 for automatic failover)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.cache_replicas_per_shard >= 1 && var.cache_replicas_per_shard <= 5
+    error_message = "Use 1 to 5 replicas per shard: automatic failover needs one."
+  }
+}
+
 variable "log_retention_days" {
   description = "CloudWatch retention of the relay's JSON logs."
   type        = number

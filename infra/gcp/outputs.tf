@@ -4,8 +4,8 @@ output "url" {
 }
 
 output "cache_host" {
-  description = "Private address of the Memorystore instance (TLS, AUTH)."
-  value       = google_redis_instance.relay.host
+  description = "Private address of the Memorystore instance (TLS, AUTH), or the cluster's discovery endpoint (TLS)."
+  value       = local.cache_host
 }
 
 output "service_account" {

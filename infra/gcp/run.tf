@@ -87,6 +87,10 @@ resource "google_cloud_run_v2_service" "relay" {
         name  = "RELAY_REDIS_CA_FILE"
         value = "/secrets/redis-ca/ca.pem"
       }
+      env {
+        name  = "RELAY_REDIS_CLUSTER"
+        value = tostring(var.cache_cluster)
+      }
       dynamic "env" {
         for_each = var.jwt_issuer == "" ? [] : [var.jwt_issuer]
         content {

@@ -16,7 +16,7 @@ resource "google_secret_manager_secret" "redis_url" {
 
 resource "google_secret_manager_secret_version" "redis_url" {
   secret      = google_secret_manager_secret.redis_url.id
-  secret_data = "rediss://:${google_redis_instance.relay.auth_string}@${google_redis_instance.relay.host}:${google_redis_instance.relay.port}"
+  secret_data = local.redis_url
 }
 
 resource "google_secret_manager_secret" "redis_ca" {
@@ -29,7 +29,7 @@ resource "google_secret_manager_secret" "redis_ca" {
 
 resource "google_secret_manager_secret_version" "redis_ca" {
   secret      = google_secret_manager_secret.redis_ca.id
-  secret_data = join("\n", [for ca in google_redis_instance.relay.server_ca_certs : ca.cert])
+  secret_data = local.redis_ca
 }
 
 resource "google_secret_manager_secret_iam_member" "relay_reads" {

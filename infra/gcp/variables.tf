@@ -106,3 +106,21 @@ variable "public" {
   type        = bool
   default     = true
 }
+
+variable "cache_cluster" {
+  description = "Use Memorystore for Redis Cluster (sharded Pub/Sub, RELAY_REDIS_CLUSTER=true) instead of one Memorystore instance, once one is not enough: see docs/cluster.md."
+  type        = bool
+  default     = false
+}
+
+variable "cache_shards" {
+  description = "Shards of the Memorystore cluster; rooms spread over them by hash slot."
+  type        = number
+  default     = 3
+}
+
+variable "cache_replicas_per_shard" {
+  description = "Replicas of each shard in the Memorystore cluster (0 to 2; at least 1 for automatic failover)."
+  type        = number
+  default     = 1
+}
