@@ -9,7 +9,9 @@
 # every redis-server, from /proc), the share of publishes each primary ran
 # (INFO commandstats), and cross-node publish-to-delivery latency at a
 # steady rate below saturation (publisher on node 1, subscribers on node 2).
-# Prints a Markdown table.
+# The three deployments run in turn, in rounds (BENCH_ROUNDS, default 3), so
+# that a busy moment of the machine hits all three alike; the table gives
+# each figure's median over the rounds and its range.
 #
 #   loadtests/bench/redis-cluster.sh [messages]   (default 200000)
 set -euo pipefail
@@ -64,6 +66,8 @@ evalsha_calls() { # port
 }
 
 results=$(mktemp); dirs+=("$results")
+rounds="${BENCH_ROUNDS:-3}"
+for round in $(seq "$rounds"); do
 for mode in single shard1 shard3; do
   redis_pids=(); node_pids=()
   ports=()
@@ -100,26 +104,41 @@ for mode in single shard1 shard3; do
   for pid in "${node_pids[@]}" "${redis_pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   sleep 0.5
 done
+done
 
-python3 - "$results" "$messages" "$rooms" <<'PY'
-import json, os, platform, sys
+python3 - "$results" "$messages" "$rooms" "$rounds" <<'PY'
+import json, os, platform, statistics, sys
 rows = [line.rstrip("\n").split("|") for line in open(sys.argv[1])]
 hz = os.sysconf("SC_CLK_TCK")
 cpu = next((line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo") if line.startswith("model name")), platform.processor())
 print(f"machine: {os.cpu_count()} cores, {cpu}")
-print(f"load: {sys.argv[2]} publishes over {sys.argv[3]} rooms (one per connection), 96 connections x 16 in flight, to node 1; latency: 500 msg/s to 100 subscribers on node 2\n")
-print("| deployment | publishes/s | Redis CPU per publish (user + sys) | node CPU per publish (user + sys) | share per primary | cross-node p50 / p99 |")
-print("|---|---|---|---|---|---|")
-base = None
+print(f"load: {sys.argv[2]} publishes over {sys.argv[3]} rooms (one per connection), 96 connections x 16 in flight, to node 1; "
+      f"latency: 500 msg/s to 100 subscribers on node 2; {sys.argv[4]} rounds, median (min-max)\n")
+figures = {}
 for mode, throughput, redis_cpu, node_cpu, shares, latency in rows:
     throughput, latency = json.loads(throughput), json.loads(latency)
     acked = throughput["acked"]
-    rate = throughput["publishes_per_second"]
     ru, rs = (int(x) / hz * 1e6 / acked for x in redis_cpu.split())
     nu, ns = (int(x) / hz * 1e6 / acked for x in node_cpu.split())
     calls = [int(x) for x in shares.split()]
     total = sum(calls) or 1
-    share = " / ".join(f"{100 * c / total:.0f}%" for c in calls)
-    base = base or rate
-    print(f"| {mode} | {rate:,.0f} ({rate / base:.2f}x) | {ru:.1f} + {rs:.1f} us | {nu:.1f} + {ns:.1f} us | {share} | {latency['p50_ms']:.2f} / {latency['p99_ms']:.2f} ms |")
+    entry = figures.setdefault(mode, {"rate": [], "redis": [], "node": [], "shares": [], "p50": [], "p99": []})
+    entry["rate"].append(throughput["publishes_per_second"])
+    entry["redis"].append((ru, rs))
+    entry["node"].append((nu, ns))
+    entry["shares"].append([100 * c / total for c in calls])
+    entry["p50"].append(latency["p50_ms"])
+    entry["p99"].append(latency["p99_ms"])
+def span(values, fmt):
+    return f"{fmt.format(statistics.median(values))} ({fmt.format(min(values))}-{fmt.format(max(values))})"
+print("| deployment | publishes/s | vs single | Redis CPU per publish, user + sys | node CPU per publish, user + sys | share per primary | cross-node p50 | cross-node p99 |")
+print("|---|---|---|---|---|---|---|---|")
+base = statistics.median(figures["single"]["rate"])
+for mode, entry in figures.items():
+    rate = statistics.median(entry["rate"])
+    redis = " + ".join(f"{statistics.median(part):.1f}" for part in zip(*entry["redis"]))
+    node = " + ".join(f"{statistics.median(part):.1f}" for part in zip(*entry["node"]))
+    shares = " / ".join(f"{statistics.median(part):.0f}%" for part in zip(*entry["shares"]))
+    print(f"| {mode} | {span(entry['rate'], '{:,.0f}')} | {rate / base:.2f}x | {redis} us | {node} us | {shares} | "
+          f"{span(entry['p50'], '{:.2f}')} ms | {span(entry['p99'], '{:.2f}')} ms |")
 PY

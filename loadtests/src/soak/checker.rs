@@ -335,6 +335,13 @@ pub fn check(evidence: &Evidence<'_>) -> Findings {
                                 explained: loss.is_some(),
                             },
                         ));
+                        // A phantom belongs to a history the store no longer
+                        // has (a restart without persistence, or a primary
+                        // that ran writes after its replica took over): what
+                        // lies between it and the held history says nothing,
+                        // so order, `prev` and losses are judged from the
+                        // last held message.
+                        continue;
                     }
                     if id < last {
                         found.push((at, Kind::Reordering));
@@ -603,6 +610,39 @@ mod tests {
         assert_eq!(counts.acked_missing_unexplained, 2);
         assert_eq!(counts.surfaced_unexplained, 1);
         assert!(!counts.every_loss_surfaced());
+    }
+
+    #[test]
+    fn phantoms_of_a_stale_primary_are_judged_apart_from_the_held_history() {
+        // A frozen primary resumed at 2.0 and ran 25 and 27 (which reached
+        // subscribers) before learning its replica had taken over with 20,
+        // 26 and 28; the relay told the gap when it resubscribed.
+        let histories = [history(&[10, 20, 26, 28])];
+        let log = SubscriberLog {
+            room: 0,
+            events: vec![
+                message(1.0, 10, 0),
+                message(2.0, 25, 10),
+                message(2.1, 27, 25),
+                (2.2, Seen::Gap),
+                message(2.3, 28, 26),
+            ],
+        };
+        let counts = run(&histories, &[], std::slice::from_ref(&log), &[2.0]);
+        assert_eq!((counts.phantoms, counts.phantoms_unexplained), (2, 0));
+        assert_eq!(
+            (counts.silent_losses, counts.prev_breaks, counts.reorderings),
+            (0, 0, 0)
+        );
+        assert_eq!((counts.surfaced_losses, counts.surfaced_unexplained), (1, 0));
+        assert!(counts.every_loss_surfaced(), "{counts:?}");
+        // Untold, the held messages the phantoms hid are silent losses.
+        let untold = SubscriberLog {
+            room: 0,
+            events: vec![message(1.0, 10, 0), message(2.0, 25, 10), message(2.3, 28, 26)],
+        };
+        let counts = run(&histories, &[], &[untold], &[2.0]);
+        assert_eq!((counts.silent_losses, counts.prev_breaks), (2, 1));
     }
 
     #[test]

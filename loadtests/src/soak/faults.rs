@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use serde::Serialize;
 
-use super::cluster::{Cluster, Persistence};
+use super::cluster::{Cluster, Persistence, RedisKind, redis_cli};
 use super::network::Cut;
 use super::workload::{self, Order, Shared};
 
@@ -36,6 +36,14 @@ pub enum FaultKind {
     PartitionRedis,
     /// Packets between every client and a node dropped for 3-8 s.
     PartitionClients,
+    /// (`--redis cluster`) `kill -9` of a primary; its replica takes over,
+    /// and 1-4 s later the old primary restarts and rejoins as a replica.
+    /// Redis replicates asynchronously, so acked writes may be lost: each
+    /// loss must be told.
+    KillPrimary,
+    /// (`--redis cluster`) The slot of a busy room moved to another primary
+    /// under traffic (`SETSLOT` + `MIGRATE`): nothing may be lost.
+    MigrateSlot,
 }
 
 impl FaultKind {
@@ -43,7 +51,31 @@ impl FaultKind {
     pub fn partitions(self) -> bool {
         matches!(self, FaultKind::PartitionRedis | FaultKind::PartitionClients)
     }
+
+    /// Whether it acts on a Redis Cluster only.
+    pub fn cluster_only(self) -> bool {
+        matches!(self, FaultKind::KillPrimary | FaultKind::MigrateSlot)
+    }
+
+    /// Whether it can run on a Redis Cluster (the nodes reach the cluster
+    /// on loopback, so not in namespaces; a whole-Redis restart has no
+    /// meaning there: `kill-primary` is its cluster form).
+    pub fn on_cluster(self) -> bool {
+        !self.partitions() && self != FaultKind::RestartRedis
+    }
 }
+
+/// The default faults on a Redis Cluster.
+pub const CLUSTER: &[FaultKind] = &[
+    FaultKind::KillNode,
+    FaultKind::DrainNode,
+    FaultKind::KillPubsub,
+    FaultKind::FreezeRedis,
+    FaultKind::Storm,
+    FaultKind::StallSubscriber,
+    FaultKind::KillPrimary,
+    FaultKind::MigrateSlot,
+];
 
 pub const ALL: &[FaultKind] = &[
     FaultKind::KillNode,
@@ -84,6 +116,8 @@ impl Planned {
             ),
             FaultKind::PartitionRedis => format!("node {} cut from Redis (DROP) {} ms", self.target, self.ms),
             FaultKind::PartitionClients => format!("node {} cut from its clients (DROP) {} ms", self.target, self.ms),
+            FaultKind::KillPrimary => format!("kill -9 primary {} ({} ms down)", self.target, self.ms),
+            FaultKind::MigrateSlot => format!("slot of room {} migrated", self.target),
         }
     }
 }
@@ -114,6 +148,10 @@ pub fn plan(seed: u64, seconds: f64, kinds: &[FaultKind], nodes: usize, subscrib
             FaultKind::FreezeRedis => (0, rng.u64(1000..5000)),
             FaultKind::StallSubscriber => (rng.usize(..subscribers), rng.u64(500..2000)),
             FaultKind::PartitionRedis | FaultKind::PartitionClients => (rng.usize(..nodes), rng.u64(3000..8000)),
+            // The primary's rank by port, and its down time.
+            FaultKind::KillPrimary => (rng.usize(..3), rng.u64(1000..4000)),
+            // The room whose slot moves (taken modulo the rooms).
+            FaultKind::MigrateSlot => (rng.usize(..1000), 0),
         };
         let (target, starts) = targets.take(kind, target, at, ms);
         // Unless waiting for its node pushed it past the end.
@@ -199,8 +237,10 @@ pub struct Inflicted {
     pub fault: Planned,
     pub started: f64,
     pub ended: f64,
-    /// When the store lost data (a restart without persistence).
-    pub data_loss: Option<f64>,
+    /// When the store lost data: a restart without persistence, or a
+    /// failover's two moments (the primary stopped, and it came back to
+    /// serve writes it would drop before it learned it was demoted).
+    pub data_losses: Vec<f64>,
     /// Anything that went wrong inflicting it (not a finding: the fault
     /// itself misbehaved).
     pub trouble: Option<String>,
@@ -217,11 +257,12 @@ pub async fn inflict(
     fault: Planned,
     burst_publisher: u32,
     room: usize,
+    room_count: usize,
 ) -> Inflicted {
     let start = shared.started + Duration::from_secs_f64(fault.at);
     tokio::time::sleep_until(start.into()).await;
     let started = shared.now();
-    let mut data_loss = None;
+    let mut data_losses = Vec::new();
     let mut acked = Vec::new();
     let outcome: anyhow::Result<()> = async {
         match fault.kind {
@@ -245,18 +286,41 @@ pub async fn inflict(
             }
             FaultKind::KillPubsub => {
                 let _redis = cluster.redis.lock().await;
-                let url = cluster.redis_url();
-                tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
-                    let mut connection =
-                        redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))?;
-                    let _: redis::Value = redis::cmd("CLIENT")
-                        .arg("KILL")
-                        .arg("TYPE")
-                        .arg("pubsub")
-                        .query(&mut connection)?;
-                    Ok(())
-                })
-                .await??;
+                for url in cluster.redis_urls() {
+                    tokio::task::spawn_blocking(move || -> anyhow::Result<()> {
+                        let mut connection =
+                            redis::Client::open(url)?.get_connection_with_timeout(Duration::from_secs(2))?;
+                        let _: redis::Value = redis::cmd("CLIENT")
+                            .arg("KILL")
+                            .arg("TYPE")
+                            .arg("pubsub")
+                            .query(&mut connection)?;
+                        Ok(())
+                    })
+                    .await??;
+                }
+            }
+            FaultKind::FreezeRedis if cluster.redis_kind == RedisKind::Cluster => {
+                // A primary frozen: past the node timeout its replica takes
+                // over. Resumed, the old primary runs the writes waiting in
+                // its sockets (and publishes them) before it learns it was
+                // demoted and drops its data: the loss happens at the
+                // resume, and acked writes not yet replicated go with it.
+                let _redis = cluster.redis.lock().await;
+                let primaries = cluster.primaries().await;
+                let (port, _, _) = primaries.first().context("the cluster has no primary")?;
+                let index = cluster
+                    .cluster_ports
+                    .iter()
+                    .position(|known| known == port)
+                    .context("unknown primary")?;
+                let server = cluster.cluster_servers[index].lock().await;
+                let process = server.as_ref().context("the primary is not running")?;
+                process.signal(libc::SIGSTOP);
+                data_losses.push(shared.now());
+                tokio::time::sleep(Duration::from_millis(fault.ms)).await;
+                process.signal(libc::SIGCONT);
+                data_losses.push(shared.now());
             }
             FaultKind::FreezeRedis => {
                 let redis = cluster.redis.lock().await;
@@ -271,7 +335,7 @@ pub async fn inflict(
                     process.kill();
                 }
                 if cluster.persistence == Persistence::None {
-                    data_loss = Some(shared.now());
+                    data_losses.push(shared.now());
                 }
                 *redis = Some(cluster.start_redis().await?);
             }
@@ -305,6 +369,61 @@ pub async fn inflict(
                     anyhow::bail!("the burst did not finish: {:?}", burst.refused.first());
                 }
             }
+            FaultKind::KillPrimary => {
+                let _redis = cluster.redis.lock().await;
+                let primaries = cluster.primaries().await;
+                let (port, _, ranges) = primaries
+                    .get(fault.target % primaries.len().max(1))
+                    .cloned()
+                    .context("the cluster has no primary")?;
+                let index = cluster
+                    .cluster_ports
+                    .iter()
+                    .position(|&known| known == port)
+                    .context("unknown primary")?;
+                let mut server = cluster.cluster_servers[index].lock().await;
+                if let Some(mut process) = server.take() {
+                    process.kill();
+                }
+                data_losses.push(shared.now());
+                // Wait (at most 20 s) for a replica to serve its slots.
+                let slot = ranges.first().map_or(0, |&(start, _)| start);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                while cluster.primary_of_slot(slot).await.is_none_or(|owner| owner == port) {
+                    anyhow::ensure!(
+                        tokio::time::Instant::now() < deadline,
+                        "no replica took over from {port}"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                tokio::time::sleep(Duration::from_millis(fault.ms)).await;
+                *server = Some(cluster.start_cluster_node(index).await?);
+                // Restarted, it serves its old slots to clients whose map
+                // is stale until it hears of the new epoch.
+                data_losses.push(shared.now());
+            }
+            FaultKind::MigrateSlot => {
+                let _redis = cluster.redis.lock().await;
+                let room_name = workload::room_name(fault.target % room_count.max(1));
+                let slot: u16 =
+                    super::cluster::redis_cli(cluster.redis_port_alive().await?, &["CLUSTER", "KEYSLOT", &room_name])
+                        .await
+                        .trim()
+                        .parse()
+                        .context("CLUSTER KEYSLOT")?;
+                let primaries = cluster.primaries().await;
+                let from = primaries
+                    .iter()
+                    .find(|(_, _, ranges)| ranges.iter().any(|&(start, end)| (start..=end).contains(&slot)))
+                    .cloned()
+                    .context("no primary serves the room's slot")?;
+                let to = primaries
+                    .iter()
+                    .find(|(port, _, _)| *port != from.0)
+                    .cloned()
+                    .context("no other primary")?;
+                migrate_slot(slot, &from, &to, &cluster.cluster_ports).await?;
+            }
             FaultKind::PartitionRedis | FaultKind::PartitionClients => {
                 let network = cluster
                     .network
@@ -333,10 +452,60 @@ pub async fn inflict(
         fault,
         started,
         ended: shared.now(),
-        data_loss,
+        data_losses,
         trouble: outcome.err().map(|error| format!("{error:#}")),
         acked,
     }
+}
+
+/// Moves `slot` from one primary to another as an operator resharding
+/// does: `SETSLOT IMPORTING` and `MIGRATING`, `MIGRATE` of its keys until
+/// none is left, then `SETSLOT NODE` on the destination, the source and
+/// the other nodes.
+async fn migrate_slot(
+    slot: u16,
+    from: &(u16, String, Vec<(u16, u16)>),
+    to: &(u16, String, Vec<(u16, u16)>),
+    ports: &[u16],
+) -> anyhow::Result<()> {
+    let slot = slot.to_string();
+    let ok = |answer: String, what: &str| {
+        anyhow::ensure!(matches!(answer.trim(), "OK" | "NOKEY"), "{what}: {}", answer.trim());
+        Ok(())
+    };
+    ok(
+        redis_cli(to.0, &["CLUSTER", "SETSLOT", &slot, "IMPORTING", &from.1]).await,
+        "SETSLOT IMPORTING",
+    )?;
+    ok(
+        redis_cli(from.0, &["CLUSTER", "SETSLOT", &slot, "MIGRATING", &to.1]).await,
+        "SETSLOT MIGRATING",
+    )?;
+    loop {
+        let keys = redis_cli(from.0, &["CLUSTER", "GETKEYSINSLOT", &slot, "1000"]).await;
+        let keys: Vec<&str> = keys.lines().filter(|key| !key.is_empty()).collect();
+        if keys.is_empty() {
+            break;
+        }
+        let port = to.0.to_string();
+        let mut args = vec!["MIGRATE", "127.0.0.1", &port, "", "0", "5000", "KEYS"];
+        args.extend(keys);
+        ok(redis_cli(from.0, &args).await, "MIGRATE")?;
+    }
+    ok(
+        redis_cli(to.0, &["CLUSTER", "SETSLOT", &slot, "NODE", &to.1]).await,
+        "SETSLOT NODE (destination)",
+    )?;
+    ok(
+        redis_cli(from.0, &["CLUSTER", "SETSLOT", &slot, "NODE", &to.1]).await,
+        "SETSLOT NODE (source)",
+    )?;
+    for &port in ports {
+        if port != from.0 && port != to.0 {
+            let _ = redis_cli(port, &["CLUSTER", "SETSLOT", &slot, "NODE", &to.1]).await;
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]
