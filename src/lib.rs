@@ -25,6 +25,7 @@ pub mod node;
 pub mod protocol;
 pub mod session;
 pub mod shutdown;
+pub mod stomp;
 pub mod tasks;
 pub mod telemetry;
 
