@@ -31,6 +31,9 @@ struct LossState {
     seen: Mutex<usize>,
     offline: Mutex<bool>,
     sink: Mutex<Option<Weak<dyn LiveSink>>>,
+    /// A history page the next `read_after` answers instead of the broker,
+    /// as a primary that was failed over (and will drop its writes) does.
+    stale_read: Mutex<Option<HistoryPage>>,
 }
 
 struct LossySink(Arc<LossState>);
@@ -88,6 +91,9 @@ impl Broker for LossyBroker {
         self.inner.publish(request)
     }
     async fn read_after(&self, room: &RoomName, after: MessageId, limit: usize) -> Result<HistoryPage, BrokerError> {
+        if let Some(stale) = self.state.stale_read.lock().unwrap().take() {
+            return Ok(stale);
+        }
         self.inner.read_after(room, after, limit).await
     }
     async fn read_before(
@@ -172,6 +178,7 @@ fn setup(maxlen: u64, dropped: impl IntoIterator<Item = usize>) -> Setup {
         seen: Mutex::new(0),
         offline: Mutex::new(false),
         sink: Mutex::new(None),
+        stale_read: Mutex::new(None),
     });
     let broker = Arc::new(LossyBroker {
         inner,
@@ -364,4 +371,54 @@ async fn a_range_lost_by_history_too_becomes_one_gap() {
         .collect();
     assert_eq!(after_gap, ids[8..].iter().map(ToString::to_string).collect::<Vec<_>>());
     assert_eq!(frames.iter().filter(|frame| frame["type"] == "gap").count(), 1);
+}
+
+/// Found by the cluster soak: a subscriber resumes while its room's shard
+/// fails over, and its history read is answered by the old primary, which
+/// ran a write (a phantom) before it learned it was demoted. The replay
+/// chains to `since`, so `recovered` is true; but the live feed comes from
+/// the new primary, whose next message does not chain to the phantom. The
+/// subscriber must be told (`gap`) before that message, not left with a
+/// hole it cannot see.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_that_the_live_feed_does_not_continue_is_told_as_a_gap() {
+    let setup = setup(10_000, []);
+    // The room is live on this node.
+    let early = subscriber(&setup, ReplayRequest::None).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(publish(&setup, n).await.id);
+    }
+    wait_for_messages(&early, 3).await;
+    let phantom_id = MessageId::new(ids[2].ms, ids[2].seq + 1);
+    let phantom = Arc::new(StoredMessage {
+        id: phantom_id,
+        prev: ids[2],
+        frame: bytes::Bytes::from(format!(
+            r#"{{"type":"message","room":"lossy","id":"{phantom_id}","prev":"{}","ts":1,"body":"phantom"}}"#,
+            ids[2]
+        )),
+        trace: None,
+    });
+    *setup.state.stale_read.lock().unwrap() = Some(HistoryPage {
+        messages: vec![phantom],
+        last_id: Some(phantom_id),
+    });
+    let resumed = subscriber(&setup, ReplayRequest::Since(ids[2])).await;
+    // Later than the phantom's id, and chained to the real history.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let next = publish(&setup, 3).await.id;
+    let frames = wait_for_messages(&resumed, 2).await;
+    let kinds: Vec<&str> = frames.iter().map(|frame| frame["type"].as_str().unwrap()).collect();
+    assert_eq!(kinds, ["subscribed", "message", "gap", "message"], "{frames:?}");
+    assert_eq!(frames[0]["recovered"], true);
+    assert_eq!(frames[1]["id"], phantom_id.to_string().as_str());
+    assert_eq!(frames[2]["after"], phantom_id.to_string().as_str());
+    assert_eq!(frames[2]["next"], next.to_string().as_str());
+    assert_eq!(frames[3]["id"], next.to_string().as_str());
+    assert_eq!(frames[3]["prev"], ids[2].to_string().as_str());
+    // The room's other subscriber saw one unbroken chain.
+    let mut all = ids.clone();
+    all.push(next);
+    assert_unbroken(&wait_for_messages(&early, 4).await, &all);
 }

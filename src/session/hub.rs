@@ -42,7 +42,11 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 enum Mode {
     Buffering(Vec<Arc<LiveMessage>>),
-    Live { skip_through: Option<MessageId> },
+    /// `skip_through`: the last message the subscriber was sent from
+    /// history, until a live message passes it.
+    Live {
+        skip_through: Option<MessageId>,
+    },
 }
 
 struct LocalSubscriber {
@@ -456,11 +460,11 @@ impl RoomHub {
                 self.metrics.live_repairs.inc();
                 self.spawn_repair(local.clone());
             }
-            _ => self.fan_out(state, &message),
+            _ => self.fan_out(&local.name, state, &message),
         }
     }
 
-    fn fan_out(&self, state: &mut RoomState, message: &Arc<LiveMessage>) {
+    fn fan_out(&self, room: &RoomName, state: &mut RoomState, message: &Arc<LiveMessage>) {
         state.last_delivered = Some(message.id);
         let mut delivered = 0u64;
         for subscriber in &mut state.subscribers {
@@ -473,9 +477,26 @@ impl RoomHub {
                     }
                 }
                 Mode::Live { skip_through } => {
-                    if skip_through.is_none_or(|skip| message.id > skip)
-                        && subscriber.connection.offer(Outbound::Message(message.clone()))
-                    {
+                    if let Some(skip) = *skip_through {
+                        if message.id <= skip {
+                            continue;
+                        }
+                        // The first live message past what history gave
+                        // the subscriber must chain to it. It always does
+                        // when history and the feed are one stream; on a
+                        // cluster, a read answered by a primary that was
+                        // failed over (and then drops its writes) breaks
+                        // it, and the subscriber is told.
+                        if message.prev != skip {
+                            self.metrics.gaps.inc();
+                            subscriber.connection.offer(Outbound::control(
+                                ControlKind::Gap,
+                                server_frame::gap(room, Some(skip), Some(message.id)),
+                            ));
+                        }
+                        *skip_through = None;
+                    }
+                    if subscriber.connection.offer(Outbound::Message(message.clone())) {
                         delivered += 1;
                     }
                 }
@@ -525,7 +546,7 @@ impl RoomHub {
                         let held = state.repair.take().map(|repair| repair.held).unwrap_or_default();
                         for message in held {
                             if state.last_delivered.is_none_or(|last| message.id > last) {
-                                self.fan_out(&mut state, &message);
+                                self.fan_out(&local.name, &mut state, &message);
                             }
                         }
                         return;
@@ -580,7 +601,7 @@ impl RoomHub {
 
     fn deliver_checked(&self, room: &RoomName, state: &mut RoomState, message: &Arc<LiveMessage>) {
         let Some(last) = state.last_delivered.or(state.resume_position) else {
-            self.fan_out(state, message);
+            self.fan_out(room, state, message);
             return;
         };
         if message.id <= last {
@@ -589,7 +610,7 @@ impl RoomHub {
         if message.prev != last {
             self.announce_gap(room, state, message.id);
         }
-        self.fan_out(state, message);
+        self.fan_out(room, state, message);
     }
 
     /// History after `after`, up to (not including) `until`, or to its end.

@@ -91,6 +91,10 @@ impl TestCluster {
                     "--cluster-replica-validity-factor",
                     "0",
                 ])
+                // A replica syncs at once, not after the default 5 s wait
+                // for more replicas: a primary killed in those seconds
+                // would take everything with it.
+                .args(["--repl-diskless-sync-delay", "0"])
                 .arg("--cluster-config-file")
                 .arg(cluster.folder.join(format!("nodes-{port}.conf")))
                 .arg("--dir")
@@ -121,6 +125,21 @@ impl TestCluster {
         );
         for &port in &cluster.ports {
             Self::wait_until(port, "CLUSTER INFO", "cluster_state:ok");
+        }
+        // Every replica has its primary's data before a test fails one over.
+        let deadline = Instant::now() + Duration::from_secs(30);
+        for &port in &cluster.ports {
+            loop {
+                let replication = Self::cli(port, &["INFO", "replication"]);
+                if replication.contains("role:master") || replication.contains("master_link_status:up") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "the replica on {port} never synced: {replication}"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
         }
         cluster
     }

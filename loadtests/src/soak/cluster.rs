@@ -174,7 +174,11 @@ impl Cluster {
                 "--cluster-replica-validity-factor",
                 "0",
             ])
-            .args(["--cluster-require-full-coverage", "no"]);
+            .args(["--cluster-require-full-coverage", "no"])
+            // A replica (a new one, or a killed primary back as one) syncs
+            // at once, not after the default 5 s wait for more replicas: a
+            // failover in those seconds would lose everything.
+            .args(["--repl-diskless-sync-delay", "0"]);
         match self.persistence {
             Persistence::Always => command.args(["--appendonly", "yes", "--appendfsync", "always"]),
             Persistence::None => command.args(["--appendonly", "no"]),
@@ -207,6 +211,20 @@ impl Cluster {
             while !redis_cli(port, &["CLUSTER", "INFO"]).await.contains("cluster_state:ok") {
                 anyhow::ensure!(tokio::time::Instant::now() < deadline, "the cluster never became ok");
                 tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        // The run starts with every replica holding its primary's data.
+        for &port in &self.cluster_ports {
+            loop {
+                let replication = redis_cli(port, &["INFO", "replication"]).await;
+                if replication.contains("role:master") || replication.contains("master_link_status:up") {
+                    break;
+                }
+                anyhow::ensure!(
+                    tokio::time::Instant::now() < deadline,
+                    "the replica on {port} never synced"
+                );
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
         Ok(())
