@@ -331,10 +331,13 @@ fn run_rooms_primary(acks: &BTreeMap<String, Vec<Acked>>, not: &str, cluster: &T
     cluster.primary_of_slot(cluster.keyslot(room))
 }
 
-/// The longest round trip of the publishes sent in `window` after `from`.
+/// The longest round trip of the publishes that were answered after `from`
+/// and sent before `from + window`: a publish in flight at `from` counts
+/// (it is the one that waits out a failover when the publisher was not
+/// between publishes).
 fn worst_latency(acks: &[Acked], from: Instant, window: Duration) -> Duration {
     acks.iter()
-        .filter(|ack| ack.sent >= from && ack.sent < from + window)
+        .filter(|ack| ack.sent + ack.latency >= from && ack.sent < from + window)
         .map(|ack| ack.latency)
         .max()
         .unwrap_or_default()

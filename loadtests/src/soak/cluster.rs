@@ -276,6 +276,19 @@ impl Cluster {
         anyhow::bail!("no cluster node answers")
     }
 
+    /// Whether no node of the cluster is flagged as failing (or possibly
+    /// failing), as a node that answers sees it.
+    pub async fn settled(&self) -> bool {
+        let Ok(port) = self.redis_port_alive().await else {
+            return false;
+        };
+        let nodes = redis_cli(port, &["CLUSTER", "NODES"]).await;
+        !nodes.is_empty()
+            && !nodes
+                .lines()
+                .any(|line| line.split(' ').nth(2).is_some_and(|flags| flags.contains("fail")))
+    }
+
     /// The port of the primary serving `slot` now.
     pub async fn primary_of_slot(&self, slot: u16) -> Option<u16> {
         self.primaries()

@@ -411,17 +411,27 @@ pub async fn inflict(
                         .trim()
                         .parse()
                         .context("CLUSTER KEYSLOT")?;
-                let primaries = cluster.primaries().await;
-                let from = primaries
-                    .iter()
-                    .find(|(_, _, ranges)| ranges.iter().any(|&(start, end)| (start..=end).contains(&slot)))
-                    .cloned()
-                    .context("no primary serves the room's slot")?;
-                let to = primaries
-                    .iter()
-                    .find(|(port, _, _)| *port != from.0)
-                    .cloned()
-                    .context("no other primary")?;
+                // A resharding tool moves slots of a settled cluster: wait
+                // (at most 20 s) for a failover that an earlier fault set
+                // off to end, so that the slot has a primary to move from.
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+                let (from, to) = loop {
+                    let primaries = cluster.primaries().await;
+                    let from = primaries
+                        .iter()
+                        .find(|(_, _, ranges)| ranges.iter().any(|&(start, end)| (start..=end).contains(&slot)));
+                    let to = from.and_then(|from| primaries.iter().find(|(port, _, _)| *port != from.0));
+                    if let (Some(from), Some(to)) = (from, to)
+                        && cluster.settled().await
+                    {
+                        break (from.clone(), to.clone());
+                    }
+                    anyhow::ensure!(
+                        tokio::time::Instant::now() < deadline,
+                        "for 20 s no settled primary served the room's slot {slot} with another primary to move it to"
+                    );
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                };
                 migrate_slot(slot, &from, &to, &cluster.cluster_ports).await?;
             }
             FaultKind::PartitionRedis | FaultKind::PartitionClients => {
