@@ -23,13 +23,15 @@ pids+=($!)
 for _ in $(seq 50); do redis-cli -p "$port" ping >/dev/null 2>&1 && break; sleep 0.1; done
 
 # 1. Raw script rate, same keys, same tail size as the relay's frames.
-# The node fills these placeholders with its settings (defaults here).
-script=$(sed -e 's/@MAXLEN@/10000/' -e 's/@HISTORY_TTL_MS@/604800000/' -e 's/@IDEMPOTENCY_TTL_MS@/600000/' -e 's/@PUBLISH@/PUBLISH/' src/broker/publish.lua)
+# The node fills these placeholders with its settings (defaults here) and
+# the message frame's separators (protocol::message_frame).
+script=$(sed -e 's/@MAXLEN@/10000/' -e 's/@HISTORY_TTL_MS@/604800000/' -e 's/@IDEMPOTENCY_TTL_MS@/600000/' -e 's/@PUBLISH@/PUBLISH/' \
+  -e 's/@AFTER_ID@/","prev":"/' -e 's/@AFTER_PREV@/",/' src/broker/redis/publish.lua)
 sha=$(redis-cli -p "$port" SCRIPT LOAD "$script")
 body=$(printf 'x%.0s' $(seq "$body_bytes"))
 tail="\"from\":null,\"ts\":1732400000000,\"body\":\"$body\"}"
 raw=$(redis-benchmark -p "$port" -n "$messages" -c 32 -P 32 -q \
-  EVALSHA "$sha" 3 'relay:{raw}:s' 'relay:{raw}:i' 'relay:{raw}:c' 0 '{"type":"message","room":"raw","id":"' "$tail" \
+  EVALSHA "$sha" 3 'relay:{raw}:s' 'relay:{raw}:i' 'relay:{raw}:c' 0 '{"type":"message","room":"raw","id":"' "$tail" '' \
   | tr '\r' '\n' | grep -o '[0-9.]* requests per second' | tail -1 | cut -d' ' -f1)
 
 # 2. Through a relay node.
