@@ -52,6 +52,13 @@ impl FaultKind {
         matches!(self, FaultKind::PartitionRedis | FaultKind::PartitionClients)
     }
 
+    /// Its name in `--faults`.
+    pub fn name(self) -> String {
+        use clap::ValueEnum;
+        self.to_possible_value()
+            .map_or_else(|| format!("{self:?}"), |value| value.get_name().to_owned())
+    }
+
     /// Whether it acts on a Redis Cluster only.
     pub fn cluster_only(self) -> bool {
         matches!(self, FaultKind::KillPrimary | FaultKind::MigrateSlot)
@@ -257,7 +264,6 @@ pub async fn inflict(
     fault: Planned,
     burst_publisher: u32,
     room: usize,
-    room_count: usize,
 ) -> Inflicted {
     let start = shared.started + Duration::from_secs_f64(fault.at);
     tokio::time::sleep_until(start.into()).await;
@@ -404,7 +410,7 @@ pub async fn inflict(
             }
             FaultKind::MigrateSlot => {
                 let _redis = cluster.redis.lock().await;
-                let room_name = workload::room_name(fault.target % room_count.max(1));
+                let room_name = workload::room_name(fault.target);
                 let slot: u16 =
                     super::cluster::redis_cli(cluster.redis_port_alive().await?, &["CLUSTER", "KEYSLOT", &room_name])
                         .await

@@ -122,10 +122,13 @@ async fn soak(options: Options) -> anyhow::Result<()> {
     for kind in &kinds {
         match options.redis {
             RedisKind::Single if kind.cluster_only() => {
-                anyhow::bail!("--faults {kind:?} needs --redis cluster")
+                anyhow::bail!("--faults {} needs --redis cluster", kind.name())
             }
             RedisKind::Cluster if !kind.on_cluster() => {
-                anyhow::bail!("--faults {kind:?} runs on one Redis only (drop it, or use --redis single)")
+                anyhow::bail!(
+                    "--faults {} runs on one Redis only (drop it, or use --redis single)",
+                    kind.name()
+                )
             }
             _ => {}
         }
@@ -219,7 +222,6 @@ async fn soak(options: Options) -> anyhow::Result<()> {
                 fault,
                 burst_publisher,
                 room,
-                options.rooms,
             ))
         })
         .collect();
