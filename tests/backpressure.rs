@@ -7,6 +7,8 @@
 
 mod common;
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use common::{TestRelay, WsClient, assert_exact_sequence, full_history};
@@ -61,10 +63,32 @@ async fn slow_ws_client_is_closed_with_4000_after_frames_in_flight_and_loses_not
 
     let mut bystander = WsClient::connect(&relay).await;
     bystander.subscribe("firehose", json!({})).await;
-    let bystander = tokio::spawn(async move { bystander.messages("firehose", MESSAGES).await });
+    // The bystander reads as fast as it can; the publisher keeps at most
+    // a few messages ahead of it, so that only the client that stopped
+    // reading falls behind, however busy the machine is.
+    let progress = Arc::new(AtomicUsize::new(0));
+    let bystander = tokio::spawn({
+        let progress = progress.clone();
+        async move {
+            let mut everything = Vec::with_capacity(MESSAGES);
+            while everything.len() < MESSAGES {
+                everything.extend(bystander.messages("firehose", 1).await);
+                progress.store(everything.len(), Ordering::Release);
+            }
+            everything
+        }
+    });
     let mut publisher = WsClient::connect(&relay).await;
     let big = "z".repeat(40_000);
     for n in 0..MESSAGES {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        while progress.load(Ordering::Acquire) + 4 < n {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the bystander stopped reading at {n}"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
         publisher
             .send_json(json!({"type": "publish", "room": "firehose", "req": n, "body": {"n": n, "pad": big}}))
             .await;

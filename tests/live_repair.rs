@@ -215,9 +215,14 @@ async fn subscriber(setup: &Setup, replay: ReplayRequest) -> Collected {
         loop {
             match queues.next().await {
                 Some(Outbound::Message(message)) => {
-                    sink.lock().unwrap().push(serde_json::from_str(&message.text).unwrap());
+                    sink.lock().unwrap().push(serde_json::from_str(message.text()).unwrap());
                 }
-                Some(Outbound::Control { text, .. }) => sink.lock().unwrap().push(serde_json::from_str(&text).unwrap()),
+                Some(Outbound::Room(event)) => sink.lock().unwrap().push(serde_json::from_str(event.json()).unwrap()),
+                Some(Outbound::Event(event)) => {
+                    if let Some(json) = event.to_json() {
+                        sink.lock().unwrap().push(serde_json::from_str(&json).unwrap());
+                    }
+                }
                 Some(Outbound::Barrier(reached)) => {
                     let _ = reached.send(());
                 }

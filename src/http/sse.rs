@@ -1,7 +1,8 @@
 //! `GET /v1/rooms/{room}/events`: Server-Sent Events, receive only.
 //!
-//! The same resume algorithm and queues as WebSockets; the body is the
-//! connection's writer. `Last-Event-ID` wins over `since`, and either wins
+//! The same session as WebSockets (one subscribe, made by a
+//! [`ClientSession`] that lives as long as the stream); the body is the
+//! connection's writer, encoding the session's events as SSE. `Last-Event-ID` wins over `since`, and either wins
 //! over `last`, because a browser's `EventSource` reconnects to the same URL
 //! with `Last-Event-ID` added.
 
@@ -17,7 +18,7 @@ use std::sync::Arc;
 use super::{ApiError, AuthQuery, GaugeGuard, admit, bad_query, identify, room_from_path, until_expiry};
 use crate::node::Node;
 use crate::protocol::{ErrorCode, MessageId, ReplayRequest, server_frame};
-use crate::session::{ConnectionHandle, ConnectionQueues, Outbound, ResumeError, ResumeTarget, subscribe_and_resume};
+use crate::session::{ClientSession, ConnectionHandle, ConnectionQueues, Encoding, Event, LiveMessage, Outbound};
 use crate::telemetry::TransportLabel;
 
 /// Query of the events endpoint.
@@ -96,35 +97,14 @@ fn open_stream(
     };
 
     let (connection, replies, queues) = ConnectionHandle::new(node.settings.outbound_queue);
-    let resume_node = node.clone();
+    let mut session = ClientSession::new(node.session.clone(), identity, connection, replies.clone());
     node.connections.spawn(async move {
-        let target = ResumeTarget {
-            replies: &replies,
-            connection,
-            req: None,
-            presence: presence.then(|| resume_node.hub.presence_entry(identity.subject())),
-        };
-        match subscribe_and_resume(&resume_node.hub, &room, replay, resume_node.settings.max_replay, target).await {
-            Ok(resumed) => {
-                resume_node
-                    .metrics
-                    .messages_delivered
-                    .inc_by(u64::try_from(resumed.replayed).unwrap_or(u64::MAX));
-                // Stay subscribed until the stream is dropped.
-                replies.closed().await;
-                drop(resumed.subscription);
-            }
-            Err(ResumeError::ConnectionClosed) => {}
-            Err(ResumeError::Broker(error)) => {
-                tracing::warn!(%room, %error, "event stream failed to subscribe: broker unavailable");
-                let _ = replies
-                    .send(Outbound::Close {
-                        code: 1011,
-                        reason: "broker unavailable",
-                    })
-                    .await;
-            }
-        }
+        // A subscribe the broker refused queues an `error` event, which
+        // ends the stream; the browser reconnects with Last-Event-ID.
+        let _ = session.subscribe(None, room, replay, presence).await;
+        // Stay subscribed until the stream is dropped.
+        replies.closed().await;
+        drop(session);
     });
 
     // A comment line this often keeps proxies from closing an idle stream.
@@ -175,6 +155,18 @@ fn control_event(event: &str, json: &str) -> Bytes {
     chunk.freeze()
 }
 
+/// A message as one Server-Sent Event: its id, and the `message` frame as data.
+fn message_event(message: &LiveMessage) -> Bytes {
+    let id = message.id.to_string();
+    let mut event = BytesMut::with_capacity(message.frame().len() + id.len() + 32);
+    event.extend_from_slice(b"event: message\nid: ");
+    event.extend_from_slice(id.as_bytes());
+    event.extend_from_slice(b"\ndata: ");
+    event.extend_from_slice(message.frame());
+    event.extend_from_slice(b"\n\n");
+    event.freeze()
+}
+
 type Chunk = Result<Bytes, std::convert::Infallible>;
 
 async fn next_chunk(mut state: StreamState) -> Option<(Chunk, StreamState)> {
@@ -203,10 +195,22 @@ async fn next_chunk(mut state: StreamState) -> Option<(Chunk, StreamState)> {
             _ = state.keepalive.tick() => return Some((Ok(Bytes::from_static(b": keepalive\n\n")), state)),
         };
         match item {
-            Some(Outbound::Message(message)) => return Some((Ok(message.sse_event()), state)),
-            Some(Outbound::Control { kind, text }) => {
-                return Some((Ok(control_event(kind.event_name(), &text)), state));
+            Some(Outbound::Message(message)) => {
+                return Some((Ok(message.encoded(Encoding::Sse, message_event)), state));
             }
+            Some(Outbound::Room(event)) => {
+                let chunk = event.encoded(Encoding::Sse, |event| control_event(event.sse_name(), event.json()));
+                return Some((Ok(chunk), state));
+            }
+            Some(Outbound::Event(event)) => match *event {
+                // Its subscribe failed (and was logged): the stream ends.
+                Event::Error(_) => return None,
+                event => {
+                    if let Some(json) = event.to_json() {
+                        return Some((Ok(control_event(event.sse_name(), &json)), state));
+                    }
+                }
+            },
             Some(Outbound::Barrier(reached)) => {
                 let _ = reached.send(());
             }

@@ -24,9 +24,9 @@ use futures_util::{SinkExt, StreamExt};
 use super::{ApiError, AuthQuery, GaugeGuard, admit, bad_query, identify, until_expiry};
 use crate::auth::Identity;
 use crate::node::Node;
-use crate::protocol::{ErrorCode, close_code, server_frame};
+use crate::protocol::{ErrorCode, close_code};
 use crate::session::{
-    ClientSession, ConnectionHandle, ConnectionQueues, ConnectionSlot, ControlKind, MAX_PUBLISHES_IN_FLIGHT, Outbound,
+    ClientSession, ConnectionHandle, ConnectionQueues, ConnectionSlot, Event, MAX_PUBLISHES_IN_FLIGHT, Outbound,
     ReplySender, SessionVerdict,
 };
 use crate::telemetry::TransportLabel;
@@ -408,8 +408,12 @@ async fn write_socket(node: &Node, sink: &mut Sink, queues: &mut ConnectionQueue
 
 async fn feed(sink: &mut Sink, item: Outbound, queues: &ConnectionQueues, stall: Duration) -> Result<Step, WriteStop> {
     let message = match item {
-        Outbound::Message(message) => Message::Text(message.text.clone()),
-        Outbound::Control { text, .. } => Message::Text(text),
+        Outbound::Message(message) => Message::Text(shared_text(message.frame())),
+        Outbound::Room(event) => Message::Text(shared_text(event.json_bytes())),
+        Outbound::Event(event) => match event.to_json() {
+            Some(json) => Message::Text(json.into()),
+            None => return Ok(Step::Continue),
+        },
         Outbound::Barrier(reached) => {
             let _ = reached.send(());
             return Ok(Step::Continue);
@@ -454,8 +458,13 @@ fn drain_notice(node: &Node) -> Outbound {
     let window_ms = u64::try_from(node.settings.drain.as_millis())
         .unwrap_or(u64::MAX)
         .max(1);
-    Outbound::control(
-        ControlKind::Reply,
-        server_frame::reconnect("draining", fastrand::u64(0..window_ms)),
-    )
+    Outbound::event(Event::Reconnect {
+        reason: "draining",
+        delay_ms: fastrand::u64(0..window_ms),
+    })
+}
+
+/// A text message sharing `bytes` (which the session checked are UTF-8).
+fn shared_text(bytes: &bytes::Bytes) -> axum::extract::ws::Utf8Bytes {
+    axum::extract::ws::Utf8Bytes::try_from(bytes.clone()).unwrap_or_default()
 }

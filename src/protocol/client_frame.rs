@@ -33,6 +33,21 @@ pub struct DecodeLimits {
 pub struct RequestTag(Box<RawValue>);
 
 impl RequestTag {
+    /// A tag holding `text` as a JSON string: how another framing's request
+    /// names (a STOMP `receipt`) travel through the session.
+    #[must_use]
+    pub fn from_text(text: &str) -> Self {
+        let json = serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned());
+        // A serialized string is always valid JSON.
+        Self(RawValue::from_string(json).unwrap_or_else(|_| RawValue::NULL.to_owned()))
+    }
+
+    /// The tag's text when it is a JSON string (see [`Self::from_text`]).
+    #[must_use]
+    pub fn text(&self) -> Option<String> {
+        serde_json::from_str(self.0.get()).ok()
+    }
+
     /// The tag as raw JSON.
     #[must_use]
     pub fn as_raw(&self) -> &RawValue {

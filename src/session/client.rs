@@ -10,14 +10,15 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 
 use super::context::SessionContext;
+use super::event::{ErrorEvent, Event};
 use super::hub::Subscription;
-use super::outbound::{ConnectionHandle, ControlKind, Outbound, ReplySender};
+use super::outbound::{ConnectionHandle, Outbound, ReplySender};
 use super::rate_limit::{InvalidFrameBudget, PublishRateLimiter};
 use super::resume::{ResumeError, ResumeTarget, subscribe_and_resume};
 use crate::auth::Identity;
 use crate::protocol::{
     ClientFrame, ClientRequest, ErrorCode, PublishStored, ReplayRequest, RequestTag, RoomName, close_code,
-    decode_client_frame, server_frame,
+    decode_client_frame,
 };
 
 /// What the transport should do after a frame.
@@ -39,9 +40,9 @@ pub enum SessionVerdict {
 /// order; past this many the transport stops reading the client.
 pub const MAX_PUBLISHES_IN_FLIGHT: usize = 64;
 
-/// What a publish or signal in flight answers: a frame, or nothing (a
+/// What a publish or signal in flight answers: an event, or nothing (a
 /// signal that went out).
-type PendingReply = Pin<Box<dyn Future<Output = Option<String>> + Send>>;
+type PendingReply = Pin<Box<dyn Future<Output = Option<Event>> + Send>>;
 
 /// See the module docs.
 pub struct ClientSession {
@@ -130,7 +131,7 @@ impl ClientSession {
 
     /// The reply to the oldest publish (or signal) once the broker answered
     /// it; `None` when none is in flight.
-    pub async fn next_publish_reply(&mut self) -> Option<Option<String>> {
+    pub async fn next_publish_reply(&mut self) -> Option<Option<Event>> {
         match &mut self.publishes_in_flight {
             Some(in_flight) => in_flight.next().await,
             None => None,
@@ -139,43 +140,44 @@ impl ClientSession {
 
     /// Queues a reply produced by [`Self::next_publish_reply`]; `false` once
     /// the connection is gone.
-    pub async fn deliver_reply(&mut self, json: Option<String>) -> bool {
-        match json {
-            Some(json) => self.reply(json).await,
+    pub async fn deliver_reply(&mut self, event: Option<Event>) -> bool {
+        match event {
+            Some(event) => self.reply(event).await,
             None => true,
         }
     }
 
-    /// The `welcome` frame for this session.
-    #[must_use]
-    pub fn welcome(&self) -> Outbound {
-        Outbound::control(
-            ControlKind::Welcome,
-            server_frame::welcome(
-                &self.context.node_id,
-                self.identity.subject(),
-                self.context.limits.announced,
-            ),
-        )
+    /// Answers `req` with [`Event::Receipt`] once every publish submitted
+    /// before it is answered, so that a receipt also vouches for them.
+    pub fn receipt_after_publishes(&mut self, req: RequestTag) {
+        let in_flight = self.publishes_in_flight.get_or_insert_with(FuturesOrdered::new);
+        in_flight.push_back(Box::pin(std::future::ready(Some(Event::Receipt { req }))));
     }
 
-    async fn reply(&mut self, json: String) -> bool {
-        self.replies
-            .send(Outbound::control(ControlKind::Reply, json))
-            .await
-            .is_ok()
+    /// The `welcome` event for this session.
+    #[must_use]
+    pub fn welcome(&self) -> Outbound {
+        Outbound::event(Event::Welcome {
+            node_id: self.context.node_id.clone(),
+            user: self.identity.subject().map(str::to_owned),
+            limits: self.context.limits.announced,
+        })
+    }
+
+    async fn reply(&mut self, event: Event) -> bool {
+        self.replies.send(Outbound::event(event)).await.is_ok()
     }
 
     async fn refuse(&mut self, refusal: Refusal<'_>) -> bool {
         self.context.metrics.count_error(refusal.code);
-        self.reply(server_frame::error(&server_frame::ErrorFrame {
-            req: refusal.req,
+        self.reply(Event::Error(Box::new(ErrorEvent {
+            req: refusal.req.cloned(),
             code: refusal.code,
-            message: refusal.message,
-            room: refusal.room,
+            message: refusal.message.to_owned(),
+            room: refusal.room.cloned(),
             retry_after_ms: refusal.retry_after_ms,
             stored: None,
-        }))
+        })))
         .await
     }
 
@@ -211,8 +213,12 @@ impl ClientSession {
                 return self.subscribe(req, room, replay, presence).await;
             }
             ClientRequest::Unsubscribe { room } => {
-                if self.subscriptions.remove(&room).is_some() {
-                    self.reply(server_frame::unsubscribed(req, &room)).await
+                if self.unsubscribe(&room) {
+                    self.reply(Event::Unsubscribed {
+                        req: req.cloned(),
+                        room,
+                    })
+                    .await
                 } else {
                     let message = format!("not subscribed to {room}; nothing to unsubscribe");
                     self.refuse(Refusal {
@@ -227,7 +233,7 @@ impl ClientSession {
             }
             ClientRequest::Publish { room, body, cmid } => self.publish(req, room, body, cmid).await,
             ClientRequest::Signal { room, body } => self.signal(req, room, &body).await,
-            ClientRequest::Ping => self.reply(server_frame::pong(req)).await,
+            ClientRequest::Ping => self.reply(Event::Pong { req: req.cloned() }).await,
             ClientRequest::Refresh { token } => return self.refresh(req, &token).await,
         };
         if delivered { SessionVerdict::Continue } else { gone() }
@@ -293,14 +299,28 @@ impl ClientSession {
             .await;
         }
         let exp = self.identity.expires_at().unwrap_or(0);
-        if self.reply(server_frame::refreshed(req, exp)).await {
+        if self.reply(Event::Refreshed { req: req.cloned(), exp }).await {
             SessionVerdict::Continue
         } else {
             gone()
         }
     }
 
-    async fn subscribe(
+    /// Leaves `room`; `false` when not subscribed to it.
+    pub fn unsubscribe(&mut self, room: &RoomName) -> bool {
+        self.subscriptions.remove(room).is_some()
+    }
+
+    /// Whether the session is subscribed to `room`.
+    #[must_use]
+    pub fn is_subscribed(&self, room: &RoomName) -> bool {
+        self.subscriptions.contains_key(room)
+    }
+
+    /// Subscribes to `room`, replaying what `replay` asks for: `subscribed`
+    /// (tagged `req`), the replay, then live messages; or an `error` event
+    /// saying why not.
+    pub async fn subscribe(
         &mut self,
         req: Option<&RequestTag>,
         room: RoomName,
@@ -413,7 +433,8 @@ impl ClientSession {
     }
 
     /// A signal: sent to the broker now; only a failure is answered.
-    async fn signal(&mut self, req: Option<&RequestTag>, room: RoomName, body: &str) -> bool {
+    /// `false` once the connection is gone.
+    pub async fn signal(&mut self, req: Option<&RequestTag>, room: RoomName, body: &str) -> bool {
         if let Some(delivered) = self.refuse_publish(req, &room).await {
             return delivered;
         }
@@ -428,19 +449,28 @@ impl ClientSession {
             let error = pending.await.err()?;
             tracing::warn!(%room, %error, "signal failed");
             metrics.count_error(ErrorCode::Unavailable);
-            Some(server_frame::error(&server_frame::ErrorFrame {
-                req: req.as_ref(),
+            Some(Event::Error(Box::new(ErrorEvent {
+                req,
                 code: ErrorCode::Unavailable,
-                message: "the message broker is unavailable and this signal was not sent; signals are never stored, so send a fresh one if it still matters",
-                room: Some(&room),
+                message: "the message broker is unavailable and this signal was not sent; signals are never stored, so send a fresh one if it still matters".to_owned(),
+                room: Some(room),
                 retry_after_ms: Some(1000),
                 stored: None,
-            }))
+            })))
         }));
         true
     }
 
-    async fn publish(&mut self, req: Option<&RequestTag>, room: RoomName, body: String, cmid: Option<String>) -> bool {
+    /// A publish of a validated, compact JSON `body`: submitted to the
+    /// broker now, answered (`ack` or `error`) in submission order.
+    /// `false` once the connection is gone.
+    pub async fn publish(
+        &mut self,
+        req: Option<&RequestTag>,
+        room: RoomName,
+        body: String,
+        cmid: Option<String>,
+    ) -> bool {
         if let Some(delivered) = self.refuse_publish(req, &room).await {
             return delivered;
         }
@@ -455,20 +485,26 @@ impl ClientSession {
         let in_flight = self.publishes_in_flight.get_or_insert_with(FuturesOrdered::new);
         in_flight.push_back(Box::pin(async move {
             Some(match pending.await {
-                Ok(outcome) => server_frame::ack(req.as_ref(), &room, outcome.id, outcome.prev, outcome.duplicate),
+                Ok(outcome) => Event::Ack {
+                    req,
+                    room,
+                    id: outcome.id,
+                    prev: outcome.prev,
+                    duplicate: outcome.duplicate,
+                },
                 Err(error) => {
                     let stored = error.publish_stored();
                     tracing::warn!(%room, %error, stored = ?stored, "publish failed");
                     metrics.count_publish_failure(stored);
                     metrics.count_error(ErrorCode::Unavailable);
-                    server_frame::error(&server_frame::ErrorFrame {
-                        req: req.as_ref(),
+                    Event::Error(Box::new(ErrorEvent {
+                        req,
                         code: ErrorCode::Unavailable,
-                        message: unavailable_publish_message(stored),
-                        room: Some(&room),
+                        message: unavailable_publish_message(stored).to_owned(),
+                        room: Some(room),
                         retry_after_ms: Some(1000),
                         stored: Some(stored),
-                    })
+                    }))
                 }
             })
         }));

@@ -20,12 +20,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
-use axum::extract::ws::Utf8Bytes;
-
-use super::outbound::{ConnectionHandle, ControlKind, LiveMessage, Outbound};
+use super::event::RoomEvent;
+use super::outbound::{ConnectionHandle, LiveMessage, Outbound};
 use super::presence::{PRESENCE_BATCH, PresenceTiming, Watcher};
 use crate::broker::{Broker, BrokerError, LiveSink, PresenceChange, PresenceEntry, PresenceState, StoredMessage};
-use crate::protocol::{MessageId, RoomName, message_frame, server_frame, wall_clock_ms};
+use crate::protocol::{MessageId, RoomName, message_frame, wall_clock_ms};
 use crate::tasks::NodeTasks;
 use crate::telemetry::{Metrics, trace_context};
 
@@ -208,7 +207,7 @@ impl RoomHub {
                         } else if let Some(frame) = watcher.frame(&local.name, &batch, &mut shared)
                             && subscriber
                                 .connection
-                                .offer(Outbound::control(ControlKind::Presence, frame))
+                                .offer(Outbound::Room(RoomEvent::presence(&local.name, frame)))
                         {
                             self.metrics.presence_frames.inc();
                         }
@@ -489,10 +488,11 @@ impl RoomHub {
                         // it, and the subscriber is told.
                         if message.prev != skip {
                             self.metrics.gaps.inc();
-                            subscriber.connection.offer(Outbound::control(
-                                ControlKind::Gap,
-                                server_frame::gap(room, Some(skip), Some(message.id)),
-                            ));
+                            subscriber.connection.offer(Outbound::Room(RoomEvent::gap(
+                                room,
+                                Some(skip),
+                                Some(message.id),
+                            )));
                         }
                         *skip_through = None;
                     }
@@ -508,14 +508,11 @@ impl RoomHub {
     fn announce_gap(&self, room: &RoomName, state: &mut RoomState, next: MessageId) {
         self.metrics.gaps.inc();
         tracing::warn!(%room, after = ?state.last_delivered, %next, "live feed lost messages that history no longer holds");
-        let text = Utf8Bytes::from(server_frame::gap(room, state.last_delivered, Some(next)));
+        let gap = RoomEvent::gap(room, state.last_delivered, Some(next));
         for subscriber in &state.subscribers {
             // A buffering subscriber finds the break itself from the chain.
             if matches!(subscriber.mode, Mode::Live { .. }) {
-                subscriber.connection.offer(Outbound::Control {
-                    kind: ControlKind::Gap,
-                    text: text.clone(),
-                });
+                subscriber.connection.offer(Outbound::Room(gap.clone()));
             }
         }
     }
@@ -693,7 +690,7 @@ fn insert_change(batch: &mut Vec<PresenceChange>, change: PresenceChange) {
 
 /// Wraps a stored message for delivery, logging one the broker corrupted.
 pub(crate) fn live_message(room: &RoomName, stored: &StoredMessage) -> Option<Arc<LiveMessage>> {
-    let message = LiveMessage::from_stored(stored);
+    let message = LiveMessage::from_stored(room, stored);
     if message.is_none() {
         tracing::error!(%room, id = %stored.id, "broker returned a message frame that is not UTF-8; skipped");
     }
@@ -721,18 +718,16 @@ impl LiveSink for RoomHub {
 
     fn signal(&self, room: &RoomName, frame: bytes::Bytes) {
         let Some(local) = self.room(room) else { return };
-        let Ok(text) = Utf8Bytes::try_from(frame) else {
+        let Ok(text) = String::from_utf8(frame.to_vec()) else {
             tracing::error!(%room, "signal from the broker is not UTF-8; skipped");
             return;
         };
+        let signal = RoomEvent::signal(room, text);
         let state = lock(&local.state);
         for subscriber in &state.subscribers {
             // Signals are live only: a subscriber still resuming misses them.
             if matches!(subscriber.mode, Mode::Live { .. }) {
-                subscriber.connection.offer_or_drop(Outbound::Control {
-                    kind: ControlKind::Signal,
-                    text: text.clone(),
-                });
+                subscriber.connection.offer_or_drop(Outbound::Room(signal.clone()));
             }
         }
     }

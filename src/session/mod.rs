@@ -3,13 +3,14 @@
 //! transport-independent handling of client frames.
 //!
 //! Uses `broker` and `protocol`, and gets what it needs of the node as a
-//! [`SessionContext`]; it never imports the node or axum's router. (The
-//! queues still carry axum's text frame type: the next step makes them
-//! carry session events each transport encodes.)
+//! [`SessionContext`]; it never imports the node, axum or a WebSocket
+//! crate. What it says to a client is an [`Event`], a [`RoomEvent`] or a
+//! [`LiveMessage`]; each transport encodes them in its own framing.
 
 mod admission;
 mod client;
 mod context;
+mod event;
 mod hub;
 mod outbound;
 mod presence;
@@ -20,10 +21,9 @@ mod resume;
 pub use admission::{Admission, ConnectionSlot, Refusal as AdmissionRefusal};
 pub use client::{ClientSession, MAX_PUBLISHES_IN_FLIGHT, SessionVerdict, unavailable_publish_message};
 pub use context::{SessionContext, SessionLimits};
+pub use event::{Encoding, Encodings, ErrorEvent, Event, RoomEvent, RoomEventKind};
 pub use hub::{RoomHub, Subscription};
-pub use outbound::{
-    ConnectionClosed, ConnectionHandle, ConnectionQueues, ControlKind, LiveMessage, Outbound, ReplySender,
-};
+pub use outbound::{ConnectionClosed, ConnectionHandle, ConnectionQueues, LiveMessage, Outbound, ReplySender};
 pub use presence::{PRESENCE_BATCH, PresenceTiming};
 pub use publisher::Publisher;
 pub use rate_limit::{AddressRateLimiter, InvalidFrameBudget, PublishRateLimiter};

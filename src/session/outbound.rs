@@ -10,94 +10,66 @@
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::task::{Context, Poll};
 
-use axum::extract::ws::Utf8Bytes;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::task::AtomicWaker;
 use tokio::sync::{Notify, oneshot};
 
+use super::event::{Encoding, Encodings, Event, RoomEvent};
 use crate::broker::StoredMessage;
-use crate::protocol::MessageId;
+use crate::protocol::{MessageId, RoomName};
 
 /// Capacity of a connection's reply queue (control frames and replays).
 pub const REPLY_QUEUE_CAPACITY: usize = 32;
 
 /// One message as the node fans it out: decoded once, shared by every local
 /// subscriber; each subscriber gets a reference-counted handle to the same
-/// bytes.
+/// bytes, and each transport's encoding of it is built once.
 #[derive(Debug)]
 pub struct LiveMessage {
     /// Its id.
     pub id: MessageId,
     /// The id before it in the room.
     pub prev: MessageId,
-    /// The `message` frame, as sent on WebSockets.
-    pub text: Utf8Bytes,
-    sse_event: OnceLock<Bytes>,
+    /// Its room.
+    pub room: RoomName,
+    /// The `message` frame of the JSON protocol; valid UTF-8.
+    frame: Bytes,
+    encodings: Encodings,
 }
 
 impl LiveMessage {
     /// Wraps a stored message; `None` if the broker handed invalid UTF-8.
     #[must_use]
-    pub fn from_stored(message: &StoredMessage) -> Option<Arc<Self>> {
-        let text = Utf8Bytes::try_from(message.frame.clone()).ok()?;
+    pub fn from_stored(room: &RoomName, message: &StoredMessage) -> Option<Arc<Self>> {
+        std::str::from_utf8(&message.frame).ok()?;
         Some(Arc::new(Self {
             id: message.id,
             prev: message.prev,
-            text,
-            sse_event: OnceLock::new(),
+            room: room.clone(),
+            frame: message.frame.clone(),
+            encodings: Encodings::default(),
         }))
     }
 
-    /// The message as one Server-Sent Event, built on first use and shared.
-    pub fn sse_event(&self) -> Bytes {
-        self.sse_event
-            .get_or_init(|| {
-                let id = self.id.to_string();
-                let mut event = BytesMut::with_capacity(self.text.len() + id.len() + 32);
-                event.extend_from_slice(b"event: message\nid: ");
-                event.extend_from_slice(id.as_bytes());
-                event.extend_from_slice(b"\ndata: ");
-                event.extend_from_slice(self.text.as_bytes());
-                event.extend_from_slice(b"\n\n");
-                event.freeze()
-            })
-            .clone()
-    }
-}
-
-/// The kind of a control frame, which is its SSE event name. One byte, so
-/// that every slot of every connection's queues stays small.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ControlKind {
-    /// `welcome`.
-    Welcome,
-    /// `subscribed`.
-    Subscribed,
-    /// `gap`.
-    Gap,
-    /// `presence`.
-    Presence,
-    /// `signal`.
-    Signal,
-    /// Replies only WebSockets carry: `ack`, `error`, `pong`, ...
-    Reply,
-}
-
-impl ControlKind {
-    /// The SSE event name.
+    /// The JSON protocol's `message` frame, as bytes (valid UTF-8).
     #[must_use]
-    pub const fn event_name(self) -> &'static str {
-        match self {
-            ControlKind::Welcome => "welcome",
-            ControlKind::Subscribed => "subscribed",
-            ControlKind::Gap => "gap",
-            ControlKind::Presence => "presence",
-            ControlKind::Signal => "signal",
-            ControlKind::Reply => "reply",
-        }
+    pub fn frame(&self) -> &Bytes {
+        &self.frame
+    }
+
+    /// The JSON protocol's `message` frame, as text.
+    #[must_use]
+    pub fn text(&self) -> &str {
+        // Checked in `from_stored`; the fallback is never taken.
+        std::str::from_utf8(&self.frame).unwrap_or_default()
+    }
+
+    /// The message in `encoding`, built once for all its subscribers.
+    pub fn encoded(&self, encoding: Encoding, build: impl FnOnce(&Self) -> Bytes) -> Bytes {
+        self.encodings.get_or_build(encoding, || build(self))
     }
 }
 
@@ -106,13 +78,10 @@ impl ControlKind {
 pub enum Outbound {
     /// A room message.
     Message(Arc<LiveMessage>),
-    /// A control frame (JSON).
-    Control {
-        /// What it is (and its SSE event name).
-        kind: ControlKind,
-        /// The JSON frame.
-        text: Utf8Bytes,
-    },
+    /// A control event of this connection (boxed: one pointer per slot).
+    Event(Box<Event>),
+    /// A control event shared with the room's other subscribers.
+    Room(Arc<RoomEvent>),
     /// Answered once every earlier item of the same queue reached the socket
     /// writer; lets a replay finish before its room switches to live.
     Barrier(oneshot::Sender<()>),
@@ -126,13 +95,10 @@ pub enum Outbound {
 }
 
 impl Outbound {
-    /// A control frame.
+    /// A control event.
     #[must_use]
-    pub fn control(kind: ControlKind, json: String) -> Self {
-        Outbound::Control {
-            kind,
-            text: Utf8Bytes::from(json),
-        }
+    pub fn event(event: Event) -> Self {
+        Outbound::Event(Box::new(event))
     }
 }
 
@@ -281,6 +247,10 @@ impl ConnectionHandle {
 
     /// Queues a live item; a full queue marks the connection slow instead.
     /// Returns whether the item was queued.
+    #[allow(
+        clippy::must_use_candidate,
+        reason = "a refused offer marks the connection slow by itself; most callers need not look"
+    )]
     pub fn offer(&self, item: Outbound) -> bool {
         self.push_live(item, true)
     }
@@ -288,6 +258,10 @@ impl ConnectionHandle {
     /// Queues an item that may be lost under load (a signal): when the live
     /// queue is full it is dropped, and the connection is not marked slow.
     /// Returns whether the item was queued.
+    #[allow(
+        clippy::must_use_candidate,
+        reason = "a refused offer marks the connection slow by itself; most callers need not look"
+    )]
     pub fn offer_or_drop(&self, item: Outbound) -> bool {
         self.push_live(item, false)
     }
@@ -529,14 +503,28 @@ mod tests {
 
     use super::*;
 
+    use crate::protocol::ErrorCode;
+    use crate::session::event::ErrorEvent;
+
+    /// An item told apart by its text.
     fn control(text: &str) -> Outbound {
-        Outbound::control(ControlKind::Reply, text.to_owned())
+        Outbound::event(Event::Error(Box::new(ErrorEvent {
+            req: None,
+            code: ErrorCode::BadRequest,
+            message: text.to_owned(),
+            room: None,
+            retry_after_ms: None,
+            stored: None,
+        })))
     }
 
     fn text_of(item: Option<Outbound>) -> String {
         match item {
-            Some(Outbound::Control { text, .. }) => text.as_str().to_owned(),
-            other => panic!("expected a control frame, got {other:?}"),
+            Some(Outbound::Event(event)) => match *event {
+                Event::Error(error) => error.message,
+                other => panic!("expected a marked item, got {other:?}"),
+            },
+            other => panic!("expected a marked item, got {other:?}"),
         }
     }
 
@@ -675,18 +663,6 @@ mod tests {
         }
         while queues.try_next().is_some() {}
         assert!(queues.outbox.state().live.capacity() <= LIVE_SHRINK_ABOVE);
-    }
-
-    #[test]
-    fn sse_event_carries_id_and_data_on_one_line_each() {
-        let stored = StoredMessage {
-            id: MessageId::new(3, 1),
-            prev: MessageId::ZERO,
-            frame: Bytes::from_static(b"{\"a\":1}"),
-            trace: None,
-        };
-        let live = LiveMessage::from_stored(&stored).unwrap();
-        assert_eq!(&live.sse_event()[..], b"event: message\nid: 3-1\ndata: {\"a\":1}\n\n");
     }
 }
 

@@ -18,11 +18,12 @@ use std::sync::Arc;
 
 use tokio::sync::oneshot;
 
+use super::event::{Event, RoomEvent};
 use super::hub::{RoomHub, Subscription, live_message};
-use super::outbound::{ConnectionHandle, ControlKind, LiveMessage, Outbound, ReplySender};
+use super::outbound::{ConnectionHandle, LiveMessage, Outbound, ReplySender};
 use crate::broker::{Broker, BrokerError, PresenceEntry};
 use crate::protocol::server_frame::{PRESENCE_SNAPSHOT_MEMBERS, PresenceSnapshot};
-use crate::protocol::{MessageId, ReplayRequest, RequestTag, RoomName, server_frame};
+use crate::protocol::{MessageId, ReplayRequest, RequestTag, RoomName};
 
 /// Why a resume did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -144,10 +145,13 @@ pub async fn subscribe_and_resume(
     let replayed = history.messages.len();
     send(
         target.replies,
-        Outbound::control(
-            ControlKind::Subscribed,
-            server_frame::subscribed(target.req, room, history.recovered, replayed, presence.as_ref()),
-        ),
+        Outbound::event(Event::Subscribed {
+            req: target.req.cloned(),
+            room: room.clone(),
+            recovered: history.recovered,
+            replay: replayed,
+            presence,
+        }),
     )
     .await?;
     let mut last_sent = match (replay, history.recovered) {
@@ -206,10 +210,7 @@ async fn fill_from_history(
             if message.prev != cursor {
                 send(
                     replies,
-                    Outbound::control(
-                        ControlKind::Gap,
-                        server_frame::gap(room, Some(cursor), Some(message.id)),
-                    ),
+                    Outbound::Room(RoomEvent::gap(room, Some(cursor), Some(message.id))),
                 )
                 .await?;
             }
@@ -223,7 +224,7 @@ async fn fill_from_history(
     if next.prev != cursor {
         send(
             replies,
-            Outbound::control(ControlKind::Gap, server_frame::gap(room, Some(cursor), Some(next.id))),
+            Outbound::Room(RoomEvent::gap(room, Some(cursor), Some(next.id))),
         )
         .await?;
     }
