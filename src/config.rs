@@ -152,6 +152,14 @@ pub struct Cli {
     #[arg(long, env = "RELAY_ALLOWED_ORIGINS", default_value = "*")]
     pub allowed_origins: String,
 
+    /// Comma-separated paths that also serve STOMP over WebSocket and SockJS (as Spring's withSockJS lays them out), besides /v1/stomp
+    #[arg(long, env = "RELAY_STOMP_ENDPOINTS", default_value = "")]
+    pub stomp_endpoints: String,
+
+    /// STOMP application destinations and the rooms their SENDs go to, built from body fields: destination=room-template pairs, comma-separated (e.g. /app/chat/message=chat.room.{roomId})
+    #[arg(long, env = "RELAY_STOMP_APP_ROUTES", default_value = "")]
+    pub stomp_app_routes: String,
+
     /// Log format [default: pretty on a terminal, else json]; level from RUST_LOG
     #[arg(long, env = "RELAY_LOG_FORMAT", value_enum)]
     pub log_format: Option<LogFormat>,
@@ -204,6 +212,8 @@ pub struct Settings {
     pub max_connections: usize,
     pub max_connections_per_client: usize,
     pub allowed_origins: AllowedOrigins,
+    pub stomp_endpoints: Vec<String>,
+    pub stomp_app_routes: crate::stomp::AppRoutes,
     pub log_format: Option<LogFormat>,
 }
 
@@ -400,6 +410,9 @@ impl Cli {
         };
         let max_connections = at_least(self.max_connections, 1, "RELAY_MAX_CONNECTIONS", "max-connections")?;
         let allowed_origins = parse_origins(&self.allowed_origins)?;
+        let stomp_endpoints = parse_stomp_endpoints(&self.stomp_endpoints)?;
+        let stomp_app_routes = crate::stomp::AppRoutes::parse(&self.stomp_app_routes)
+            .map_err(|message| invalid("RELAY_STOMP_APP_ROUTES", "stomp-app-routes", message))?;
         Ok(Settings {
             listen: self.listen,
             redis_url: self.redis_url,
@@ -425,9 +438,45 @@ impl Cli {
             max_connections,
             max_connections_per_client: self.max_connections_per_client,
             allowed_origins,
+            stomp_endpoints,
+            stomp_app_routes,
             log_format: self.log_format,
         })
     }
+}
+
+fn parse_stomp_endpoints(text: &str) -> Result<Vec<String>, ConfigError> {
+    let mut endpoints: Vec<String> = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|entry| !entry.is_empty()) {
+        let path = entry.trim_end_matches('/');
+        let valid = path.starts_with('/')
+            && path.len() > 1
+            && !path.starts_with("/v1/")
+            && !["/healthz", "/readyz", "/metrics"].contains(&path)
+            && path
+                .bytes()
+                .all(|byte| byte.is_ascii_alphanumeric() || b"/-_.~".contains(&byte))
+            && !path.contains("//")
+            && !path.contains('{');
+        if !valid {
+            return Err(invalid(
+                "RELAY_STOMP_ENDPOINTS",
+                "stomp-endpoints",
+                format!(
+                    "{entry:?} is not a usable path; use paths such as /ws-stomp (letters, digits, / - _ . ~), outside /v1/ and the health endpoints"
+                ),
+            ));
+        }
+        if endpoints.iter().any(|known| known == path) {
+            return Err(invalid(
+                "RELAY_STOMP_ENDPOINTS",
+                "stomp-endpoints",
+                format!("{path:?} is listed twice"),
+            ));
+        }
+        endpoints.push(path.to_owned());
+    }
+    Ok(endpoints)
 }
 
 fn parse_origins(text: &str) -> Result<AllowedOrigins, ConfigError> {

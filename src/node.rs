@@ -41,6 +41,8 @@ pub struct Node {
     pub connections: TaskTracker,
     /// Every background task (broker, hub, sweepers), owned and watched.
     pub tasks: Arc<NodeTasks>,
+    /// `RELAY_STOMP_APP_ROUTES`, shared by every STOMP connection.
+    pub stomp_app_routes: Arc<crate::stomp::AppRoutes>,
 }
 
 impl Node {
@@ -86,6 +88,7 @@ impl Node {
         });
         let http_publish_limiter = AddressRateLimiter::new(settings.publish_rate);
         let admission = Admission::new(settings.max_connections, settings.max_connections_per_client);
+        let stomp_app_routes = Arc::new(settings.stomp_app_routes.clone());
         Arc::new(Self {
             settings,
             broker,
@@ -98,6 +101,7 @@ impl Node {
             draining: CancellationToken::new(),
             connections: TaskTracker::new(),
             tasks,
+            stomp_app_routes,
         })
     }
 

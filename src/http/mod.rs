@@ -5,6 +5,7 @@ mod error;
 mod presence;
 mod rest;
 mod sse;
+mod stomp;
 mod ws;
 
 use std::fmt::Write as _;
@@ -30,7 +31,12 @@ pub fn router(node: Arc<Node>) -> Router {
     // CORS is the outermost layer so that preflight requests are answered
     // before routing (a route has no OPTIONS handler of its own).
     let cors = cors(&node.settings.allowed_origins);
-    Router::new()
+    let mut router = Router::new();
+    router = stomp::add_routes(router, "/v1/stomp", "/v1/stomp/sockjs");
+    for endpoint in &node.settings.stomp_endpoints {
+        router = stomp::add_routes(router, endpoint, endpoint);
+    }
+    router
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/rooms/{room}/events", get(sse::events))
         .route("/v1/rooms/{room}/messages", get(rest::history).post(rest::publish))

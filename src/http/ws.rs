@@ -1,9 +1,13 @@
-//! `GET /v1/ws`: the WebSocket transport. Drives one socket with two futures
-//! in one task: a reader that hands text frames to the [`ClientSession`], and
-//! a writer that drains the connection's queues, batching up to
-//! [`WRITE_BATCH`] frames per flush, sends pings, and closes slow consumers
-//! (4000) and draining connections (`reconnect`, then 1012). After any close
-//! of its own the node keeps reading until the client's close (bounded), so
+//! `GET /v1/ws`, and the WebSocket driver every protocol over a WebSocket
+//! shares (the JSON protocol here, STOMP in `stomp`).
+//!
+//! The driver runs one socket with two futures in one task: a reader that
+//! hands the client's messages to the protocol's [`Inbound`] side, and a
+//! writer that drains the connection's queues through the protocol's
+//! [`Framing`], batching up to [`WRITE_BATCH`] frames per flush, sends
+//! pings (and the protocol's heart-beats), and closes slow consumers (4000)
+//! and draining connections (`reconnect`, then 1012). After any close of
+//! its own the node keeps reading until the client's close (bounded), so
 //! the close frame arrives instead of being destroyed by a reset.
 
 use std::pin::Pin;
@@ -22,7 +26,6 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 
 use super::{ApiError, AuthQuery, GaugeGuard, admit, bad_query, identify, until_expiry};
-use crate::auth::Identity;
 use crate::node::Node;
 use crate::protocol::{ErrorCode, close_code};
 use crate::session::{
@@ -53,15 +56,8 @@ pub async fn upgrade(
     if node.is_draining() {
         return ApiError::draining().into_response();
     }
-    if let Some(origin) = headers.get(header::ORIGIN).and_then(|value| value.to_str().ok()) {
-        if !node.settings.allowed_origins.allows(origin) {
-            return ApiError::new(
-                StatusCode::FORBIDDEN,
-                ErrorCode::Forbidden,
-                format!("origin {origin} may not open WebSockets here (RELAY_ALLOWED_ORIGINS)"),
-            )
-            .into_response();
-        }
+    if let Err(error) = check_origin(&node, &headers) {
+        return error.into_response();
     }
     let query = match query {
         Ok(Query(query)) => query,
@@ -82,21 +78,154 @@ pub async fn upgrade(
                 .into_response();
         }
     };
-    let settings = &node.settings;
     let tracker = node.connections.clone();
     // Boxed: the upgrade's task keeps this closure's captures for the
     // connection's whole life; a pointer costs less than the identity.
     let parts = Box::new((node.clone(), identity, slot));
+    configure(upgrade, &node.settings).on_upgrade(move |socket| {
+        let (node, identity, slot) = *parts;
+        let (connection, replies, queues) = ConnectionHandle::new(node.settings.outbound_queue);
+        let session = ClientSession::new(node.session.clone(), identity, connection, replies.clone());
+        let welcome = session.welcome();
+        let protocol = Protocol {
+            inbound: JsonInbound { session },
+            framing: JsonFraming,
+            transport: "ws",
+            first: Some(welcome),
+        };
+        tracker.track_future(serve_connection(Connection::open(
+            node,
+            protocol,
+            Some(slot),
+            socket,
+            replies,
+            queues,
+        )))
+    })
+}
+
+/// Refuses a browser page of an origin `RELAY_ALLOWED_ORIGINS` does not list.
+pub(crate) fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), ApiError> {
+    match headers.get(header::ORIGIN).and_then(|value| value.to_str().ok()) {
+        Some(origin) if !node.settings.allowed_origins.allows(origin) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Forbidden,
+            format!("origin {origin} may not open WebSockets here (RELAY_ALLOWED_ORIGINS)"),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The settings a WebSocket upgrade of this node gets.
+pub(crate) fn configure(upgrade: WebSocketUpgrade, settings: &crate::config::Settings) -> WebSocketUpgrade {
     upgrade
         .read_buffer_size(READ_BUFFER_BYTES)
         .write_buffer_size(WRITE_BUFFER_BYTES)
         .max_write_buffer_size(WRITE_BUFFER_BYTES + settings.max_frame_bytes.max(settings.max_message_bytes + 4096) * 2)
         .max_message_size(settings.max_frame_bytes)
         .max_frame_size(settings.max_frame_bytes)
-        .on_upgrade(move |socket| {
-            let (node, identity, slot) = *parts;
-            tracker.track_future(serve_connection(Connection::open(node, identity, slot, socket)))
-        })
+}
+
+/// A message from the client, as the protocol gets it.
+pub(crate) enum Incoming {
+    /// A text message.
+    Text(axum::extract::ws::Utf8Bytes),
+    /// A binary message.
+    Binary(bytes::Bytes),
+}
+
+/// What a protocol does with the client's messages.
+pub(crate) trait Inbound: Send {
+    /// The client's session, once it has one (STOMP's comes with CONNECT).
+    fn session(&mut self) -> Option<&mut ClientSession>;
+    /// Handles one message from the client.
+    fn receive(&mut self, message: Incoming) -> impl Future<Output = SessionVerdict> + Send;
+    /// How long the client may stay silent before it is taken for dead
+    /// (STOMP's heart-beats); `None`: the pings decide.
+    fn silence_limit(&self) -> Option<Duration> {
+        None
+    }
+}
+
+/// What one queued item becomes on the socket.
+pub(crate) enum Encoded {
+    /// Nothing: this protocol does not say it.
+    Nothing,
+    /// One message.
+    Send(Message),
+    /// One message, then the connection closes with this code (STOMP's
+    /// `ERROR`).
+    SendAndClose(Message, u16, &'static str),
+}
+
+/// How a protocol frames what the session says.
+pub(crate) trait Framing: Send {
+    /// What goes first, before any queued item (SockJS's open frame).
+    fn opening(&mut self) -> Option<Message> {
+        None
+    }
+    /// A message, an event or a room event (barriers and closes are the
+    /// driver's).
+    fn encode(&mut self, item: Outbound) -> Encoded;
+    /// A heart-beat to send after this long without writing.
+    fn heartbeat(&self) -> Option<(Duration, Message)> {
+        None
+    }
+    /// What goes just before the WebSocket close (SockJS's close frame).
+    fn closing(&self, _code: u16, _reason: &str) -> Option<Message> {
+        None
+    }
+}
+
+/// One protocol's two sides and what it sends first.
+pub(crate) struct Protocol<I, F> {
+    pub(crate) inbound: I,
+    pub(crate) framing: F,
+    /// The `transport` label of the connections gauge.
+    pub(crate) transport: &'static str,
+    /// Queued before anything else (the JSON protocol's `welcome`).
+    pub(crate) first: Option<Outbound>,
+}
+
+/// The JSON protocol's reading side: every text message is a frame for
+/// the session.
+struct JsonInbound {
+    session: ClientSession,
+}
+
+impl Inbound for JsonInbound {
+    fn session(&mut self) -> Option<&mut ClientSession> {
+        Some(&mut self.session)
+    }
+
+    async fn receive(&mut self, message: Incoming) -> SessionVerdict {
+        match message {
+            // Boxed: the frame's work takes heap only while it runs, not a
+            // slot in every idle connection's task.
+            Incoming::Text(text) => Box::pin(self.session.handle_text(&text)).await,
+            Incoming::Binary(_) => SessionVerdict::Close {
+                code: close_code::UNSUPPORTED_DATA,
+                reason: "binary frames are not supported; send JSON text frames",
+            },
+        }
+    }
+}
+
+/// The JSON protocol's framing: one text message per frame.
+struct JsonFraming;
+
+impl Framing for JsonFraming {
+    fn encode(&mut self, item: Outbound) -> Encoded {
+        match item {
+            Outbound::Message(message) => Encoded::Send(Message::Text(shared_text(message.frame()))),
+            Outbound::Room(event) => Encoded::Send(Message::Text(shared_text(event.json_bytes()))),
+            Outbound::Event(event) => match event.to_json() {
+                Some(json) => Encoded::Send(Message::Text(json.into())),
+                None => Encoded::Nothing,
+            },
+            Outbound::Barrier(_) | Outbound::Close { .. } => Encoded::Nothing,
+        }
+    }
 }
 
 enum ReadEnd {
@@ -115,32 +244,45 @@ enum ReadEnd {
 /// out; so the parts are made here and the task only borrows them. That
 /// keeps the upgraded socket and the identity from being stored twice in
 /// every connection's task.
-struct Connection {
+pub(crate) struct Connection<I, F> {
     node: Arc<Node>,
-    session: ClientSession,
+    inbound: I,
+    framing: F,
+    first: Option<Outbound>,
     replies: ReplySender,
     queues: ConnectionQueues,
     sink: Sink,
     stream: SplitStream<WebSocket>,
-    /// The admission slot and the open-connections gauge, released when
-    /// the connection ends.
-    held: (ConnectionSlot, GaugeGuard),
+    /// The admission slot (none until a STOMP client's CONNECT) and the
+    /// open-connections gauge, released when the connection ends.
+    held: (Option<ConnectionSlot>, GaugeGuard),
 }
 
-impl Connection {
-    fn open(node: Arc<Node>, identity: Identity, slot: ConnectionSlot, socket: WebSocket) -> Self {
+impl<I: Inbound, F: Framing> Connection<I, F> {
+    /// The parts of a connection serving `protocol` on `socket`, whose
+    /// queues `replies` and `queues` are (the session holds their live end).
+    pub(crate) fn open(
+        node: Arc<Node>,
+        protocol: Protocol<I, F>,
+        slot: Option<ConnectionSlot>,
+        socket: WebSocket,
+        replies: ReplySender,
+        queues: ConnectionQueues,
+    ) -> Self {
         let open = GaugeGuard::inc(
             node.metrics
                 .connections
-                .get_or_create(&TransportLabel { transport: "ws" })
+                .get_or_create(&TransportLabel {
+                    transport: protocol.transport,
+                })
                 .clone(),
         );
-        let (connection, replies, queues) = ConnectionHandle::new(node.settings.outbound_queue);
-        let session = ClientSession::new(node.session.clone(), identity, connection, replies.clone());
         let (sink, stream) = socket.split();
         Self {
             node,
-            session,
+            inbound: protocol.inbound,
+            framing: protocol.framing,
+            first: protocol.first,
             replies,
             queues,
             sink,
@@ -156,9 +298,11 @@ impl Connection {
     clippy::manual_async_fn,
     reason = "as an async fn, the task would store the connection twice (about 540 bytes more)"
 )]
-fn serve_connection(mut connection: Connection) -> impl Future<Output = ()> {
+pub(crate) fn serve_connection<I: Inbound, F: Framing>(mut connection: Connection<I, F>) -> impl Future<Output = ()> {
     async move {
-        if connection.replies.send(connection.session.welcome()).await.is_err() {
+        if let Some(first) = connection.first.take()
+            && connection.replies.send(first).await.is_err()
+        {
             return;
         }
         let missed_pongs = AtomicU32::new(0);
@@ -166,15 +310,16 @@ fn serve_connection(mut connection: Connection) -> impl Future<Output = ()> {
             &connection.node,
             &mut connection.sink,
             &mut connection.queues,
+            &mut connection.framing,
             &missed_pongs,
         );
         tokio::pin!(writer);
         let end = tokio::select! {
-            end = read_socket(&connection.node, &mut connection.stream, &mut connection.session, &missed_pongs) => Some(end),
+            end = read_socket(&connection.node, &mut connection.stream, &mut connection.inbound, &missed_pongs) => Some(end),
             () = &mut writer => None,
         };
         // Leave every room before the socket goes.
-        drop(connection.session);
+        drop(connection.inbound);
         match end {
             // Boxed: this runs once, at the end; no idle task carries its state.
             Some(end) => Box::pin(close_after_reading(&connection.node, connection.replies, end, writer)).await,
@@ -237,69 +382,87 @@ async fn linger_until_the_peer_closes(stream: &mut SplitStream<WebSocket>) {
 async fn read_socket(
     node: &Node,
     stream: &mut SplitStream<WebSocket>,
-    session: &mut ClientSession,
+    inbound: &mut impl Inbound,
     missed_pongs: &AtomicU32,
 ) -> ReadEnd {
     // One timer per connection, moved when a refresh changes the expiry.
     let far_future = Duration::from_secs(100 * 365 * 24 * 3600);
-    let deadline = |session: &ClientSession| {
-        tokio::time::Instant::now() + until_expiry(node, session.identity()).unwrap_or(far_future)
+    let deadline = |session: Option<&mut ClientSession>| {
+        let left = session.and_then(|session| until_expiry(node, session.identity()));
+        tokio::time::Instant::now() + left.unwrap_or(far_future)
     };
-    let expiry = tokio::time::sleep_until(deadline(session));
+    let expiry = tokio::time::sleep_until(deadline(inbound.session()));
     tokio::pin!(expiry);
-    let mut expiry_version = session.identity_version();
+    let mut expiry_version = None;
+    // The protocol's own liveness check (STOMP heart-beats), if any.
+    let silence = tokio::time::sleep_until(tokio::time::Instant::now() + far_future);
+    tokio::pin!(silence);
     let end = loop {
-        if session.identity_version() != expiry_version {
-            expiry_version = session.identity_version();
-            expiry.as_mut().reset(deadline(session));
+        let version = inbound.session().map(|session| session.identity_version());
+        if version != expiry_version {
+            expiry_version = version;
+            expiry.as_mut().reset(deadline(inbound.session()));
         }
+        let silence_limit = inbound.silence_limit();
+        let in_flight = inbound.session().map_or(0, |session| session.publishes_in_flight());
         let received = tokio::select! {
             biased;
             () = &mut expiry => {
+                let Some(session) = inbound.session() else { continue };
                 let SessionVerdict::Close { code, reason } = Box::pin(session.token_expired()).await else { continue };
                 break ReadEnd::Close { code, reason };
             }
+            () = &mut silence, if silence_limit.is_some() => {
+                tracing::debug!("closing a connection whose client went silent past its heart-beats");
+                break ReadEnd::ClientClosed;
+            }
             () = node.draining.cancelled() => break ReadEnd::Draining,
-            Some(reply) = session.next_publish_reply() => {
+            Some(reply) = async {
+                match inbound.session() {
+                    Some(session) => session.next_publish_reply().await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let Some(session) = inbound.session() else { continue };
                 if !session.deliver_reply(reply).await {
                     return ReadEnd::ClientClosed;
                 }
                 continue;
             }
-            received = stream.next(), if session.publishes_in_flight() < MAX_PUBLISHES_IN_FLIGHT => received,
+            received = stream.next(), if in_flight < MAX_PUBLISHES_IN_FLIGHT => received,
         };
-        match received {
-            Some(Ok(Message::Text(text))) => {
-                // Boxed: the frame's work takes heap only while it runs,
-                // not a slot in every idle connection's task.
-                if let SessionVerdict::Close { code, reason } = Box::pin(session.handle_text(&text)).await {
-                    break ReadEnd::Close { code, reason };
-                }
+        if let Some(limit) = inbound.silence_limit() {
+            silence.as_mut().reset(tokio::time::Instant::now() + limit);
+        }
+        let incoming = match received {
+            Some(Ok(Message::Text(text))) => Incoming::Text(text),
+            Some(Ok(Message::Binary(data))) => Incoming::Binary(data),
+            Some(Ok(Message::Pong(_))) => {
+                missed_pongs.store(0, Ordering::Relaxed);
+                continue;
             }
-            Some(Ok(Message::Binary(_))) => {
-                break ReadEnd::Close {
-                    code: close_code::UNSUPPORTED_DATA,
-                    reason: "binary frames are not supported; send JSON text frames",
-                };
-            }
-            Some(Ok(Message::Pong(_))) => missed_pongs.store(0, Ordering::Relaxed),
             // tungstenite answers pings by itself.
-            Some(Ok(Message::Ping(_))) => {}
+            Some(Ok(Message::Ping(_))) => continue,
             Some(Ok(Message::Close(_))) | None => break ReadEnd::ClientClosed,
             Some(Err(error)) => break classify_read_error(error),
+        };
+        if let SessionVerdict::Close { code, reason } = inbound.receive(incoming).await {
+            break ReadEnd::Close { code, reason };
         }
     };
     // Publishes received before the end are committed (and acknowledged if
     // the socket still takes it), bounded by the close grace. Boxed: it
     // runs once, at the end.
-    let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, async {
-        while let Some(reply) = session.next_publish_reply().await {
-            if !session.deliver_reply(reply).await {
-                break;
+    if let Some(session) = inbound.session() {
+        let _ = Box::pin(tokio::time::timeout(CLOSE_GRACE, async {
+            while let Some(reply) = session.next_publish_reply().await {
+                if !session.deliver_reply(reply).await {
+                    break;
+                }
             }
-        }
-    }))
-    .await;
+        }))
+        .await;
+    }
     end
 }
 
@@ -362,15 +525,29 @@ enum Step {
     Finish,
 }
 
-async fn write_socket(node: &Node, sink: &mut Sink, queues: &mut ConnectionQueues, missed_pongs: &AtomicU32) {
+async fn write_socket(
+    node: &Node,
+    sink: &mut Sink,
+    queues: &mut ConnectionQueues,
+    framing: &mut impl Framing,
+    missed_pongs: &AtomicU32,
+) {
     let ping_interval = node.settings.ping_interval;
     let stall = ping_interval * 2;
     let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    if let Some(opening) = framing.opening()
+        && guarded(sink.send(opening), queues, stall).await.is_err()
+    {
+        return;
+    }
+    let mut last_write = tokio::time::Instant::now();
     loop {
+        let heartbeat = framing.heartbeat();
+        let heartbeat_due = heartbeat.as_ref().map(|(every, _)| last_write + *every);
         let first = tokio::select! {
             biased;
-            () = queues.slow() => return Box::pin(close_slow_consumer(node, sink, queues)).await,
+            () = queues.slow() => return Box::pin(close_slow_consumer(node, sink, queues, framing)).await,
             item = queues.next() => if let Some(item) = item { item } else {
                 let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
                 return;
@@ -382,16 +559,29 @@ async fn write_socket(node: &Node, sink: &mut Sink, queues: &mut ConnectionQueue
                 }
                 match guarded(sink.send(Message::Ping(bytes::Bytes::new())), queues, stall).await {
                     Ok(()) => continue,
-                    Err(WriteStop::Slow) => return Box::pin(close_slow_consumer(node, sink, queues)).await,
+                    Err(WriteStop::Slow) => return Box::pin(close_slow_consumer(node, sink, queues, framing)).await,
+                    Err(WriteStop::Stalled | WriteStop::Broken) => return,
+                }
+            }
+            () = async { match heartbeat_due {
+                Some(due) => tokio::time::sleep_until(due).await,
+                None => std::future::pending().await,
+            } } => {
+                last_write = tokio::time::Instant::now();
+                let Some((_, beat)) = heartbeat else { continue };
+                match guarded(sink.send(beat), queues, stall).await {
+                    Ok(()) => continue,
+                    Err(WriteStop::Slow) => return Box::pin(close_slow_consumer(node, sink, queues, framing)).await,
                     Err(WriteStop::Stalled | WriteStop::Broken) => return,
                 }
             }
         };
-        let mut step = feed(sink, first, queues, stall).await;
+        last_write = tokio::time::Instant::now();
+        let mut step = feed(sink, first, queues, framing, stall).await;
         let mut written = 1;
         while matches!(step, Ok(Step::Continue)) && written < WRITE_BATCH {
             let Some(next) = queues.try_next() else { break };
-            step = feed(sink, next, queues, stall).await;
+            step = feed(sink, next, queues, framing, stall).await;
             written += 1;
         }
         let outcome = match step {
@@ -401,51 +591,79 @@ async fn write_socket(node: &Node, sink: &mut Sink, queues: &mut ConnectionQueue
         match outcome {
             Ok(Step::Continue) => {}
             Ok(Step::Finish) | Err(WriteStop::Stalled | WriteStop::Broken) => return,
-            Err(WriteStop::Slow) => return Box::pin(close_slow_consumer(node, sink, queues)).await,
+            Err(WriteStop::Slow) => return Box::pin(close_slow_consumer(node, sink, queues, framing)).await,
         }
     }
 }
 
-async fn feed(sink: &mut Sink, item: Outbound, queues: &ConnectionQueues, stall: Duration) -> Result<Step, WriteStop> {
-    let message = match item {
-        Outbound::Message(message) => Message::Text(shared_text(message.frame())),
-        Outbound::Room(event) => Message::Text(shared_text(event.json_bytes())),
-        Outbound::Event(event) => match event.to_json() {
-            Some(json) => Message::Text(json.into()),
-            None => return Ok(Step::Continue),
-        },
+async fn feed(
+    sink: &mut Sink,
+    item: Outbound,
+    queues: &ConnectionQueues,
+    framing: &mut impl Framing,
+    stall: Duration,
+) -> Result<Step, WriteStop> {
+    let (message, then_close) = match item {
         Outbound::Barrier(reached) => {
             let _ = reached.send(());
             return Ok(Step::Continue);
         }
         Outbound::Close { code, reason } => {
-            guarded(
-                sink.feed(Message::Close(Some(CloseFrame {
-                    code,
-                    reason: reason.into(),
-                }))),
-                queues,
-                stall,
-            )
-            .await?;
+            feed_close(sink, framing, code, reason, queues, stall).await?;
             return Ok(Step::Finish);
         }
+        item => match framing.encode(item) {
+            Encoded::Nothing => return Ok(Step::Continue),
+            Encoded::Send(message) => (message, None),
+            Encoded::SendAndClose(message, code, reason) => (message, Some((code, reason))),
+        },
     };
     guarded(sink.feed(message), queues, stall).await?;
+    if let Some((code, reason)) = then_close {
+        feed_close(sink, framing, code, reason, queues, stall).await?;
+        return Ok(Step::Finish);
+    }
     Ok(Step::Continue)
+}
+
+async fn feed_close(
+    sink: &mut Sink,
+    framing: &impl Framing,
+    code: u16,
+    reason: &'static str,
+    queues: &ConnectionQueues,
+    stall: Duration,
+) -> Result<(), WriteStop> {
+    if let Some(last_words) = framing.closing(code, reason) {
+        guarded(sink.feed(last_words), queues, stall).await?;
+    }
+    guarded(
+        sink.feed(Message::Close(Some(CloseFrame {
+            code,
+            reason: reason.into(),
+        }))),
+        queues,
+        stall,
+    )
+    .await
 }
 
 /// Drops what was queued, puts the 4000 close behind what the socket
 /// already holds, and gives the client a moment to read it.
-async fn close_slow_consumer(node: &Node, sink: &mut Sink, queues: &mut ConnectionQueues) {
+async fn close_slow_consumer(node: &Node, sink: &mut Sink, queues: &mut ConnectionQueues, framing: &impl Framing) {
     node.metrics.slow_consumer_closes.inc();
     node.metrics.count_close(close_code::SLOW_CONSUMER);
     queues.close();
+    let reason = "slow consumer: reconnect and resume with since";
+    let last_words = framing.closing(close_code::SLOW_CONSUMER, reason);
     let close = Message::Close(Some(CloseFrame {
         code: close_code::SLOW_CONSUMER,
-        reason: "slow consumer: reconnect and resume with since".into(),
+        reason: reason.into(),
     }));
     let _ = tokio::time::timeout(CLOSE_GRACE, async {
+        if let Some(last_words) = last_words {
+            sink.feed(last_words).await?;
+        }
         sink.feed(close).await?;
         sink.flush().await
     })
