@@ -431,9 +431,6 @@ async fn read_socket(
             }
             received = stream.next(), if in_flight < MAX_PUBLISHES_IN_FLIGHT => received,
         };
-        if let Some(limit) = inbound.silence_limit() {
-            silence.as_mut().reset(tokio::time::Instant::now() + limit);
-        }
         let incoming = match received {
             Some(Ok(Message::Text(text))) => Incoming::Text(text),
             Some(Ok(Message::Binary(data))) => Incoming::Binary(data),
@@ -448,6 +445,11 @@ async fn read_socket(
         };
         if let SessionVerdict::Close { code, reason } = inbound.receive(incoming).await {
             break ReadEnd::Close { code, reason };
+        }
+        // Only the protocol's own data counts as life: a browser answers
+        // pings even when its page is frozen.
+        if let Some(limit) = inbound.silence_limit() {
+            silence.as_mut().reset(tokio::time::Instant::now() + limit);
         }
     };
     // Publishes received before the end are committed (and acknowledged if

@@ -191,12 +191,14 @@ export async function stopAll(): Promise<void> {
   }
 }
 
-/** Every message of a room, oldest first, read page by page. */
-export async function fullHistory(httpUrl: string, room: string): Promise<Array<{ id: string; prev: string; body: unknown; cmid?: string }>> {
+/** Every message of a room, oldest first, read page by page (with `token` when the relay checks JWTs). */
+export async function fullHistory(httpUrl: string, room: string, token?: string): Promise<Array<{ id: string; prev: string; body: unknown; cmid?: string }>> {
   const messages: Array<{ id: string; prev: string; body: unknown; cmid?: string }> = [];
+  const headers: Record<string, string> = token === undefined ? {} : { authorization: `Bearer ${token}` };
   let after = "0-0";
   for (;;) {
-    const response = await fetch(`${httpUrl}/v1/rooms/${room}/messages?after=${after}&limit=1000`);
+    const response = await fetch(`${httpUrl}/v1/rooms/${room}/messages?after=${after}&limit=1000`, { headers });
+    if (!response.ok) throw new Error(`history of ${room} answered ${response.status}: ${await response.text()}`);
     const page = (await response.json()) as { messages: Array<{ id: string; prev: string; body: unknown; cmid?: string }> };
     messages.push(...page.messages);
     const last = page.messages[page.messages.length - 1];
