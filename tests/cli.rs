@@ -97,6 +97,9 @@ fn a_bad_setting_exits_2_with_one_line_naming_it() {
         ("RELAY_ALLOWED_ORIGINS", "example.com"),
         ("RELAY_AUTH", "maybe"),
         ("RELAY_REDIS_CLUSTER", "perhaps"),
+        ("RELAY_STOMP_ENDPOINTS", "/v1/ws"),
+        ("RELAY_STOMP_APP_ROUTES", "/app/chat/message"),
+        ("RELAY_STOMP_APP_ROUTES", "/app/x=chat.{roomId"),
     ] {
         let output = relay_command().env(variable, value).output().unwrap();
         assert_eq!(output.status.code(), Some(2), "{variable}={value}");
@@ -105,6 +108,13 @@ fn a_bad_setting_exits_2_with_one_line_naming_it() {
         assert!(stderr.contains(variable), "{variable}={value}: {stderr}");
         assert!(!stderr.contains("panicked"));
     }
+    // The STOMP settings say what to write instead.
+    let said = |variable: &str, value: &str| {
+        String::from_utf8(relay_command().env(variable, value).output().unwrap().stderr).unwrap()
+    };
+    assert!(said("RELAY_STOMP_ENDPOINTS", "/v1/ws").contains("such as /ws-stomp"));
+    assert!(said("RELAY_STOMP_APP_ROUTES", "/app/chat/message").contains("destination=room-template"));
+    assert!(said("RELAY_STOMP_APP_ROUTES", "/app/x=chat.{roomId").contains("never closes"));
 }
 
 fn start_relay(extra: &[(&str, &str)]) -> (Running, String, Value) {

@@ -31,12 +31,15 @@ pub fn router(node: Arc<Node>) -> Router {
     // CORS is the outermost layer so that preflight requests are answered
     // before routing (a route has no OPTIONS handler of its own).
     let cors = cors(&node.settings.allowed_origins);
-    let mut router = Router::new();
-    router = stomp::add_routes(router, "/v1/stomp", "/v1/stomp/sockjs");
+    // STOMP's paths answer CORS as SockJS clients need (below), so they
+    // stay outside the other endpoints' layer.
+    let mut stomp_routes = Router::new();
+    stomp_routes = stomp::add_routes(stomp_routes, "/v1/stomp", "/v1/stomp/sockjs");
     for endpoint in &node.settings.stomp_endpoints {
-        router = stomp::add_routes(router, endpoint, endpoint);
+        stomp_routes = stomp::add_routes(stomp_routes, endpoint, endpoint);
     }
-    router
+    let stomp_routes = stomp_routes.layer(sockjs_cors(&node.settings.allowed_origins));
+    Router::new()
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/rooms/{room}/events", get(sse::events))
         .route("/v1/rooms/{room}/messages", get(rest::history).post(rest::publish))
@@ -48,7 +51,22 @@ pub fn router(node: Arc<Node>) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors)
+        .merge(stomp_routes)
         .with_state(node)
+}
+
+/// SockJS clients fetch `info` with credentials, which a wildcard CORS
+/// answer does not allow: the allowed origin is mirrored, with
+/// `Access-Control-Allow-Credentials` (as SockJS servers answer).
+fn sockjs_cors(origins: &AllowedOrigins) -> CorsLayer {
+    let origins = origins.clone();
+    CorsLayer::new()
+        .allow_origin(AllowOrigin::predicate(move |origin, _| {
+            origin.to_str().is_ok_and(|origin| origins.allows(origin))
+        }))
+        .allow_credentials(true)
+        .allow_methods([Method::GET])
+        .max_age(Duration::from_secs(600))
 }
 
 fn cors(origins: &AllowedOrigins) -> CorsLayer {

@@ -1,5 +1,7 @@
-// Serves examples/chat on 127.0.0.1: index.html, and app.ts bundled with the
-// built SDK (dist/) by esbuild. Used by the browser test and the demo.
+// Serves an example page on 127.0.0.1: its index.html, and its app.ts
+// bundled by esbuild (examples/chat with the built SDK, dist/;
+// examples/spring-stomp-chat with @stomp/stompjs and sockjs-client from
+// this package's node_modules). Used by the browser tests and the demo.
 import { build } from "esbuild";
 import { readFileSync } from "node:fs";
 import { createServer, type Server } from "node:http";
@@ -13,8 +15,8 @@ export interface ChatServer {
   close(): Promise<void>;
 }
 
-export async function serveChat(port = 0): Promise<ChatServer> {
-  const dir = join(repoRoot, "examples/chat");
+export async function serveChat(port = 0, example = "chat"): Promise<ChatServer> {
+  const dir = join(repoRoot, "examples", example);
   const bundled = await build({
     entryPoints: [join(dir, "app.ts")],
     bundle: true,
@@ -22,6 +24,9 @@ export async function serveChat(port = 0): Promise<ChatServer> {
     target: "es2020",
     write: false,
     alias: { "@chat-relay/client": join(repoRoot, "clients/js/dist/index.js") },
+    nodePaths: [join(repoRoot, "clients/js/node_modules")],
+    // sockjs-client reads Node's `global`.
+    define: { global: "globalThis" },
     logLevel: "warning",
   });
   const app = bundled.outputFiles[0]!.text;
