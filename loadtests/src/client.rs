@@ -1,7 +1,8 @@
-//! One client for all three systems: subscribe (or resume), read
-//! deliveries, publish. It speaks each wire protocol itself: the relay's
-//! JSON frames, Engine.IO v4 / Socket.IO over WebSocket, and Nchan's
-//! WebSocket and EventSource subscribers with its HTTP publisher.
+//! One client for every system: subscribe (or resume), read deliveries,
+//! publish. It speaks each wire protocol itself: the relay's JSON frames,
+//! Engine.IO v4 / Socket.IO over WebSocket, Nchan's WebSocket and
+//! EventSource subscribers with its HTTP publisher, and STOMP 1.2 over
+//! WebSocket (the relay's `/v1/stomp`, RabbitMQ's Web-STOMP).
 //!
 //! Every published payload is `{"p":publisher,"s":sequence,"t":sent_us}`,
 //! `t` in microseconds since this process started, so one clock measures
@@ -59,6 +60,7 @@ pub enum Subscriber {
     SocketIo { socket: Socket, pid: String },
     NchanWebSocket(Socket),
     NchanEventSource(EventSource),
+    Stomp(Socket),
 }
 
 #[derive(Deserialize)]
@@ -76,6 +78,25 @@ impl Subscriber {
     /// (they can resume), else WebSocket.
     pub async fn connect(endpoint: &Endpoint, room: &str, resume: &Resume, event_source: bool) -> anyhow::Result<Self> {
         match endpoint.kind {
+            SystemKind::RelayStomp | SystemKind::RabbitMq => {
+                let mut socket = stomp_connect(endpoint).await?;
+                let since = match resume {
+                    Resume::Relay(id) => format!("since:{id}\n"),
+                    _ => String::new(),
+                };
+                let subscribe = format!("SUBSCRIBE\nid:0\ndestination:/topic/{room}\nreceipt:s\n{since}\n\0");
+                socket.send(Message::text(subscribe)).await?;
+                loop {
+                    let text = wire::next_text(&mut socket).await?;
+                    if text.starts_with("RECEIPT") {
+                        break;
+                    }
+                    if text.starts_with("ERROR") {
+                        bail!("STOMP subscribe refused: {text}");
+                    }
+                }
+                Ok(Subscriber::Stomp(socket))
+            }
             SystemKind::Relay => {
                 let mut socket = wire::connect(&endpoint.ws_url("/v1/ws")).await?;
                 let since = match resume {
@@ -173,6 +194,14 @@ impl Subscriber {
                 let (id, data) = events.next().await?;
                 Ok((serde_json::from_str(&data).context("Nchan event")?, Resume::Nchan(id)))
             }
+            Subscriber::Stomp(socket) => loop {
+                let text = wire::next_text(socket).await?;
+                let Some((id, body)) = stomp_message(&text) else {
+                    continue;
+                };
+                let payload = serde_json::from_str(body).context("STOMP message body")?;
+                return Ok((payload, id.map_or(Resume::Fresh, |id| Resume::Relay(id.to_owned()))));
+            },
         }
     }
 
@@ -181,7 +210,7 @@ impl Subscriber {
     pub async fn hold(mut self) {
         loop {
             let result = match &mut self {
-                Subscriber::Relay(socket) | Subscriber::NchanWebSocket(socket) => {
+                Subscriber::Relay(socket) | Subscriber::NchanWebSocket(socket) | Subscriber::Stomp(socket) => {
                     wire::next_text(socket).await.map(drop)
                 }
                 Subscriber::SocketIo { .. } | Subscriber::NchanEventSource(_) => self.next().await.map(drop),
@@ -191,6 +220,45 @@ impl Subscriber {
             }
         }
     }
+}
+
+/// A STOMP 1.2 WebSocket after CONNECTED (RabbitMQ's default user, which
+/// the relay ignores; no heart-beats: WebSocket pings keep it alive).
+async fn stomp_connect(endpoint: &Endpoint) -> anyhow::Result<Socket> {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let url = endpoint.stomp_url();
+    wire::ensure_loopback(&url)?;
+    let mut request = url.as_str().into_client_request()?;
+    request
+        .headers_mut()
+        .insert("Sec-WebSocket-Protocol", "v12.stomp".parse()?);
+    let (mut socket, _) = tokio_tungstenite::connect_async(request)
+        .await
+        .with_context(|| format!("connect {url}"))?;
+    socket
+        .send(Message::text(
+            "CONNECT\naccept-version:1.2\nhost:/\nlogin:guest\npasscode:guest\nheart-beat:0,0\n\n\0",
+        ))
+        .await?;
+    let connected = wire::next_text(&mut socket).await?;
+    if !connected.starts_with("CONNECTED") {
+        bail!("expected CONNECTED, got {connected}");
+    }
+    Ok(socket)
+}
+
+/// A MESSAGE frame's `message-id` (the relay's ids resume; RabbitMQ's do
+/// not) and body; `None` for anything else (heart-beats, receipts).
+fn stomp_message(text: &str) -> Option<(Option<&str>, &str)> {
+    let frame = text.trim_start_matches(['\n', '\r']);
+    let rest = frame.strip_prefix("MESSAGE\n")?;
+    let (headers, body) = rest.split_once("\n\n")?;
+    let body = body.split('\0').next().unwrap_or("");
+    let id = headers
+        .lines()
+        .find_map(|line| line.strip_prefix("message-id:"))
+        .filter(|id| id.contains('-') && id.bytes().all(|byte| byte.is_ascii_digit() || byte == b'-'));
+    Some((id, body))
 }
 
 /// Engine.IO open, then the Socket.IO CONNECT of the main namespace (with
@@ -242,6 +310,7 @@ type SocketSink = futures_util::stream::SplitSink<Socket, Message>;
 /// A publishing connection of any system.
 pub enum Publisher {
     Relay(SocketSink),
+    Stomp(SocketSink),
     /// Shared with the task that answers the server's pings.
     SocketIo(std::sync::Arc<tokio::sync::Mutex<SocketSink>>),
     /// HTTP publishes, several in flight (at most one per room, so that a
@@ -272,6 +341,12 @@ impl Publisher {
                 let (sink, mut stream) = socket.split();
                 tokio::spawn(async move { while stream.next().await.is_some() {} });
                 Ok(Publisher::Relay(sink))
+            }
+            SystemKind::RelayStomp | SystemKind::RabbitMq => {
+                let socket = stomp_connect(endpoint).await?;
+                let (sink, mut stream) = socket.split();
+                tokio::spawn(async move { while stream.next().await.is_some() {} });
+                Ok(Publisher::Stomp(sink))
             }
             SystemKind::SocketIo => {
                 let (socket, _) = socketio_connect(endpoint, &Resume::Fresh).await?;
@@ -306,6 +381,13 @@ impl Publisher {
                 )))
                 .await
                 .context("relay publish"),
+            Publisher::Stomp(sink) => sink
+                .send(Message::text(format!(
+                    "SEND\ndestination:/topic/{room}\ncontent-type:application/json\ncontent-length:{}\n\n{payload}\0",
+                    payload.len()
+                )))
+                .await
+                .context("STOMP publish"),
             Publisher::SocketIo(sink) => sink
                 .lock()
                 .await
@@ -391,5 +473,18 @@ impl EventSource {
             self.buffer
                 .push_str(std::str::from_utf8(&chunk).context("event stream is not UTF-8")?);
         }
+    }
+}
+
+#[cfg(test)]
+mod stomp_tests {
+    #[test]
+    fn a_stomp_message_gives_its_id_and_body() {
+        let relay = "MESSAGE\ndestination:/topic/f\nsubscription:0\nmessage-id:17-2\n\n{\"p\":0}\0";
+        assert_eq!(super::stomp_message(relay), Some((Some("17-2"), "{\"p\":0}")));
+        let rabbit = "MESSAGE\nsubscription:0\nmessage-id:T_0@@session-x@@1\n\n{}\0";
+        assert_eq!(super::stomp_message(rabbit), Some((None, "{}")));
+        assert_eq!(super::stomp_message("\n"), None);
+        assert_eq!(super::stomp_message("RECEIPT\nreceipt-id:s\n\n\0"), None);
     }
 }

@@ -199,13 +199,15 @@ impl Report {
     }
 }
 
-const COLORS: [&str; 3] = ["#1b6ac9", "#d9534f", "#5cb85c"];
+const COLORS: [&str; 5] = ["#1b6ac9", "#d9534f", "#5cb85c", "#7b4fc9", "#f0ad4e"];
 
 fn color(system: SystemKind) -> &'static str {
     match system {
         SystemKind::Relay => COLORS[0],
         SystemKind::SocketIo => COLORS[1],
         SystemKind::Nchan => COLORS[2],
+        SystemKind::RelayStomp => COLORS[3],
+        SystemKind::RabbitMq => COLORS[4],
     }
 }
 

@@ -94,6 +94,8 @@ fn spawn_worker(deployment: &Deployment, first: usize, count: usize) -> anyhow::
         SystemKind::Relay => "relay",
         SystemKind::SocketIo => "socketio",
         SystemKind::Nchan => "nchan",
+        SystemKind::RelayStomp => "relay-stomp",
+        SystemKind::RabbitMq => "rabbitmq",
     };
     let mut child = Command::new(std::env::current_exe()?)
         .args(["hold", "--system", system, "--ports", &ports.join(","), "--first"])

@@ -7,6 +7,12 @@
 //!   recovery).
 //! - `nchan`: two nginx instances with Nchan and Redis storage
 //!   (`peers/nchan/nginx.conf.template`).
+//! - `relay-stomp`: the `relay` deployment, measured through its STOMP
+//!   endpoint (`/v1/stomp`) instead of the JSON protocol.
+//! - `rabbitmq`: one RabbitMQ node (Debian's `rabbitmq-server`) with its
+//!   Web-STOMP plugin, the STOMP-over-WebSocket broker Spring teams put
+//!   behind their front ends; one node, since a RabbitMQ cluster shares
+//!   queues through Erlang distribution rather than a Redis.
 
 mod process;
 
@@ -25,6 +31,12 @@ pub enum SystemKind {
     #[serde(rename = "socketio")]
     SocketIo,
     Nchan,
+    #[value(name = "relay-stomp")]
+    #[serde(rename = "relay-stomp")]
+    RelayStomp,
+    #[value(name = "rabbitmq")]
+    #[serde(rename = "rabbitmq")]
+    RabbitMq,
 }
 
 impl SystemKind {
@@ -33,7 +45,14 @@ impl SystemKind {
             SystemKind::Relay => "chat-relay",
             SystemKind::SocketIo => "Socket.IO",
             SystemKind::Nchan => "Nchan",
+            SystemKind::RelayStomp => "chat-relay (STOMP)",
+            SystemKind::RabbitMq => "RabbitMQ Web-STOMP",
         }
+    }
+
+    /// Whether it is chat-relay (whichever protocol measures it).
+    pub fn is_relay(self) -> bool {
+        matches!(self, SystemKind::Relay | SystemKind::RelayStomp)
     }
 }
 
@@ -51,6 +70,14 @@ impl Endpoint {
 
     pub fn http_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+
+    /// The STOMP-over-WebSocket URL of a STOMP system.
+    pub fn stomp_url(&self) -> String {
+        match self.kind {
+            SystemKind::RabbitMq => self.ws_url("/ws"),
+            _ => self.ws_url("/v1/stomp"),
+        }
     }
 }
 
@@ -123,10 +150,13 @@ impl Deployment {
         let redis_url = format!("redis://127.0.0.1:{redis_port}");
         let mut nodes = Vec::new();
         let mut endpoints = Vec::new();
-        for index in 0..2 {
+        // RabbitMQ runs one node (see the module docs).
+        let node_count = if kind == SystemKind::RabbitMq { 1 } else { 2 };
+        for index in 0..node_count {
             let port = free_port()?;
             let (name, command) = match kind {
-                SystemKind::Relay => {
+                SystemKind::RabbitMq => rabbitmq_command(work, port)?,
+                SystemKind::Relay | SystemKind::RelayStomp => {
                     let mut command = Command::new(locations.relay_binary()?);
                     command
                         .env_clear()
@@ -212,7 +242,11 @@ fn version_of(kind: SystemKind, locations: &Locations) -> String {
             .unwrap_or_default()
     };
     match kind {
-        SystemKind::Relay => format!("chat-relay {}", env!("CARGO_PKG_VERSION")),
+        SystemKind::Relay | SystemKind::RelayStomp => format!("chat-relay {}", env!("CARGO_PKG_VERSION")),
+        SystemKind::RabbitMq => format!(
+            "rabbitmq-server {} (rabbitmq_web_stomp)",
+            read(Command::new("dpkg-query").args(["-W", "-f", "${Version}", "rabbitmq-server"]))
+        ),
         SystemKind::SocketIo => {
             let package = |name: &str| {
                 let path = locations
@@ -242,4 +276,34 @@ fn version_of(kind: SystemKind, locations: &Locations) -> String {
             )
         }
     }
+}
+
+/// One RabbitMQ node with Web-STOMP on `port`, everything of it (data,
+/// logs, cookie, config) under `work`, every listener on 127.0.0.1.
+fn rabbitmq_command(work: &Path, port: u16) -> anyhow::Result<(String, Command)> {
+    let server = Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
+    if !server.exists() {
+        bail!("RabbitMQ is not installed: apt-get install rabbitmq-server");
+    }
+    let home = work.join("rabbitmq");
+    std::fs::create_dir_all(&home)?;
+    let (amqp, stomp, distribution) = (free_port()?, free_port()?, free_port()?);
+    std::fs::write(
+        home.join("rabbitmq.conf"),
+        format!(
+            "listeners.tcp.default = 127.0.0.1:{amqp}\nweb_stomp.tcp.port = {port}\nweb_stomp.tcp.ip = 127.0.0.1\nstomp.listeners.tcp.1 = 127.0.0.1:{stomp}\nloopback_users = none\n"
+        ),
+    )?;
+    std::fs::write(home.join("enabled_plugins"), "[rabbitmq_web_stomp].\n")?;
+    let mut command = Command::new(server);
+    command
+        .env("HOME", &home)
+        .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+        .env("RABBITMQ_NODENAME", format!("relay-load-{port}@localhost"))
+        .env("RABBITMQ_MNESIA_BASE", home.join("mnesia"))
+        .env("RABBITMQ_LOG_BASE", home.join("log"))
+        .env("RABBITMQ_CONFIG_FILE", home.join("rabbitmq.conf"))
+        .env("RABBITMQ_ENABLED_PLUGINS_FILE", home.join("enabled_plugins"))
+        .env("RABBITMQ_DIST_PORT", distribution.to_string());
+    Ok(("rabbitmq".to_owned(), command))
 }
