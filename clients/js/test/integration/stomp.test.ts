@@ -316,3 +316,69 @@ test("resume on another node: a STOMP subscriber whose node is killed (-9) recon
   await client.deactivate();
   await publisher.client.deactivate();
 });
+
+test("the JSON protocol's limits hold on STOMP: body and frame sizes, the publish rate, a slow consumer (4000 after what was in flight), drain (1012)", { timeout: 60_000 }, async () => {
+  const relay = await startRelay({ RELAY_MAX_MESSAGE_BYTES: "1000", RELAY_MAX_FRAME_BYTES: "8192", RELAY_PUBLISH_RATE: "5" });
+  // Large bodies fill the kernel's buffers quickly for the slow consumer.
+  const queued = await startRelay({ RELAY_OUTBOUND_QUEUE: "16", RELAY_DRAIN_SECS: "1" });
+  const connect = async (node = relay) => {
+    const raw = await rawSocket(`ws://${node.addr}/v1/stomp`, ["v12.stomp"]);
+    raw.socket.send("CONNECT\naccept-version:1.2\n\n\0");
+    await waitFor("CONNECTED", () => raw.received.some((text) => text.startsWith("CONNECTED")));
+    return raw;
+  };
+  const errorOf = (raw: { received: string[] }) => raw.received.find((text) => text.startsWith("ERROR")) ?? "";
+
+  const big = await connect();
+  big.socket.send(`SEND\ndestination:/topic/limits\n\n${JSON.stringify({ pad: "x".repeat(2000) })}\0`);
+  assert.equal((await big.closed).code, 1009);
+  assert.match(errorOf(big), /code:too_large/);
+
+  // One WebSocket message over the frame limit is refused by the WebSocket
+  // layer (1009, as on /v1/ws); a STOMP frame that grows past it over
+  // several messages gets an ERROR first.
+  const huge = await connect();
+  huge.socket.send(`SEND\ndestination:/topic/limits\n\n${"y".repeat(10_000)}`);
+  assert.equal((await huge.closed).code, 1009);
+  const split = await connect();
+  split.socket.send("SEND\ndestination:/topic/limits\n\n");
+  for (let n = 0; n < 3; n += 1) split.socket.send("y".repeat(4000));
+  assert.equal((await split.closed).code, 1009);
+  assert.match(errorOf(split), /larger than 8192 bytes/);
+
+  const eager = await connect();
+  for (let n = 0; n < 30; n += 1) eager.socket.send(`SEND\ndestination:/topic/limits\n\n${n}\0`);
+  assert.equal((await eager.closed).code, 1008);
+  assert.match(errorOf(eager), /code:rate_limited/);
+
+  // A subscriber that stops reading: its socket is paused, the room keeps going.
+  const slow = await connect(queued);
+  slow.socket.send("SUBSCRIBE\nid:0\ndestination:/topic/firehose\nreceipt:s\n\n\0");
+  await waitFor("subscribed", () => slow.received.some((text) => text.startsWith("RECEIPT")));
+  const tcp = (slow.socket as unknown as { _socket: { pause(): void; resume(): void } })._socket;
+  tcp.pause();
+  const pad = "z".repeat(40_000);
+  const metric = async () => {
+    const text = await (await fetch(`${queued.httpUrl}/metrics`)).text();
+    return Number(/^relay_slow_consumer_closes_total (\d+)/m.exec(text)?.[1] ?? "0");
+  };
+  for (let n = 0; n < 400 && (await metric()) === 0; n += 1) {
+    // HTTP publishes: the STOMP publisher would meet the rate limit.
+    await fetch(`${queued.httpUrl}/v1/rooms/firehose/messages`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ body: { n, pad } }) });
+  }
+  assert.ok((await metric()) >= 1, "the paused subscriber was marked slow");
+  tcp.resume();
+  const { code } = await slow.closed;
+  assert.equal(code, 4000);
+  const messages = slow.received
+    .filter((text) => text.startsWith("MESSAGE"))
+    .map((text) => ({ id: /\nmessage-id:([^\n]+)/.exec(text)![1]!, prev: /\nprev:([^\n]+)/.exec(text)![1]! }));
+  assert.ok(messages.length > 0 && messages.length < 400, `${messages.length} messages before the close`);
+  assertExactSequence("slow subscriber", messages, (await fullHistory(queued.httpUrl, "firehose")).slice(0, messages.length));
+
+  // Drain: the node closes STOMP connections with 1012 (no ERROR: the close says it).
+  const draining = await connect(queued);
+  queued.kill("SIGTERM");
+  assert.equal((await draining.closed).code, 1012);
+  assert.equal(errorOf(draining), "");
+});
