@@ -207,6 +207,16 @@ test("ERROR then close: a refused SEND, a bad token and a bad frame each get an 
   assert.equal((await raw.closed).code, 4001);
   assert.match(raw.received.join(""), /^ERROR\n/);
 
+  // The upgrade's access_token serves a CONNECT without credentials; the
+  // token's grants still hold (reading a room it does not list).
+  const viaUrl = await rawSocket(`ws://${relay.addr}/v1/stomp?access_token=${token}`, ["v12.stomp"]);
+  viaUrl.socket.send("CONNECT\naccept-version:1.2\n\n\0");
+  await waitFor("CONNECTED", () => viaUrl.received.some((text) => text.startsWith("CONNECTED")));
+  assert.match(viaUrl.received[0]!, /\nuser-name:bob\n/);
+  viaUrl.socket.send("SUBSCRIBE\nid:1\ndestination:/topic/theirs\n\n\0");
+  assert.equal((await viaUrl.closed).code, 1008);
+  assert.match(viaUrl.received.at(-1) ?? "", /^ERROR\nmessage:your token does not allow reading theirs/);
+
   // An invalid access_token on the upgrade is refused before it.
   await assert.rejects(rawSocket(`ws://${relay.addr}/v1/stomp?access_token=nope`, []), /401/);
 
