@@ -145,26 +145,29 @@ struct StreamState {
     guard: GaugeGuard,
 }
 
-fn control_event(event: &str, json: &str) -> Bytes {
-    let mut chunk = BytesMut::with_capacity(json.len() + event.len() + 16);
+/// One Server-Sent Event: its name, its id when it has one, and its data
+/// (one line: frames are compact JSON).
+fn sse_event(event: &str, id: Option<&str>, data: &[u8]) -> Bytes {
+    let mut chunk = BytesMut::with_capacity(data.len() + event.len() + 48);
     chunk.extend_from_slice(b"event: ");
     chunk.extend_from_slice(event.as_bytes());
+    if let Some(id) = id {
+        chunk.extend_from_slice(b"\nid: ");
+        chunk.extend_from_slice(id.as_bytes());
+    }
     chunk.extend_from_slice(b"\ndata: ");
-    chunk.extend_from_slice(json.as_bytes());
+    chunk.extend_from_slice(data);
     chunk.extend_from_slice(b"\n\n");
     chunk.freeze()
 }
 
+fn control_event(event: &str, json: &str) -> Bytes {
+    sse_event(event, None, json.as_bytes())
+}
+
 /// A message as one Server-Sent Event: its id, and the `message` frame as data.
 fn message_event(message: &LiveMessage) -> Bytes {
-    let id = message.id.to_string();
-    let mut event = BytesMut::with_capacity(message.frame().len() + id.len() + 32);
-    event.extend_from_slice(b"event: message\nid: ");
-    event.extend_from_slice(id.as_bytes());
-    event.extend_from_slice(b"\ndata: ");
-    event.extend_from_slice(message.frame());
-    event.extend_from_slice(b"\n\n");
-    event.freeze()
+    sse_event("message", Some(&message.id.to_string()), message.frame())
 }
 
 type Chunk = Result<Bytes, std::convert::Infallible>;

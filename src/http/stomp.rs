@@ -35,36 +35,27 @@ const MAX_HEARTBEAT_OUT: Duration = Duration::from_secs(10);
 pub(crate) fn add_routes(router: axum::Router<Arc<Node>>, base: &str, sockjs: &str) -> axum::Router<Arc<Node>> {
     use axum::routing::get;
     let mut router = router
-        .route(base, get(raw))
+        .route(base, get(upgrade::<false>))
         .route(&format!("{sockjs}/info"), get(info))
         .route(
             &format!("{sockjs}/{{server}}/{{session}}/websocket"),
-            get(sockjs_websocket),
+            get(upgrade::<true>),
         );
     if sockjs != base {
-        router = router.route(sockjs, get(raw));
+        router = router.route(sockjs, get(upgrade::<false>));
     }
-    router.route(&format!("{sockjs}/websocket"), get(raw))
+    router.route(&format!("{sockjs}/websocket"), get(upgrade::<false>))
 }
 
-async fn raw(
+/// The upgrade of a raw (`SOCKJS = false`) or SockJS STOMP WebSocket.
+async fn upgrade<const SOCKJS: bool>(
     node: State<Arc<Node>>,
     connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     query: Result<Query<AuthQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    open(node, connect_info, &headers, query, upgrade, false)
-}
-
-async fn sockjs_websocket(
-    node: State<Arc<Node>>,
-    connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
-    headers: HeaderMap,
-    query: Result<Query<AuthQuery>, QueryRejection>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
-) -> Response {
-    open(node, connect_info, &headers, query, upgrade, true)
+    open(node, connect_info, &headers, query, upgrade, SOCKJS)
 }
 
 /// SockJS's `info`: WebSocket only, no cookies, any origin (the upgrade
