@@ -190,6 +190,13 @@ test("ERROR then close: a refused SEND, a bad token and a bad frame each get an 
   const exp = Math.floor(Date.now() / 1000) + 600;
   const token = hs256(SECRET, { sub: "bob", exp, rooms: ["mine"] });
 
+  // A bystander on the same node, untouched by all that follows.
+  const bystander = await connectStomp({ brokerURL: `ws://${relay.addr}/v1/stomp`, connectHeaders: { passcode: token } });
+  const unharmed: Delivery[] = [];
+  const watching = receipt(bystander.client, "watch");
+  bystander.client.subscribe("/topic/mine", (message) => unharmed.push(delivery(message)), { receipt: "watch" });
+  await watching;
+
   // stompjs does not close after ERROR: the server does.
   const { client } = await connectStomp({ brokerURL: `ws://${relay.addr}/v1/stomp`, connectHeaders: { passcode: token } });
   const closed = new Promise<number>((resolve) => (client.onWebSocketClose = (event: { code: number }) => resolve(event.code)));
@@ -227,6 +234,14 @@ test("ERROR then close: a refused SEND, a bad token and a bad frame each get an 
   bad.socket.send("SUBSCRIBE\nid:1\ndestination:/topic/mi\\tne\n\n\0");
   assert.equal((await bad.closed).code, 1002);
   assert.match(bad.received.at(-1) ?? "", /^ERROR\nmessage:[^\n]*\\\\t/);
+
+  const published = receipt(bystander.client, "still-here");
+  bystander.client.publish({ destination: "/topic/mine", body: "still here", headers: { receipt: "still-here" } });
+  await published;
+  await waitFor("the bystander's message", () => unharmed.length === 1);
+  assert.equal(unharmed[0]!.body, "still here");
+  assert.ok(bystander.client.connected, "the bystander's connection stayed up");
+  await bystander.client.deactivate();
 });
 
 test("heart-beats: the server sends them as negotiated and drops a client silent past twice its interval", { timeout: 30_000 }, async () => {
