@@ -311,6 +311,16 @@ impl ClientSession {
         self.subscriptions.remove(room).is_some()
     }
 
+    /// Completes once every live message queued so far has reached the
+    /// socket writer (at once if the connection is closing). After an
+    /// unsubscribe, nothing of the old subscription is queued behind it.
+    pub async fn live_queue_flushed(&mut self) {
+        let (reached, barrier) = tokio::sync::oneshot::channel();
+        if self.connection.offer(Outbound::Barrier(reached)) {
+            let _ = barrier.await;
+        }
+    }
+
     /// Whether the session is subscribed to `room`.
     #[must_use]
     pub fn is_subscribed(&self, room: &RoomName) -> bool {

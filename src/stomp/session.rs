@@ -343,6 +343,10 @@ async fn handle_connected(
                 });
             };
             connected.session.unsubscribe(&room);
+            // Messages of the old subscription still queued are dropped by
+            // the writer (the subscription is gone); wait for them to pass,
+            // so that a new SUBSCRIBE of the destination cannot get them.
+            connected.session.live_queue_flushed().await;
             if let Some(receipt) = receipt {
                 connected.session.receipt_after_publishes(receipt);
             }
@@ -568,6 +572,13 @@ fn stored_body(text: &str) -> String {
 
 async fn send(context: &StompContext, connected: &mut Connected, frame: &Frame) -> Handled {
     let prepared = prepare_send(context, frame)?;
+    // Refused here, so that nothing read after it is handled.
+    if !connected.session.identity().may_publish(&prepared.room) {
+        return Err(Refusal {
+            code: ErrorCode::Forbidden,
+            message: format!("your token does not allow publishing to {}", prepared.room),
+        });
+    }
     let receipt = receipt_of(frame);
     let session = &mut connected.session;
     if prepared.signal {

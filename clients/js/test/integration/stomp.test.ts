@@ -407,3 +407,39 @@ test("the JSON protocol's limits hold on STOMP: body and frame sizes, the publis
   assert.equal((await draining.closed).code, 1012);
   assert.equal(errorOf(draining), "");
 });
+
+test("UNSUBSCRIBE then SUBSCRIBE again with since: nothing of the old subscription leaks into the new one", { timeout: 60_000 }, async () => {
+  const relay = await startRelay({ RELAY_MAX_CONNECTIONS_PER_CLIENT: "0" });
+  const raw = await rawSocket(`ws://${relay.addr}/v1/stomp`, ["v12.stomp"]);
+  raw.socket.send("CONNECT\naccept-version:1.2\n\n\0");
+  await waitFor("CONNECTED", () => raw.received.some((text) => text.startsWith("CONNECTED")));
+  raw.socket.send("SUBSCRIBE\nid:old\ndestination:/topic/race\nreceipt:s\n\n\0");
+  await waitFor("subscribed", () => raw.received.some((text) => text.startsWith("RECEIPT")));
+  // Hold the socket so that the node's queue for it fills up.
+  const tcp = (raw.socket as unknown as { _socket: { pause(): void; resume(): void } })._socket;
+  tcp.pause();
+  const pad = "r".repeat(20_000);
+  for (let n = 0; n < 300; n += 1) {
+    await fetch(`${relay.httpUrl}/v1/rooms/race/messages`, { method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify({ body: { n, pad } }) });
+  }
+  raw.socket.send("UNSUBSCRIBE\nid:old\nreceipt:u\n\n\0");
+  tcp.resume();
+  await waitFor("the UNSUBSCRIBE receipt", () => raw.received.some((text) => text.includes("receipt-id:u")));
+  const parse = (text: string) => ({
+    subscription: /\nsubscription:([^\n]+)/.exec(text)![1]!,
+    id: /\nmessage-id:([^\n]+)/.exec(text)![1]!,
+    prev: /\nprev:([^\n]+)/.exec(text)![1]!,
+  });
+  const before = raw.received.filter((text) => text.startsWith("MESSAGE")).map(parse);
+  const since = before.at(-1)?.id ?? "0-0";
+  raw.socket.send(`SUBSCRIBE\nid:new\ndestination:/topic/race\nsince:${since}\n\n\0`);
+  const history = await fullHistory(relay.httpUrl, "race");
+  await waitFor("the rest", () => raw.received.filter((text) => text.startsWith("MESSAGE")).length >= before.length + history.filter((message) => message.id > since).length, 20_000);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  const after = raw.received.filter((text) => text.startsWith("MESSAGE")).map(parse).slice(before.length);
+  assert.ok(before.every((message) => message.subscription === "old"));
+  assert.ok(after.every((message) => message.subscription === "new"), "no old message under the new id");
+  const rest = history.slice(history.findIndex((message) => message.id === since) + 1);
+  assertExactSequence("the new subscription", [{ id: since, prev: "" }, ...after].slice(since === "0-0" ? 1 : 0), since === "0-0" ? history : [history.find((message) => message.id === since)!, ...rest]);
+  raw.socket.close();
+});
