@@ -395,8 +395,9 @@ async fn read_socket(
     tokio::pin!(expiry);
     let mut expiry_version = None;
     // The protocol's own liveness check (STOMP heart-beats), if any.
-    let silence = tokio::time::sleep_until(tokio::time::Instant::now() + far_future);
-    tokio::pin!(silence);
+    // Boxed, and made only once a protocol asks for it: a JSON connection's
+    // task carries a pointer, not a timer.
+    let mut silence: Option<Pin<Box<tokio::time::Sleep>>> = None;
     let end = loop {
         let version = inbound.session().map(|session| session.identity_version());
         if version != expiry_version {
@@ -412,7 +413,12 @@ async fn read_socket(
                 let SessionVerdict::Close { code, reason } = Box::pin(session.token_expired()).await else { continue };
                 break ReadEnd::Close { code, reason };
             }
-            () = &mut silence, if silence_limit.is_some() => {
+            () = async {
+                match silence.as_mut() {
+                    Some(silence) => silence.await,
+                    None => std::future::pending().await,
+                }
+            }, if silence_limit.is_some() => {
                 tracing::debug!("closing a connection whose client went silent past its heart-beats");
                 break ReadEnd::ClientClosed;
             }
@@ -449,7 +455,11 @@ async fn read_socket(
         // Only the protocol's own data counts as life: a browser answers
         // pings even when its page is frozen.
         if let Some(limit) = inbound.silence_limit() {
-            silence.as_mut().reset(tokio::time::Instant::now() + limit);
+            let deadline = tokio::time::Instant::now() + limit;
+            match silence.as_mut() {
+                Some(silence) => silence.as_mut().reset(deadline),
+                None => silence = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
         }
     };
     // Publishes received before the end are committed (and acknowledged if
