@@ -321,12 +321,6 @@ impl ClientSession {
         }
     }
 
-    /// Whether the session is subscribed to `room`.
-    #[must_use]
-    pub fn is_subscribed(&self, room: &RoomName) -> bool {
-        self.subscriptions.contains_key(room)
-    }
-
     /// Subscribes to `room`, replaying what `replay` asks for: `subscribed`
     /// (tagged `req`), the replay, then live messages; or an `error` event
     /// saying why not.

@@ -153,8 +153,10 @@ impl Shared {
         Some(room)
     }
 
-    /// The room and destination of subscription `id`, or of any
-    /// subscription to `room`.
+    /// Whether a subscription has the id `id`, and the id of the
+    /// subscription to `room`, if there is one. This map is the STOMP
+    /// record of the session's subscriptions: entries are added before the
+    /// session subscribes and removed when it leaves.
     #[must_use]
     pub fn find(&self, id: &str, room: &RoomName) -> (bool, Option<String>) {
         let state = self.state();

@@ -476,7 +476,7 @@ async fn subscribe(context: &StompContext, shared: &Shared, connected: &mut Conn
             "subscription id {id:?} is in use on this connection; give each SUBSCRIBE its own id"
         )));
     }
-    if let Some(other) = room_taken.or_else(|| connected.session.is_subscribed(&room).then(String::new)) {
+    if let Some(other) = room_taken {
         return Err(Refusal::protocol(format!(
             "{destination} is subscribed already on this connection (id {other:?}); one subscription per destination"
         )));
