@@ -6,6 +6,8 @@
 //!   loopback; writes `results.json`, `results.md` and SVG charts.
 //! - `throughput`: acked publishes per second through one running node.
 //! - `latency`: publish-to-delivery latency across two running nodes.
+//! - `sweep`: each system's maximum sustainable fan-out rate, then latency
+//!   and CPU at the same fractions of chat-relay's maximum for every system.
 //! - `soak`: Redis and three nodes under a seeded schedule of faults, then
 //!   an independent check of every client's log against Redis.
 //! - `hold`: a worker that keeps idle connections open (used by `run`).
@@ -22,6 +24,7 @@ mod presence;
 mod report;
 mod scenarios;
 mod soak;
+mod sweep;
 mod systems;
 mod throughput;
 mod wire;
@@ -52,6 +55,9 @@ enum Command {
     Throughput(throughput::Options),
     /// Publish-to-delivery latency across two running nodes.
     Latency(latency::Options),
+    /// Each system's maximum sustainable fan-out rate, then latency and CPU
+    /// at fractions of chat-relay's maximum, the same load for every system.
+    Sweep(sweep::Options),
     /// What presence costs per change, in a large room and a small one
     /// (deploys Redis and two nodes itself).
     Presence(presence::Options),
@@ -110,12 +116,20 @@ struct HoldOptions {
 fn main() -> anyhow::Result<()> {
     // Every connection is a file; take the whole allowance.
     let _ = rlimit::increase_nofile_limit(u64::MAX);
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    let cli = Cli::parse();
+    let runtime = match &cli.command {
+        Command::Sweep(options) if options.generator_threads > 1 => tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(options.generator_threads)
+            .enable_all()
+            .build()?,
+        _ => tokio::runtime::Builder::new_current_thread().enable_all().build()?,
+    };
     runtime.block_on(async {
-        match Cli::parse().command {
+        match cli.command {
             Command::Run(options) => run(options).await,
             Command::Throughput(options) => throughput::run(options).await,
             Command::Latency(options) => latency::run(options).await,
+            Command::Sweep(options) => sweep::run(options).await,
             Command::Presence(options) => presence::run(options).await,
             Command::Soak(options) => soak::run(options).await,
             Command::Hold(options) => hold(options).await,
@@ -154,7 +168,8 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
         fanout = scenarios::fanout::Size {
             subscribers: subscribers as usize,
             messages,
-            rate: rate.max(1),
+            rate: f64::from(rate.max(1)),
+            placement: scenarios::fanout::Placement::Spread,
         };
     }
     let rooms = sized(options.quick, scenarios::rooms::QUICK, scenarios::rooms::FULL);

@@ -51,6 +51,22 @@ fn cell(value: Option<f64>, digits: usize) -> String {
     value.map_or("–".to_owned(), |value| format!("{value:.digits$}"))
 }
 
+/// Node CPU per million deliveries, with its user and system parts.
+fn cpu_cell(outcome: &Outcome) -> String {
+    match (outcome.cpu_seconds_per_million_deliveries, outcome.us_per_delivery()) {
+        (Some(total), Some((user, system))) => format!("{total:.2} ({user:.2} + {system:.2})"),
+        (total, _) => cell(total, 2),
+    }
+}
+
+/// Memory per idle connection, with the nodes' RSS over the run.
+fn memory_cell(outcome: &Outcome) -> String {
+    match (outcome.rss_per_connection_kib, outcome.rss_mib) {
+        (Some(kib), Some(rss)) => format!("{kib:.2} ({:.0}, {:.0}, {:.0})", rss.before, rss.open, rss.closed),
+        (kib, _) => cell(kib, 2),
+    }
+}
+
 /// `relay / other` written as a ratio, with what is better said by the caller.
 fn ratio(numerator: Option<f64>, denominator: Option<f64>) -> String {
     match (numerator, denominator) {
@@ -81,7 +97,7 @@ impl Report {
             let _ = writeln!(text, "## {}\n\n{}\n", scenario.name, scenario.description);
             let _ = writeln!(
                 text,
-                "| system | connections | published | deliveries | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | deliveries/s | node CPU s per 1M deliveries | KiB per idle connection | resumed (all within s) | lost | duplicated | out of order |"
+                "| system | connections | published | deliveries | p50 ms | p90 ms | p99 ms | p99.9 ms | max ms | deliveries/s | node CPU s per 1M deliveries (user + system) | KiB per idle connection (node RSS MiB: before, open, closed) | resumed (all within s) | lost | duplicated | out of order |"
             );
             let _ = writeln!(text, "|{}", " --- |".repeat(16));
             for outcome in &scenario.outcomes {
@@ -118,8 +134,8 @@ impl Report {
                     } else {
                         "–".to_owned()
                     },
-                    cell(outcome.cpu_seconds_per_million_deliveries, 2),
-                    cell(outcome.rss_per_connection_kib, 2),
+                    cpu_cell(outcome),
+                    memory_cell(outcome),
                     resume,
                     outcome.correctness.lost,
                     outcome.correctness.duplicated,

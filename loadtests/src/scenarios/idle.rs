@@ -10,7 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 
 use crate::client::{Resume, Subscriber};
-use crate::scenarios::{Outcome, connect_many};
+use crate::scenarios::{Outcome, RssTrace, connect_many};
 use crate::systems::{Deployment, Endpoint, SystemKind};
 
 #[derive(Debug, Clone, Copy)]
@@ -21,6 +21,13 @@ pub struct Size {
 pub const QUICK: Size = Size { connections: 1000 };
 
 pub const FULL: Size = Size { connections: 20_000 };
+
+/// How long after the last close the nodes' RSS is read again.
+const CLOSED_SETTLE: Duration = Duration::from_secs(5);
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / 1024.0 / 1024.0
+}
 
 /// Connections one worker process holds (under the 20,000 open files a
 /// process may have here).
@@ -67,10 +74,18 @@ pub async fn run(deployment: &Deployment, size: Size) -> anyhow::Result<Outcome>
         task.abort();
     }
     drop(workers);
+    // What the nodes give back once every connection closed.
+    tokio::time::sleep(CLOSED_SETTLE).await;
+    let closed = deployment.nodes_rss_bytes();
 
     let mut outcome = Outcome::new(deployment.kind, &deployment.version);
     outcome.connections = size.connections as u64;
     outcome.rss_per_connection_kib = Some(after.saturating_sub(before) as f64 / 1024.0 / size.connections as f64);
+    outcome.rss_mib = Some(RssTrace {
+        before: mib(before),
+        open: mib(after),
+        closed: mib(closed),
+    });
     Ok(outcome)
 }
 

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use crate::client::{Publisher, Resume, Subscriber, now_us, payload_json};
 use crate::ledger::{Correctness, SubscriberLedger};
-use crate::systems::{Endpoint, SystemKind};
+use crate::systems::{CpuTimes, Endpoint, SystemKind};
 
 /// Latency percentiles in milliseconds.
 #[derive(Debug, Clone, Copy, Serialize, Default)]
@@ -41,6 +41,14 @@ impl Percentiles {
             max: ms(histogram.max()),
         }
     }
+}
+
+/// The nodes' RSS over an idle run, MiB.
+#[derive(Debug, Clone, Copy, Serialize, Default)]
+pub struct RssTrace {
+    pub before: f64,
+    pub open: f64,
+    pub closed: f64,
 }
 
 /// Reconnect-storm figures.
@@ -68,8 +76,25 @@ pub struct Outcome {
     pub deliveries_per_second: f64,
     pub node_cpu_seconds: f64,
     pub cpu_seconds_per_million_deliveries: Option<f64>,
+    /// The nodes' CPU over the measured window, user and system apart.
+    pub node_cpu: CpuTimes,
+    /// The load generator's own CPU over the same window (all its threads).
+    pub generator_cpu: CpuTimes,
+    /// Deliveries per second the schedule offered (publishes x subscribers).
+    pub offered_deliveries_per_second: f64,
+    /// Each node's CPU over the window (fan-out), in node order.
+    pub each_node_cpu: Vec<CpuTimes>,
+    /// The shared Redis's CPU over the window (fan-out).
+    pub redis_cpu: CpuTimes,
+    /// Seconds from the first measured publish to the last delivery.
+    pub window_seconds: f64,
+    /// How long the last delivery trailed the last publish, ms (fan-out).
+    pub trail_ms: Option<f64>,
     pub latency_ms: Option<Percentiles>,
     pub rss_per_connection_kib: Option<f64>,
+    /// The nodes' RSS before the idle connections, with them open, and
+    /// after they all closed (MiB).
+    pub rss_mib: Option<RssTrace>,
     pub resume: Option<ResumeStats>,
     pub correctness: Correctness,
     /// Why the run did not complete (a node crashed, a connection failed).
@@ -91,8 +116,16 @@ impl Outcome {
             deliveries_per_second: 0.0,
             node_cpu_seconds: 0.0,
             cpu_seconds_per_million_deliveries: None,
+            node_cpu: CpuTimes::default(),
+            generator_cpu: CpuTimes::default(),
+            offered_deliveries_per_second: 0.0,
+            each_node_cpu: Vec::new(),
+            redis_cpu: CpuTimes::default(),
+            window_seconds: 0.0,
+            trail_ms: None,
             latency_ms: None,
             rss_per_connection_kib: None,
+            rss_mib: None,
             resume: None,
             correctness: Correctness::default(),
             failure: None,
@@ -106,6 +139,25 @@ impl Outcome {
             failure: Some(format!("{error:#}")),
             ..Self::new(system, version)
         }
+    }
+
+    /// Records the CPU the nodes and the generator spent over the measured
+    /// window (call after the deliveries are counted).
+    pub fn set_cpu(&mut self, nodes: CpuTimes, generator: CpuTimes) {
+        self.node_cpu = nodes;
+        self.node_cpu_seconds = nodes.total();
+        self.generator_cpu = generator;
+        if self.deliveries > 0 {
+            self.cpu_seconds_per_million_deliveries = Some(nodes.total() * 1e6 / self.deliveries as f64);
+        }
+    }
+
+    /// Node CPU per delivery in microseconds: (user, system).
+    pub fn us_per_delivery(&self) -> Option<(f64, f64)> {
+        (self.deliveries > 0).then(|| {
+            let per = 1e6 / self.deliveries as f64;
+            (self.node_cpu.user * per, self.node_cpu.system * per)
+        })
     }
 
     pub fn set_latency(&mut self, histogram: &Histogram<u64>) {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use crate::client::{Publisher, Resume, Subscriber, payload_json};
 use crate::ledger::SubscriberLedger;
 use crate::scenarios::{Outcome, Readers, connect_many, merge_reports, progress_bar, warm_up};
-use crate::systems::Deployment;
+use crate::systems::{CpuTimes, Deployment};
 
 #[derive(Debug, Clone, Copy)]
 pub struct Size {
@@ -92,7 +92,8 @@ pub async fn run(deployment: &Deployment, size: Size) -> anyhow::Result<Outcome>
         progress.clone(),
     );
 
-    let cpu_before = deployment.nodes_cpu_seconds();
+    let cpu_before = deployment.nodes_cpu_times();
+    let generator_before = CpuTimes::of_this_process();
     let started = Instant::now();
     let pool = PUBLISHERS_PER_NODE * deployment.endpoints.len();
     let mut tasks = Vec::new();
@@ -130,7 +131,8 @@ pub async fn run(deployment: &Deployment, size: Size) -> anyhow::Result<Outcome>
     }
     let reports = readers.finish(GRACE).await?;
     bar.abort();
-    let cpu = deployment.nodes_cpu_seconds() - cpu_before;
+    let cpu = deployment.nodes_cpu_times() - cpu_before;
+    let generator = CpuTimes::of_this_process() - generator_before;
 
     let mut outcome = Outcome::new(deployment.kind, &deployment.version);
     outcome.connections = (total_members + pool) as u64;
@@ -139,9 +141,6 @@ pub async fn run(deployment: &Deployment, size: Size) -> anyhow::Result<Outcome>
     outcome.set_latency(&latency);
     outcome.seconds = started.elapsed().as_secs_f64();
     outcome.deliveries_per_second = outcome.deliveries as f64 / outcome.seconds;
-    outcome.node_cpu_seconds = cpu;
-    if outcome.deliveries > 0 {
-        outcome.cpu_seconds_per_million_deliveries = Some(cpu * 1e6 / outcome.deliveries as f64);
-    }
+    outcome.set_cpu(cpu, generator);
     Ok(outcome)
 }

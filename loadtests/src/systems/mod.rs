@@ -21,7 +21,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 
-pub use process::{ServerProcess, free_port};
+pub use process::{CpuTimes, ServerProcess, free_port};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -123,7 +123,7 @@ pub struct Deployment {
     pub endpoints: Vec<Endpoint>,
     pub nodes: Vec<ServerProcess>,
     /// Runs until the deployment is dropped.
-    _redis: ServerProcess,
+    redis: ServerProcess,
     /// The shared Redis, on 127.0.0.1.
     pub redis_port: u16,
     pub version: String,
@@ -212,7 +212,7 @@ impl Deployment {
             kind,
             endpoints,
             nodes,
-            _redis: redis,
+            redis,
             redis_port,
             version,
         })
@@ -225,7 +225,22 @@ impl Deployment {
 
     /// CPU seconds of the nodes so far.
     pub fn nodes_cpu_seconds(&self) -> f64 {
-        self.nodes.iter().map(ServerProcess::cpu_seconds).sum()
+        self.nodes_cpu_times().total()
+    }
+
+    /// CPU time of each node so far.
+    pub fn each_node_cpu_times(&self) -> Vec<CpuTimes> {
+        self.nodes.iter().map(ServerProcess::cpu_times).collect()
+    }
+
+    /// CPU time of the shared Redis so far.
+    pub fn redis_cpu_times(&self) -> CpuTimes {
+        self.redis.cpu_times()
+    }
+
+    /// CPU time of the nodes so far, user and system apart.
+    pub fn nodes_cpu_times(&self) -> CpuTimes {
+        self.nodes.iter().map(ServerProcess::cpu_times).sum()
     }
 }
 

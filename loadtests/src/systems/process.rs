@@ -90,8 +90,8 @@ impl ServerProcess {
         self.family().into_iter().map(rss_of).sum()
     }
 
-    /// CPU time (user + system) of the process and its descendants.
-    pub fn cpu_seconds(&self) -> f64 {
+    /// CPU time of the process and its descendants, user and system apart.
+    pub fn cpu_times(&self) -> CpuTimes {
         self.family().into_iter().map(cpu_of).sum()
     }
 }
@@ -127,13 +127,51 @@ fn rss_of(pid: u32) -> u64 {
         .map_or(0, |kib| kib * 1024)
 }
 
-fn cpu_of(pid: u32) -> f64 {
+/// CPU seconds spent in user space and in the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, serde::Serialize)]
+pub struct CpuTimes {
+    pub user: f64,
+    pub system: f64,
+}
+
+impl CpuTimes {
+    /// This process's own (the load generator's, every thread).
+    pub fn of_this_process() -> Self {
+        cpu_of(std::process::id())
+    }
+
+    pub fn total(self) -> f64 {
+        self.user + self.system
+    }
+}
+
+impl std::ops::Sub for CpuTimes {
+    type Output = CpuTimes;
+
+    fn sub(self, earlier: CpuTimes) -> CpuTimes {
+        CpuTimes {
+            user: self.user - earlier.user,
+            system: self.system - earlier.system,
+        }
+    }
+}
+
+impl std::iter::Sum for CpuTimes {
+    fn sum<I: Iterator<Item = CpuTimes>>(iter: I) -> Self {
+        iter.fold(CpuTimes::default(), |sum, times| CpuTimes {
+            user: sum.user + times.user,
+            system: sum.system + times.system,
+        })
+    }
+}
+
+fn cpu_of(pid: u32) -> CpuTimes {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return 0.0;
+        return CpuTimes::default();
     };
     // Fields after the command name (which may hold spaces) start at state.
     let Some((_, rest)) = stat.rsplit_once(") ") else {
-        return 0.0;
+        return CpuTimes::default();
     };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     let ticks = |index: usize| {
@@ -144,8 +182,10 @@ fn cpu_of(pid: u32) -> f64 {
     };
     // utime and stime are fields 14 and 15 of stat, 12 and 13 after state.
     #[allow(clippy::cast_precision_loss)]
-    let seconds = (ticks(11) + ticks(12)) as f64 / clock_ticks_per_second();
-    seconds
+    CpuTimes {
+        user: ticks(11) as f64 / clock_ticks_per_second(),
+        system: ticks(12) as f64 / clock_ticks_per_second(),
+    }
 }
 
 fn clock_ticks_per_second() -> f64 {
