@@ -226,6 +226,8 @@ async fn subscriber(setup: &Setup, replay: ReplayRequest) -> Collected {
                 Some(Outbound::Barrier(reached)) => {
                     let _ = reached.send(());
                 }
+                // No direct writer here: the queues carry everything.
+                Some(Outbound::Rest(_)) => unreachable!("no direct writes without a socket"),
                 Some(Outbound::Close { .. }) | None => return,
             }
         }

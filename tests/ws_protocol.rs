@@ -290,3 +290,97 @@ impl ReplyToNumber for WsClient {
         self.wait_for("numbered reply", |frame| frame["req"] == req).await
     }
 }
+
+/// The node answers pings and the client's close itself, between whole
+/// frames: a client pinging while messages pour in gets every message
+/// intact and in order, a pong with each ping's payload, and its close
+/// code echoed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pings_and_a_close_are_answered_between_whole_frames_while_messages_pour_in() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+
+    const MESSAGES: u64 = 400;
+    const PINGS: u64 = 40;
+    let relay = TestRelay::start(&["--publish-rate", "1000000"]).await;
+    let mut reader = WsClient::connect(&relay).await;
+    reader.subscribe("pour", json!({})).await;
+    let mut publisher = WsClient::connect(&relay).await;
+    let publishing = tokio::spawn(async move {
+        for n in 0..MESSAGES {
+            // A body long enough that a frame can be cut by a full socket.
+            publisher
+                .send_json(json!({"type": "publish", "room": "pour", "body": {"n": n, "pad": "x".repeat(3000)}}))
+                .await;
+        }
+        publisher
+    });
+    let mut next_n = 0;
+    let mut pongs = Vec::new();
+    let mut pinged = 0;
+    let last_ping = format!("ping {}", PINGS - 1);
+    while next_n < MESSAGES || pongs.last() != Some(&last_ping) {
+        if pinged < PINGS && next_n >= pinged * (MESSAGES / PINGS) {
+            let payload = format!("ping {pinged}");
+            reader
+                .stream
+                .send(Message::Ping(payload.into_bytes().into()))
+                .await
+                .unwrap();
+            pinged += 1;
+        }
+        let message = tokio::time::timeout(std::time::Duration::from_secs(10), reader.stream.next())
+            .await
+            .expect("a frame in time")
+            .expect("the connection stays open")
+            .expect("every frame parses: nothing was written into the middle of another");
+        match message {
+            Message::Text(text) => {
+                let frame: serde_json::Value = serde_json::from_str(&text).unwrap();
+                if frame["type"] == "message" {
+                    assert_eq!(frame["body"]["n"], next_n, "every message once, in order");
+                    next_n += 1;
+                }
+            }
+            Message::Pong(payload) => pongs.push(String::from_utf8(payload.to_vec()).unwrap()),
+            Message::Ping(_) => {}
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    // RFC 6455 lets a node answer only the latest of pings it has not
+    // answered yet: each pong is one ping's payload, in order, and the
+    // last ping is answered.
+    let numbers: Vec<usize> = pongs
+        .iter()
+        .map(|pong| {
+            pong.strip_prefix("ping ")
+                .and_then(|n| n.parse().ok())
+                .expect("a ping's payload")
+        })
+        .collect();
+    assert!(
+        numbers.windows(2).all(|pair| pair[0] < pair[1]),
+        "pongs in order: {numbers:?}"
+    );
+    publishing.await.unwrap();
+    reader
+        .stream
+        .send(Message::Close(Some(CloseFrame {
+            code: 4321.into(),
+            reason: "done".into(),
+        })))
+        .await
+        .unwrap();
+    let echoed = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), reader.stream.next())
+            .await
+            .expect("the close echo in time")
+        {
+            Some(Ok(Message::Close(frame))) => break frame.map(|frame| u16::from(frame.code)),
+            Some(Ok(_)) => {}
+            other => panic!("expected the close echo, got {other:?}"),
+        }
+    };
+    assert_eq!(echoed, Some(4321), "the client's close code comes back");
+}

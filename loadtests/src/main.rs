@@ -170,6 +170,7 @@ async fn run(options: RunOptions) -> anyhow::Result<()> {
             messages,
             rate: f64::from(rate.max(1)),
             placement: scenarios::fanout::Placement::Spread,
+            live_sample: None,
         };
     }
     let rooms = sized(options.quick, scenarios::rooms::QUICK, scenarios::rooms::FULL);

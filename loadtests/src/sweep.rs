@@ -14,6 +14,14 @@
 //!    chat-relay's maximum (25, 50 and 75 percent by default), each point
 //!    run in turn on every system.
 //!
+//! 3. **Latency below saturation.** At low fixed rates (by default 2, 5
+//!    and 10 messages/s: 4,000 to 20,000 deliveries/s to 2,000), a sample
+//!    of the subscribers is read live and timed; the rest are read only
+//!    after the last publish (the kernel holds their frames meanwhile) and
+//!    checked as exhaustively. Reading all 2,000 live costs the generator
+//!    more per delivery than the relay spends, on the same two cores, so
+//!    its own reading would be most of the latency measured.
+//!
 //! Every step and point reports node CPU per delivery (user and system
 //! apart), the generator's own CPU share (to show it was not the ceiling),
 //! and the CPU floor of its latency: the deliveries ahead of the median
@@ -52,6 +60,16 @@ pub struct Options {
     /// Seconds each point publishes
     #[arg(long, default_value_t = 20.0)]
     point_seconds: f64,
+    /// Rates for the latency below saturation, messages per second
+    #[arg(long, value_delimiter = ',', default_value = "2,5,10")]
+    latency_rates: Vec<f64>,
+    /// Subscribers read live (and timed) in the latency runs
+    #[arg(long, default_value_t = 200)]
+    latency_sample: usize,
+    /// Seconds each latency run publishes (the kernel must hold what the
+    /// other subscribers get meanwhile)
+    #[arg(long, default_value_t = 15.0)]
+    latency_seconds: f64,
     /// Most the last delivery may trail the last publish for a step to keep up
     #[arg(long, default_value_t = 500.0)]
     keep_up_ms: f64,
@@ -109,6 +127,10 @@ struct SweepReport {
     generator_threads: usize,
     sweeps: Vec<SystemSweep>,
     points: Vec<Point>,
+    latency_sample: usize,
+    /// Latency below saturation, a live sample timed: one row per rate and
+    /// system.
+    below_saturation: Vec<Measured>,
 }
 
 pub async fn run(options: Options) -> anyhow::Result<()> {
@@ -142,6 +164,31 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
             points.push(Point { percent, rate, results });
         }
     }
+    let mut below_saturation = Vec::new();
+    for &rate in &options.latency_rates {
+        for &system in &options.systems {
+            let work = work_dir(&options.out, &format!("latency-{rate}"), system);
+            let deployment = Deployment::start(system, &options.locations, &work)?;
+            eprintln!(
+                "{rate} messages/s, {} of {} read live: {}",
+                options.latency_sample,
+                options.subscribers,
+                system.label()
+            );
+            let room = room_name("latency", rate);
+            below_saturation.push(
+                measure_sampled(
+                    &options,
+                    &deployment,
+                    rate,
+                    options.latency_seconds,
+                    &room,
+                    Some(options.latency_sample),
+                )
+                .await,
+            );
+        }
+    }
     let report = SweepReport {
         date: chrono::Utc::now().format("%Y-%m-%d %H:%M UTC").to_string(),
         machine: report::machine(),
@@ -150,6 +197,8 @@ pub async fn run(options: Options) -> anyhow::Result<()> {
         generator_threads: options.generator_threads,
         sweeps,
         points,
+        latency_sample: options.latency_sample,
+        below_saturation,
     };
     std::fs::create_dir_all(&options.out)?;
     std::fs::write(options.out.join("sweep.json"), serde_json::to_string_pretty(&report)?)
@@ -226,11 +275,23 @@ async fn sweep_system(options: &Options, system: SystemKind) -> anyhow::Result<S
 }
 
 async fn measure(options: &Options, deployment: &Deployment, rate: f64, seconds: f64, room: &str) -> Measured {
+    measure_sampled(options, deployment, rate, seconds, room, None).await
+}
+
+async fn measure_sampled(
+    options: &Options,
+    deployment: &Deployment,
+    rate: f64,
+    seconds: f64,
+    room: &str,
+    live_sample: Option<usize>,
+) -> Measured {
     let size = fanout::Size {
         subscribers: options.subscribers,
         messages: ((rate * seconds).round() as u32).max(2),
         rate,
         placement: Placement::SecondNode,
+        live_sample,
     };
     let outcome = match fanout::run_in(deployment, size, room).await {
         Ok(outcome) => outcome,
@@ -372,6 +433,30 @@ impl SweepReport {
                         other.outcome.system.label(),
                         ratio(per_cpu(relay), per_cpu(other)),
                         ratio(p99(relay), p99(other)),
+                    );
+                }
+            }
+        }
+        if !self.below_saturation.is_empty() {
+            let _ = writeln!(
+                text,
+                "\n## Latency below saturation: {} of the {} subscribers read live\n\nThe others are read after the last publish and checked as exhaustively; the latency and \"delivered/s\" columns are the live sample's. The CPU floor: the deliveries ahead of the median subscriber ({}) times node 2's CPU per delivery, over the cores the generator, node 1 and Redis left free.\n",
+                self.latency_sample,
+                self.subscribers,
+                self.subscribers / 2
+            );
+            write_table(&mut text, self.below_saturation.iter());
+            let _ = writeln!(text, "\np50 against the CPU floor:\n");
+            for row in &self.below_saturation {
+                if let (Some(latency), Some(floor)) = (row.outcome.latency_ms, row.floor_ms) {
+                    let _ = writeln!(
+                        text,
+                        "- {} at {:.0} deliveries/s: p50 {:.1} ms, floor {:.1} ms: {:.2}x",
+                        row.outcome.system.label(),
+                        row.outcome.offered_deliveries_per_second,
+                        latency.p50,
+                        floor,
+                        latency.p50 / floor
                     );
                 }
             }

@@ -4,6 +4,7 @@
 mod error;
 mod presence;
 mod rest;
+pub mod socket;
 mod sse;
 mod stomp;
 mod ws;

@@ -217,6 +217,8 @@ async fn next_chunk(mut state: StreamState) -> Option<(Chunk, StreamState)> {
             Some(Outbound::Barrier(reached)) => {
                 let _ = reached.send(());
             }
+            // Only a WebSocket writes directly; an SSE stream never has one.
+            Some(Outbound::Rest(_)) => {}
             Some(Outbound::Close { .. }) | None => return None,
         }
     }

@@ -9,18 +9,20 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{Message, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
-use super::ws::{Connection, Encoded, Framing, Inbound, Incoming, Protocol, check_origin, configure, serve_connection};
+use super::socket::{UpgradeRefused, WsUpgrade};
+use super::ws::{
+    Connection, Encoded, Framing, Inbound, Incoming, Protocol, check_origin, read_limits, serve_connection,
+};
 use super::{ApiError, AuthQuery, admit, bad_query, identify};
 use crate::node::Node;
 use crate::protocol::close_code;
 use crate::session::{ClientSession, ConnectionHandle, Outbound, SessionVerdict};
 use crate::stomp::{Outgoing, OutgoingFrame, Shared, StompContext, StompSession};
+use tungstenite::Message;
 
 /// The subprotocols a STOMP WebSocket may select, best first.
 const SUBPROTOCOLS: [&str; 3] = ["v12.stomp", "v11.stomp", "v10.stomp"];
@@ -53,7 +55,7 @@ async fn upgrade<const SOCKJS: bool>(
     connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     query: Result<Query<AuthQuery>, QueryRejection>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<WsUpgrade, UpgradeRefused>,
 ) -> Response {
     open(node, connect_info, &headers, query, upgrade, SOCKJS)
 }
@@ -80,7 +82,7 @@ fn open(
     connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: &HeaderMap,
     query: Result<Query<AuthQuery>, QueryRejection>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<WsUpgrade, UpgradeRefused>,
     sockjs: bool,
 ) -> Response {
     if node.is_draining() {
@@ -105,23 +107,22 @@ fn open(
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
-        Err(rejection) => {
+        Err(UpgradeRefused(reason)) => {
             return ApiError::bad_request(format!(
-                "{}; connect with a STOMP client over a WebSocket (or SockJS)",
-                rejection.body_text()
+                "{reason}; connect with a STOMP client over a WebSocket (or SockJS)"
             ))
             .into_response();
         }
     };
-    let upgrade = if sockjs {
-        upgrade
+    let protocol = if sockjs {
+        None
     } else {
-        upgrade.protocols(SUBPROTOCOLS)
+        upgrade.select_protocol(&SUBPROTOCOLS)
     };
     let address = connect_info.map(|info| info.0.0);
     let tracker = node.connections.clone();
     let parts = Box::new((node.clone(), upgrade_identity));
-    configure(upgrade, &node.settings).on_upgrade(move |socket| {
+    upgrade.on_upgrade(protocol, read_limits(&node.settings), move |socket| {
         let (node, upgrade_identity) = *parts;
         let (connection, replies, queues) = ConnectionHandle::new(node.settings.outbound_queue);
         let shared = Arc::new(Shared::default());
@@ -149,6 +150,7 @@ fn open(
             },
             transport: if sockjs { "sockjs" } else { "stomp" },
             first: None,
+            direct: false,
         };
         tracker.track_future(serve_connection(Connection::open(
             node, protocol, None, socket, replies, queues,
@@ -235,7 +237,7 @@ impl Framing for StompFraming {
             Outbound::Message(message) => self.outgoing.message(message),
             Outbound::Room(event) => self.outgoing.room_event(event),
             Outbound::Event(event) => self.outgoing.event(event),
-            Outbound::Barrier(_) | Outbound::Close { .. } => None,
+            Outbound::Barrier(_) | Outbound::Rest(_) | Outbound::Close { .. } => None,
         };
         match frame {
             None => Encoded::Nothing,

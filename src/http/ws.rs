@@ -1,36 +1,41 @@
 //! `GET /v1/ws`, and the WebSocket driver every protocol over a WebSocket
 //! shares (the JSON protocol here, STOMP in `stomp`).
 //!
-//! The driver runs one socket with two futures in one task: a reader that
-//! hands the client's messages to the protocol's [`Inbound`] side, and a
-//! writer that drains the connection's queues through the protocol's
-//! [`Framing`], batching up to [`WRITE_BATCH`] frames per flush, sends
-//! pings (and the protocol's heart-beats), and closes slow consumers (4000)
-//! and draining connections (`reconnect`, then 1012). After any close of
-//! its own the node keeps reading until the client's close (bounded), so
-//! the close frame arrives instead of being destroyed by a reset.
+//! The driver runs one socket (`socket`) with two futures in one task: a
+//! reader that hands the client's messages to the protocol's [`Inbound`]
+//! side, and a writer that drains the connection's queues through the
+//! protocol's [`Framing`], writing up to [`WRITE_BATCH`] frames per
+//! vectored write, sends pings (and the protocol's heart-beats), answers
+//! the client's pings and close, and closes slow consumers (4000) and
+//! draining connections (`reconnect`, then 1012). While the writer has
+//! nothing to do, the JSON protocol's live messages are written straight
+//! from the fan-out instead ([`crate::session::DirectWrite`]). After any
+//! close of its own the node keeps reading until the client's close
+//! (bounded), so the close frame arrives instead of being destroyed by a
+//! reset.
 
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::task::Poll;
 use std::time::Duration;
 
 use axum::extract::rejection::QueryRejection;
-use axum::extract::ws::rejection::WebSocketUpgradeRejection;
-use axum::extract::ws::{CloseFrame, Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use bytes::Bytes;
+use futures_util::StreamExt;
+use tungstenite::Message;
+use tungstenite::protocol::CloseFrame;
 
+use super::socket::{self, DirectText, FrameReader, FrameWriter, ReadLimits, Socket, UpgradeRefused, WsUpgrade};
 use super::{ApiError, AuthQuery, GaugeGuard, admit, bad_query, identify, until_expiry};
 use crate::node::Node;
 use crate::protocol::{ErrorCode, close_code};
 use crate::session::{
-    ClientSession, ConnectionHandle, ConnectionQueues, ConnectionSlot, Event, MAX_PUBLISHES_IN_FLIGHT, Outbound,
-    ReplySender, SessionVerdict,
+    ClientSession, ConnectionHandle, ConnectionQueues, ConnectionSlot, Encoding, Event, MAX_PUBLISHES_IN_FLIGHT,
+    Outbound, ReplySender, SessionVerdict,
 };
 use crate::telemetry::TransportLabel;
 
@@ -38,8 +43,6 @@ use crate::telemetry::TransportLabel;
 pub const WRITE_BATCH: usize = 64;
 /// Bytes the reader buffers per connection (grows for a larger frame).
 const READ_BUFFER_BYTES: usize = 512;
-/// Bytes the writer collects before writing to the socket.
-const WRITE_BUFFER_BYTES: usize = 8192;
 /// How long a closing connection may take to flush its last frames.
 const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// How long a closed connection keeps reading until the client's close.
@@ -51,7 +54,7 @@ pub async fn upgrade(
     connect_info: Option<axum::Extension<axum::extract::ConnectInfo<std::net::SocketAddr>>>,
     headers: HeaderMap,
     query: Result<Query<AuthQuery>, QueryRejection>,
-    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+    upgrade: Result<WsUpgrade, UpgradeRefused>,
 ) -> Response {
     if node.is_draining() {
         return ApiError::draining().into_response();
@@ -73,16 +76,15 @@ pub async fn upgrade(
     };
     let upgrade = match upgrade {
         Ok(upgrade) => upgrade,
-        Err(rejection) => {
-            return ApiError::bad_request(format!("{}; connect with a WebSocket client", rejection.body_text()))
-                .into_response();
+        Err(UpgradeRefused(reason)) => {
+            return ApiError::bad_request(format!("{reason}; connect with a WebSocket client")).into_response();
         }
     };
     let tracker = node.connections.clone();
     // Boxed: the upgrade's task keeps this closure's captures for the
     // connection's whole life; a pointer costs less than the identity.
     let parts = Box::new((node.clone(), identity, slot));
-    configure(upgrade, &node.settings).on_upgrade(move |socket| {
+    upgrade.on_upgrade(None, read_limits(&node.settings), move |socket| {
         let (node, identity, slot) = *parts;
         let (connection, replies, queues) = ConnectionHandle::new(node.settings.outbound_queue);
         let session = ClientSession::new(node.session.clone(), identity, connection, replies.clone());
@@ -92,6 +94,7 @@ pub async fn upgrade(
             framing: JsonFraming,
             transport: "ws",
             first: Some(welcome),
+            direct: true,
         };
         tracker.track_future(serve_connection(Connection::open(
             node,
@@ -116,20 +119,18 @@ pub(crate) fn check_origin(node: &Node, headers: &HeaderMap) -> Result<(), ApiEr
     }
 }
 
-/// The settings a WebSocket upgrade of this node gets.
-pub(crate) fn configure(upgrade: WebSocketUpgrade, settings: &crate::config::Settings) -> WebSocketUpgrade {
-    upgrade
-        .read_buffer_size(READ_BUFFER_BYTES)
-        .write_buffer_size(WRITE_BUFFER_BYTES)
-        .max_write_buffer_size(WRITE_BUFFER_BYTES + settings.max_frame_bytes.max(settings.max_message_bytes + 4096) * 2)
-        .max_message_size(settings.max_frame_bytes)
-        .max_frame_size(settings.max_frame_bytes)
+/// What a client of this node may send over a WebSocket.
+pub(crate) fn read_limits(settings: &crate::config::Settings) -> ReadLimits {
+    ReadLimits {
+        buffer: READ_BUFFER_BYTES,
+        max_frame: settings.max_frame_bytes,
+    }
 }
 
 /// A message from the client, as the protocol gets it.
 pub(crate) enum Incoming {
     /// A text message.
-    Text(axum::extract::ws::Utf8Bytes),
+    Text(tungstenite::Utf8Bytes),
     /// A binary message.
     Binary(bytes::Bytes),
 }
@@ -153,6 +154,9 @@ pub(crate) enum Encoded {
     Nothing,
     /// One message.
     Send(Message),
+    /// One complete frame, framed once and shared (the JSON protocol's
+    /// messages and room events).
+    Framed(Bytes),
     /// One message, then the connection closes with this code (STOMP's
     /// `ERROR`).
     SendAndClose(Message, u16, &'static str),
@@ -185,6 +189,9 @@ pub(crate) struct Protocol<I, F> {
     pub(crate) transport: &'static str,
     /// Queued before anything else (the JSON protocol's `welcome`).
     pub(crate) first: Option<Outbound>,
+    /// Whether the fan-out may write live messages straight to the socket
+    /// as text frames of their JSON (the JSON protocol's framing).
+    pub(crate) direct: bool,
 }
 
 /// The JSON protocol's reading side: every text message is a frame for
@@ -217,18 +224,23 @@ struct JsonFraming;
 impl Framing for JsonFraming {
     fn encode(&mut self, item: Outbound) -> Encoded {
         match item {
-            Outbound::Message(message) => Encoded::Send(Message::Text(shared_text(message.frame()))),
-            Outbound::Room(event) => Encoded::Send(Message::Text(shared_text(event.json_bytes()))),
+            Outbound::Message(message) => Encoded::Framed(socket::message_frame(&message)),
+            Outbound::Room(event) => {
+                Encoded::Framed(event.encoded(Encoding::WebSocketText, |event| socket::text_frame(event.json_bytes())))
+            }
             Outbound::Event(event) => match event.to_json() {
                 Some(json) => Encoded::Send(Message::Text(json.into())),
                 None => Encoded::Nothing,
             },
-            Outbound::Barrier(_) | Outbound::Close { .. } => Encoded::Nothing,
+            Outbound::Barrier(_) | Outbound::Rest(_) | Outbound::Close { .. } => Encoded::Nothing,
         }
     }
 }
 
 enum ReadEnd {
+    /// The client sent a close frame (with this code, if any): echo it.
+    PeerClosed(Option<u16>),
+    /// The client is gone, or silent past its heart-beats.
     ClientClosed,
     Close {
         code: u16,
@@ -242,8 +254,8 @@ enum ReadEnd {
 ///
 /// An async fn keeps its arguments for its whole life, even once moved
 /// out; so the parts are made here and the task only borrows them. That
-/// keeps the upgraded socket and the identity from being stored twice in
-/// every connection's task.
+/// keeps the socket and the identity from being stored twice in every
+/// connection's task.
 pub(crate) struct Connection<I, F> {
     node: Arc<Node>,
     inbound: I,
@@ -251,8 +263,8 @@ pub(crate) struct Connection<I, F> {
     first: Option<Outbound>,
     replies: ReplySender,
     queues: ConnectionQueues,
-    sink: Sink,
-    stream: SplitStream<WebSocket>,
+    writer: FrameWriter,
+    reader: FrameReader,
     /// The admission slot (none until a STOMP client's CONNECT) and the
     /// open-connections gauge, released when the connection ends.
     held: (Option<ConnectionSlot>, GaugeGuard),
@@ -265,7 +277,7 @@ impl<I: Inbound, F: Framing> Connection<I, F> {
         node: Arc<Node>,
         protocol: Protocol<I, F>,
         slot: Option<ConnectionSlot>,
-        socket: WebSocket,
+        socket: Socket,
         replies: ReplySender,
         queues: ConnectionQueues,
     ) -> Self {
@@ -277,7 +289,9 @@ impl<I: Inbound, F: Framing> Connection<I, F> {
                 })
                 .clone(),
         );
-        let (sink, stream) = socket.split();
+        if protocol.direct {
+            queues.write_directly(Arc::new(DirectText::new(socket.tcp.clone())));
+        }
         Self {
             node,
             inbound: protocol.inbound,
@@ -285,10 +299,29 @@ impl<I: Inbound, F: Framing> Connection<I, F> {
             first: protocol.first,
             replies,
             queues,
-            sink,
-            stream,
+            writer: FrameWriter::new(socket.tcp),
+            reader: socket.reader,
             held: (slot, open),
         }
+    }
+}
+
+/// What the reader tells the writer (both run in the connection's task).
+#[derive(Default)]
+struct Liveness {
+    /// Pings sent since the client's last pong.
+    missed_pongs: AtomicU32,
+    /// The pong owed for the client's latest ping.
+    pong: Mutex<Option<Bytes>>,
+}
+
+impl Liveness {
+    fn owe_pong(&self, payload: Bytes) {
+        *self.pong.lock().unwrap_or_else(PoisonError::into_inner) = Some(payload);
+    }
+
+    fn take_pong(&self) -> Option<Bytes> {
+        self.pong.lock().unwrap_or_else(PoisonError::into_inner).take()
     }
 }
 
@@ -305,17 +338,17 @@ pub(crate) fn serve_connection<I: Inbound, F: Framing>(mut connection: Connectio
         {
             return;
         }
-        let missed_pongs = AtomicU32::new(0);
+        let liveness = Liveness::default();
         let writer = write_socket(
             &connection.node,
-            &mut connection.sink,
+            &mut connection.writer,
             &mut connection.queues,
             &mut connection.framing,
-            &missed_pongs,
+            &liveness,
         );
         tokio::pin!(writer);
         let end = tokio::select! {
-            end = read_socket(&connection.node, &mut connection.stream, &mut connection.inbound, &missed_pongs) => Some(end),
+            end = read_socket(&connection.node, &mut connection.reader, &mut connection.inbound, &liveness, &connection.replies) => Some(end),
             () = &mut writer => None,
         };
         // Leave every room before the socket goes.
@@ -325,16 +358,16 @@ pub(crate) fn serve_connection<I: Inbound, F: Framing>(mut connection: Connectio
             Some(end) => Box::pin(close_after_reading(&connection.node, connection.replies, end, writer)).await,
             None => drop(connection.replies),
         }
-        Box::pin(linger_until_the_peer_closes(&mut connection.stream)).await;
+        Box::pin(linger_until_the_peer_closes(&mut connection.reader)).await;
         // Named, so that the block captures it (it captures only the fields
         // it uses) and the slot is held to the end.
         drop(connection.held);
     }
 }
 
-/// Queues what the end of reading calls for (a close, or `reconnect` and
-/// 1012 when draining) behind the frames already queued, and lets the
-/// writer send it all, bounded by [`CLOSE_GRACE`].
+/// Queues what the end of reading calls for (the echo of the client's
+/// close, a close of the node's, or `reconnect` and 1012 when draining)
+/// and lets the writer send it, bounded by [`CLOSE_GRACE`].
 async fn close_after_reading(
     node: &Node,
     replies: ReplySender,
@@ -343,6 +376,16 @@ async fn close_after_reading(
 ) {
     match end {
         ReadEnd::ClientClosed => {}
+        // Answered ahead of the live messages still queued (RFC 6455
+        // section 5.5.1), with the client's code.
+        ReadEnd::PeerClosed(code) => {
+            let _ = replies
+                .send(Outbound::Close {
+                    code: code.unwrap_or(NO_STATUS),
+                    reason: "",
+                })
+                .await;
+        }
         ReadEnd::Close { code, reason } => {
             node.metrics.count_close(code);
             let _ = replies.send(Outbound::Close { code, reason }).await;
@@ -363,14 +406,28 @@ async fn close_after_reading(
     let _ = tokio::time::timeout(CLOSE_GRACE, writer).await;
 }
 
+/// The close code that stands for none: its close frame has no body.
+const NO_STATUS: u16 = 1005;
+
+/// A close frame with `code` and `reason` (no body for [`NO_STATUS`]).
+fn close_message(code: u16, reason: &str) -> Message {
+    if code == NO_STATUS {
+        return Message::Close(None);
+    }
+    Message::Close(Some(CloseFrame {
+        code: code.into(),
+        reason: reason.into(),
+    }))
+}
+
 /// After the node's close frame, reads (and discards) what the client still
 /// sends until its close, the end of the stream or [`LINGER`]. Dropping a
 /// socket with unread data makes the kernel answer with a reset, which can
 /// destroy the close frame still in flight to the client (it would see no
 /// close code at all); reading first lets the close arrive.
-async fn linger_until_the_peer_closes(stream: &mut SplitStream<WebSocket>) {
+async fn linger_until_the_peer_closes(reader: &mut FrameReader) {
     let _ = tokio::time::timeout(LINGER, async {
-        while let Some(Ok(message)) = stream.next().await {
+        while let Some(Ok(message)) = reader.next().await {
             if matches!(message, Message::Close(_)) {
                 return;
             }
@@ -381,9 +438,10 @@ async fn linger_until_the_peer_closes(stream: &mut SplitStream<WebSocket>) {
 
 async fn read_socket(
     node: &Node,
-    stream: &mut SplitStream<WebSocket>,
+    reader: &mut FrameReader,
     inbound: &mut impl Inbound,
-    missed_pongs: &AtomicU32,
+    liveness: &Liveness,
+    replies: &ReplySender,
 ) -> ReadEnd {
     // One timer per connection, moved when a refresh changes the expiry.
     let far_future = Duration::from_secs(100 * 365 * 24 * 3600);
@@ -435,19 +493,25 @@ async fn read_socket(
                 }
                 continue;
             }
-            received = stream.next(), if in_flight < MAX_PUBLISHES_IN_FLIGHT => received,
+            received = reader.next(), if in_flight < MAX_PUBLISHES_IN_FLIGHT => received,
         };
         let incoming = match received {
             Some(Ok(Message::Text(text))) => Incoming::Text(text),
             Some(Ok(Message::Binary(data))) => Incoming::Binary(data),
             Some(Ok(Message::Pong(_))) => {
-                missed_pongs.store(0, Ordering::Relaxed);
+                liveness.missed_pongs.store(0, Ordering::Relaxed);
                 continue;
             }
-            // tungstenite answers pings by itself.
-            Some(Ok(Message::Ping(_))) => continue,
-            Some(Ok(Message::Close(_))) | None => break ReadEnd::ClientClosed,
-            Some(Err(error)) => break classify_read_error(error),
+            // The writer answers, between whole frames.
+            Some(Ok(Message::Ping(payload))) => {
+                liveness.owe_pong(payload);
+                replies.wake_writer();
+                continue;
+            }
+            Some(Ok(Message::Close(frame))) => break ReadEnd::PeerClosed(frame.map(|frame| u16::from(frame.code))),
+            Some(Ok(Message::Frame(_))) => continue,
+            None => break ReadEnd::ClientClosed,
+            Some(Err(error)) => break classify_read_error(&error),
         };
         if let SessionVerdict::Close { code, reason } = inbound.receive(incoming).await {
             break ReadEnd::Close { code, reason };
@@ -478,18 +542,17 @@ async fn read_socket(
     end
 }
 
-fn classify_read_error(error: axum::Error) -> ReadEnd {
-    let inner = error.into_inner();
-    match inner.downcast_ref::<tungstenite::Error>() {
-        Some(tungstenite::Error::Capacity(_)) => ReadEnd::Close {
+fn classify_read_error(error: &tungstenite::Error) -> ReadEnd {
+    match error {
+        tungstenite::Error::Capacity(_) => ReadEnd::Close {
             code: close_code::TOO_BIG,
             reason: "frame over the size limit; keep bodies under max_message_bytes",
         },
-        Some(tungstenite::Error::Utf8(_)) => ReadEnd::Close {
+        tungstenite::Error::Utf8(_) => ReadEnd::Close {
             code: close_code::INVALID_PAYLOAD,
             reason: "text frame is not valid UTF-8",
         },
-        Some(tungstenite::Error::Protocol(_)) => ReadEnd::Close {
+        tungstenite::Error::Protocol(_) => ReadEnd::Close {
             code: 1002,
             reason: "WebSocket protocol violation",
         },
@@ -508,7 +571,7 @@ enum WriteStop {
 /// wait takes the (boxed) guard, so idle tasks carry no timer for it.
 async fn guarded<F>(io: F, queues: &ConnectionQueues, stall: Duration) -> Result<(), WriteStop>
 where
-    F: Future<Output = Result<(), axum::Error>>,
+    F: Future<Output = std::io::Result<()>>,
 {
     let mut io = std::pin::pin!(io);
     match std::future::poll_fn(|context| Poll::Ready(io.as_mut().poll(context))).await {
@@ -519,7 +582,7 @@ where
 
 async fn wait_for_write<F>(io: Pin<&mut F>, queues: &ConnectionQueues, stall: Duration) -> Result<(), WriteStop>
 where
-    F: Future<Output = Result<(), axum::Error>>,
+    F: Future<Output = std::io::Result<()>>,
 {
     tokio::select! {
         biased;
@@ -529,27 +592,53 @@ where
     }
 }
 
-type Sink = SplitSink<WebSocket, Message>;
-
 /// What writing one item asks of the loop.
 enum Step {
     Continue,
     Finish,
 }
 
+/// What the writer does next.
+enum Next {
+    /// Write a queued item.
+    Item(Outbound),
+    /// Answer the client's ping.
+    Pong(Bytes),
+    /// Every sender is gone and nothing is left.
+    End,
+}
+
+/// The next thing to write: a pong owed, else the next queued item.
+async fn next_for_writer(queues: &ConnectionQueues, liveness: &Liveness) -> Next {
+    std::future::poll_fn(|context| {
+        if let Some(payload) = liveness.take_pong() {
+            return Poll::Ready(Next::Pong(payload));
+        }
+        match queues.poll_next(context) {
+            Poll::Ready(Some(item)) => Poll::Ready(Next::Item(item)),
+            Poll::Ready(None) => Poll::Ready(Next::End),
+            // Owed while the queues were checked: the waker is registered.
+            Poll::Pending => liveness
+                .take_pong()
+                .map_or(Poll::Pending, |payload| Poll::Ready(Next::Pong(payload))),
+        }
+    })
+    .await
+}
+
 async fn write_socket(
     node: &Node,
-    sink: &mut Sink,
+    writer: &mut FrameWriter,
     queues: &mut ConnectionQueues,
     framing: &mut impl Framing,
-    missed_pongs: &AtomicU32,
+    liveness: &Liveness,
 ) {
     let ping_interval = node.settings.ping_interval;
     let stall = ping_interval * 2;
     let mut pings = tokio::time::interval_at(tokio::time::Instant::now() + ping_interval, ping_interval);
     pings.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     if let Some(opening) = framing.opening()
-        && guarded(sink.send(opening), queues, stall).await.is_err()
+        && send_own(writer, queues, opening, stall).await.is_err()
     {
         return;
     }
@@ -557,23 +646,38 @@ async fn write_socket(
     loop {
         let heartbeat = framing.heartbeat();
         let heartbeat_due = heartbeat.as_ref().map(|(every, _)| last_write + *every);
-        let first = tokio::select! {
+        let own = tokio::select! {
             biased;
-            () = queues.slow() => return Box::pin(close_slow_consumer(node, sink, queues, framing)).await,
-            item = queues.next() => if let Some(item) = item { item } else {
-                let _ = tokio::time::timeout(CLOSE_GRACE, sink.close()).await;
-                return;
+            () = queues.slow() => return Box::pin(close_slow_consumer(node, writer, queues, framing)).await,
+            next = next_for_writer(queues, liveness) => match next {
+                Next::Item(item) => {
+                    last_write = tokio::time::Instant::now();
+                    let mut step = feed(writer, item, framing);
+                    let mut written = 1;
+                    while matches!(step, Step::Continue) && written < WRITE_BATCH {
+                        let Some(next) = queues.try_next() else { break };
+                        step = feed(writer, next, framing);
+                        written += 1;
+                    }
+                    match guarded(writer.flush(), queues, stall).await {
+                        Ok(()) if matches!(step, Step::Continue) => continue,
+                        Ok(()) | Err(WriteStop::Stalled | WriteStop::Broken) => return,
+                        Err(WriteStop::Slow) => return Box::pin(close_slow_consumer(node, writer, queues, framing)).await,
+                    }
+                }
+                Next::Pong(payload) => Message::Pong(payload),
+                Next::End => {
+                    writer.push_message(Message::Close(None));
+                    let _ = tokio::time::timeout(CLOSE_GRACE, writer.flush()).await;
+                    return;
+                }
             },
             _ = pings.tick() => {
-                if missed_pongs.fetch_add(1, Ordering::Relaxed) >= 2 {
+                if liveness.missed_pongs.fetch_add(1, Ordering::Relaxed) >= 2 {
                     tracing::debug!("closing a connection that answered no ping twice");
                     return;
                 }
-                match guarded(sink.send(Message::Ping(bytes::Bytes::new())), queues, stall).await {
-                    Ok(()) => continue,
-                    Err(WriteStop::Slow) => return Box::pin(close_slow_consumer(node, sink, queues, framing)).await,
-                    Err(WriteStop::Stalled | WriteStop::Broken) => return,
-                }
+                Message::Ping(Bytes::new())
             }
             () = async { match heartbeat_due {
                 Some(due) => tokio::time::sleep_until(due).await,
@@ -581,105 +685,95 @@ async fn write_socket(
             } } => {
                 last_write = tokio::time::Instant::now();
                 let Some((_, beat)) = heartbeat else { continue };
-                match guarded(sink.send(beat), queues, stall).await {
-                    Ok(()) => continue,
-                    Err(WriteStop::Slow) => return Box::pin(close_slow_consumer(node, sink, queues, framing)).await,
-                    Err(WriteStop::Stalled | WriteStop::Broken) => return,
-                }
+                beat
             }
         };
-        last_write = tokio::time::Instant::now();
-        let mut step = feed(sink, first, queues, framing, stall).await;
-        let mut written = 1;
-        while matches!(step, Ok(Step::Continue)) && written < WRITE_BATCH {
-            let Some(next) = queues.try_next() else { break };
-            step = feed(sink, next, queues, framing, stall).await;
-            written += 1;
-        }
-        let outcome = match step {
-            Ok(step) => guarded(sink.flush(), queues, stall).await.map(|()| step),
-            Err(stop) => Err(stop),
-        };
-        match outcome {
-            Ok(Step::Continue) => {}
-            Ok(Step::Finish) | Err(WriteStop::Stalled | WriteStop::Broken) => return,
-            Err(WriteStop::Slow) => return Box::pin(close_slow_consumer(node, sink, queues, framing)).await,
+        match send_own(writer, queues, own, stall).await {
+            Ok(()) => {}
+            Err(WriteStop::Slow) => return Box::pin(close_slow_consumer(node, writer, queues, framing)).await,
+            Err(WriteStop::Stalled | WriteStop::Broken) => return,
         }
     }
 }
 
-async fn feed(
-    sink: &mut Sink,
-    item: Outbound,
+/// Writes a frame of the writer's own (a ping, a pong, a heart-beat, the
+/// opening), after taking the socket back from direct writes.
+async fn send_own(
+    writer: &mut FrameWriter,
     queues: &ConnectionQueues,
-    framing: &mut impl Framing,
-    stall: Duration,
-) -> Result<Step, WriteStop> {
-    let (message, then_close) = match item {
-        Outbound::Barrier(reached) => {
-            let _ = reached.send(());
-            return Ok(Step::Continue);
-        }
-        Outbound::Close { code, reason } => {
-            feed_close(sink, framing, code, reason, queues, stall).await?;
-            return Ok(Step::Finish);
-        }
-        item => match framing.encode(item) {
-            Encoded::Nothing => return Ok(Step::Continue),
-            Encoded::Send(message) => (message, None),
-            Encoded::SendAndClose(message, code, reason) => (message, Some((code, reason))),
-        },
-    };
-    guarded(sink.feed(message), queues, stall).await?;
-    if let Some((code, reason)) = then_close {
-        feed_close(sink, framing, code, reason, queues, stall).await?;
-        return Ok(Step::Finish);
-    }
-    Ok(Step::Continue)
-}
-
-async fn feed_close(
-    sink: &mut Sink,
-    framing: &impl Framing,
-    code: u16,
-    reason: &'static str,
-    queues: &ConnectionQueues,
+    message: Message,
     stall: Duration,
 ) -> Result<(), WriteStop> {
-    if let Some(last_words) = framing.closing(code, reason) {
-        guarded(sink.feed(last_words), queues, stall).await?;
+    if let Some(rest) = queues.claim_socket() {
+        writer.push_framed(rest);
     }
-    guarded(
-        sink.feed(Message::Close(Some(CloseFrame {
-            code,
-            reason: reason.into(),
-        }))),
-        queues,
-        stall,
-    )
-    .await
+    writer.push_message(message);
+    guarded(writer.flush(), queues, stall).await
+}
+
+/// Queues one item's frames on the writer.
+fn feed(writer: &mut FrameWriter, item: Outbound, framing: &mut impl Framing) -> Step {
+    match item {
+        Outbound::Barrier(reached) => {
+            let _ = reached.send(());
+            Step::Continue
+        }
+        Outbound::Rest(rest) => {
+            writer.push_framed(rest);
+            Step::Continue
+        }
+        Outbound::Close { code, reason } => {
+            push_close(writer, framing, code, reason);
+            Step::Finish
+        }
+        item => match framing.encode(item) {
+            Encoded::Nothing => Step::Continue,
+            Encoded::Send(message) => {
+                writer.push_message(message);
+                Step::Continue
+            }
+            Encoded::Framed(frame) => {
+                writer.push_framed(frame);
+                Step::Continue
+            }
+            Encoded::SendAndClose(message, code, reason) => {
+                writer.push_message(message);
+                push_close(writer, framing, code, reason);
+                Step::Finish
+            }
+        },
+    }
+}
+
+fn push_close(writer: &mut FrameWriter, framing: &impl Framing, code: u16, reason: &'static str) {
+    if let Some(last_words) = framing.closing(code, reason) {
+        writer.push_message(last_words);
+    }
+    writer.push_message(close_message(code, reason));
 }
 
 /// Drops what was queued, puts the 4000 close behind what the socket
 /// already holds, and gives the client a moment to read it.
-async fn close_slow_consumer(node: &Node, sink: &mut Sink, queues: &mut ConnectionQueues, framing: &impl Framing) {
+async fn close_slow_consumer(
+    node: &Node,
+    writer: &mut FrameWriter,
+    queues: &mut ConnectionQueues,
+    framing: &impl Framing,
+) {
     node.metrics.slow_consumer_closes.inc();
     node.metrics.count_close(close_code::SLOW_CONSUMER);
+    // A frame a direct write began is finished first.
+    if let Some(rest) = queues.claim_socket() {
+        writer.push_framed(rest);
+    }
     queues.close();
-    let reason = "slow consumer: reconnect and resume with since";
-    let last_words = framing.closing(close_code::SLOW_CONSUMER, reason);
-    let close = Message::Close(Some(CloseFrame {
-        code: close_code::SLOW_CONSUMER,
-        reason: reason.into(),
-    }));
-    let _ = tokio::time::timeout(CLOSE_GRACE, async {
-        if let Some(last_words) = last_words {
-            sink.feed(last_words).await?;
-        }
-        sink.feed(close).await?;
-        sink.flush().await
-    })
-    .await;
+    push_close(
+        writer,
+        framing,
+        close_code::SLOW_CONSUMER,
+        "slow consumer: reconnect and resume with since",
+    );
+    let _ = tokio::time::timeout(CLOSE_GRACE, writer.flush()).await;
 }
 
 /// Draining: `reconnect` with a delay jittered over the drain window, so
@@ -692,9 +786,4 @@ fn drain_notice(node: &Node) -> Outbound {
         reason: "draining",
         delay_ms: fastrand::u64(0..window_ms),
     })
-}
-
-/// A text message sharing `bytes` (which the session checked are UTF-8).
-fn shared_text(bytes: &bytes::Bytes) -> axum::extract::ws::Utf8Bytes {
-    axum::extract::ws::Utf8Bytes::try_from(bytes.clone()).unwrap_or_default()
 }

@@ -25,16 +25,20 @@ pub enum Encoding {
     Stomp11,
     /// The same for STOMP 1.2 (whose header escaping differs).
     Stomp12,
+    /// The JSON protocol's frame as one WebSocket text frame, header
+    /// included (server frames are unmasked: the same bytes for everyone).
+    WebSocketText,
 }
 
 impl Encoding {
-    const COUNT: usize = 3;
+    const COUNT: usize = 4;
 
     const fn slot(self) -> usize {
         match self {
             Encoding::Sse => 0,
             Encoding::Stomp11 => 1,
             Encoding::Stomp12 => 2,
+            Encoding::WebSocketText => 3,
         }
     }
 }

@@ -23,7 +23,9 @@ pub use client::{ClientSession, MAX_PUBLISHES_IN_FLIGHT, SessionVerdict, unavail
 pub use context::{SessionContext, SessionLimits};
 pub use event::{Encoding, Encodings, ErrorEvent, Event, RoomEvent, RoomEventKind};
 pub use hub::{RoomHub, Subscription};
-pub use outbound::{ConnectionClosed, ConnectionHandle, ConnectionQueues, LiveMessage, Outbound, ReplySender};
+pub use outbound::{
+    ConnectionClosed, ConnectionHandle, ConnectionQueues, Direct, DirectWrite, LiveMessage, Outbound, ReplySender,
+};
 pub use presence::{PRESENCE_BATCH, PresenceTiming};
 pub use publisher::Publisher;
 pub use rate_limit::{AddressRateLimiter, InvalidFrameBudget, PublishRateLimiter};

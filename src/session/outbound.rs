@@ -7,6 +7,11 @@
 //! message silently. Replies and replays go through a small reply queue
 //! with backpressure instead ([`ReplySender::send`]). The writer takes
 //! replies first, then live messages.
+//!
+//! A transport may also let the fan-out write a live message to its
+//! socket itself ([`DirectWrite`]): only while the writer is idle with
+//! nothing queued, under the queue's lock, so the message keeps its place.
+//! An idle connection then costs no wake-up of its task per message.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -85,6 +90,9 @@ pub enum Outbound {
     /// Answered once every earlier item of the same queue reached the socket
     /// writer; lets a replay finish before its room switches to live.
     Barrier(oneshot::Sender<()>),
+    /// The unwritten end of a frame that a direct write began: it goes to
+    /// the socket first, as it is.
+    Rest(Bytes),
     /// Close the connection with this code after the items before it.
     Close {
         /// WebSocket close code.
@@ -100,6 +108,24 @@ impl Outbound {
     pub fn event(event: Event) -> Self {
         Outbound::Event(Box::new(event))
     }
+}
+
+/// A socket that the fan-out may write a live message to without waiting
+/// (a transport's, when its framing of a message is the same for all).
+pub trait DirectWrite: Send + Sync + std::fmt::Debug {
+    /// Writes what the socket takes of `message` now, without waiting.
+    fn try_write(&self, message: &LiveMessage) -> Direct;
+}
+
+/// What a direct write did.
+#[derive(Debug)]
+pub enum Direct {
+    /// The whole message is written.
+    Written,
+    /// Part of it is written; the rest must go next.
+    Partly(Bytes),
+    /// Nothing is written (the socket is full, or broken): queue it.
+    NotNow,
 }
 
 /// Why a reply could not be queued: the connection's writer is gone.
@@ -141,11 +167,17 @@ struct OutboxState {
     reply_senders: usize,
     /// The writer stopped (closed or dropped its end): nothing more is queued.
     writer_gone: bool,
+    /// Where live messages may be written straight to the socket.
+    direct: Option<Arc<dyn DirectWrite>>,
+    /// The writer has written everything and waits: a direct write may go.
+    socket_idle: bool,
+    /// The end of a frame a direct write began.
+    rest: Option<Bytes>,
 }
 
 impl OutboxState {
     fn is_empty(&self) -> bool {
-        self.live.is_empty() && self.replies.is_empty()
+        self.live.is_empty() && self.replies.is_empty() && self.rest.is_none()
     }
 
     fn senders(&mut self, kind: SenderKind) -> &mut usize {
@@ -233,6 +265,9 @@ impl ConnectionHandle {
                 live_senders: 1,
                 reply_senders: 1,
                 writer_gone: false,
+                direct: None,
+                socket_idle: false,
+                rest: None,
             }),
             writer: AtomicWaker::new(),
             reply_room: Notify::new(),
@@ -252,7 +287,18 @@ impl ConnectionHandle {
         reason = "a refused offer marks the connection slow by itself; most callers need not look"
     )]
     pub fn offer(&self, item: Outbound) -> bool {
-        self.push_live(item, true)
+        self.push_live(item, true, false)
+    }
+
+    /// As [`ConnectionHandle::offer`], but a message is written straight
+    /// to the socket when the connection allows it ([`DirectWrite`]) and
+    /// its writer is idle with nothing queued.
+    #[allow(
+        clippy::must_use_candidate,
+        reason = "a refused offer marks the connection slow by itself; most callers need not look"
+    )]
+    pub fn offer_or_write(&self, item: Outbound) -> bool {
+        self.push_live(item, true, true)
     }
 
     /// Queues an item that may be lost under load (a signal): when the live
@@ -263,10 +309,10 @@ impl ConnectionHandle {
         reason = "a refused offer marks the connection slow by itself; most callers need not look"
     )]
     pub fn offer_or_drop(&self, item: Outbound) -> bool {
-        self.push_live(item, false)
+        self.push_live(item, false, false)
     }
 
-    fn push_live(&self, item: Outbound, full_is_slow: bool) -> bool {
+    fn push_live(&self, item: Outbound, full_is_slow: bool, may_write: bool) -> bool {
         let mut state = self.outbox.state();
         if state.writer_gone || self.outbox.slow.load(Ordering::Acquire) {
             return false;
@@ -279,6 +325,23 @@ impl ConnectionHandle {
             return false;
         }
         let was_empty = state.is_empty();
+        if may_write
+            && was_empty
+            && state.socket_idle
+            && let (Outbound::Message(message), Some(direct)) = (&item, &state.direct)
+        {
+            match direct.try_write(message) {
+                Direct::Written => return true,
+                Direct::Partly(rest) => {
+                    state.rest = Some(rest);
+                    state.socket_idle = false;
+                    drop(state);
+                    self.outbox.writer.wake();
+                    return true;
+                }
+                Direct::NotNow => {}
+            }
+        }
         state.live.push_back(item);
         drop(state);
         if was_empty {
@@ -377,6 +440,12 @@ impl ReplySender {
         self.try_queue(item).map_err(|_| ConnectionClosed)
     }
 
+    /// Wakes the connection's writer (something of its own is due: the
+    /// transport's answer to a ping).
+    pub fn wake_writer(&self) {
+        self.outbox.writer.wake();
+    }
+
     /// Completes once the writer is gone (the client left).
     pub async fn closed(&self) {
         loop {
@@ -410,6 +479,11 @@ impl ConnectionQueues {
     #[must_use]
     pub fn try_next(&self) -> Option<Outbound> {
         let mut state = self.outbox.state();
+        // Whatever the writer takes, it writes: no direct write may go now.
+        state.socket_idle = false;
+        if let Some(rest) = state.rest.take() {
+            return Some(Outbound::Rest(rest));
+        }
         if let Some(item) = state.replies.pop_front() {
             let had_waiters = state.replies.len() + 1 == REPLY_QUEUE_CAPACITY;
             if state.replies.is_empty() {
@@ -442,12 +516,30 @@ impl ConnectionQueues {
         if let Some(item) = self.try_next() {
             return Poll::Ready(Some(item));
         }
-        let state = self.outbox.state();
+        let mut state = self.outbox.state();
         if state.live_senders == 0 && state.reply_senders == 0 {
             Poll::Ready(None)
         } else {
+            // The writer asks only once it has written everything.
+            state.socket_idle = true;
             Poll::Pending
         }
+    }
+
+    /// Lets the fan-out write live messages to the socket through `direct`
+    /// while the writer is idle.
+    pub fn write_directly(&self, direct: Arc<dyn DirectWrite>) {
+        self.outbox.state().direct = Some(direct);
+    }
+
+    /// Takes the socket back from direct writes before the writer writes
+    /// something of its own (a ping, a close): returns the end of a frame
+    /// a direct write began, which must be written first.
+    #[must_use]
+    pub fn claim_socket(&self) -> Option<Bytes> {
+        let mut state = self.outbox.state();
+        state.socket_idle = false;
+        state.rest.take()
     }
 
     /// The next item; `None` once every sender is gone and nothing is left.
@@ -479,7 +571,13 @@ impl ConnectionQueues {
         let discarded = {
             let mut state = self.outbox.state();
             state.writer_gone = true;
-            (std::mem::take(&mut state.live), std::mem::take(&mut state.replies))
+            state.socket_idle = false;
+            state.rest = None;
+            (
+                std::mem::take(&mut state.live),
+                std::mem::take(&mut state.replies),
+                state.direct.take(),
+            )
         };
         // Dropped outside the lock: a dropped barrier wakes its waiter.
         drop(discarded);
@@ -526,6 +624,134 @@ mod tests {
             },
             other => panic!("expected a marked item, got {other:?}"),
         }
+    }
+
+    /// A socket for direct writes that takes what it is told to, and
+    /// records which messages (by sequence) it was asked to write.
+    #[derive(Debug)]
+    struct FakeSocket {
+        answers: Mutex<VecDeque<Direct>>,
+        written: Mutex<Vec<u64>>,
+    }
+
+    impl FakeSocket {
+        fn answering(answers: impl IntoIterator<Item = Direct>) -> Arc<Self> {
+            Arc::new(Self {
+                answers: Mutex::new(answers.into_iter().collect()),
+                written: Mutex::new(Vec::new()),
+            })
+        }
+
+        fn written(&self) -> Vec<u64> {
+            self.written.lock().unwrap().clone()
+        }
+    }
+
+    impl DirectWrite for FakeSocket {
+        fn try_write(&self, message: &LiveMessage) -> Direct {
+            let answer = self.answers.lock().unwrap().pop_front().unwrap_or(Direct::Written);
+            if !matches!(answer, Direct::NotNow) {
+                self.written.lock().unwrap().push(message.id.seq);
+            }
+            answer
+        }
+    }
+
+    fn message(sequence: u64) -> Outbound {
+        let room = RoomName::parse("direct").unwrap();
+        let stored = StoredMessage {
+            id: MessageId::new(1, sequence),
+            prev: MessageId::new(1, sequence.saturating_sub(1)),
+            frame: Bytes::from(format!(r#"{{"type":"message","n":{sequence}}}"#)),
+            trace: None,
+        };
+        Outbound::Message(LiveMessage::from_stored(&room, &stored).unwrap())
+    }
+
+    fn sequence_of(item: Option<Outbound>) -> u64 {
+        match item {
+            Some(Outbound::Message(message)) => message.id.seq,
+            other => panic!("expected a message, got {other:?}"),
+        }
+    }
+
+    /// Plays the writer that has written everything and waits.
+    fn writer_goes_idle(queues: &ConnectionQueues) {
+        assert!(
+            queues
+                .poll_next(&mut Context::from_waker(std::task::Waker::noop()))
+                .is_pending()
+        );
+    }
+
+    #[test]
+    fn an_idle_writer_lets_the_fan_out_write_and_a_busy_one_gets_the_queue() {
+        let (handle, _replies, queues) = ConnectionHandle::new(8);
+        let socket = FakeSocket::answering([]);
+        queues.write_directly(socket.clone());
+        // Not idle yet (the writer has not asked): queued.
+        assert!(handle.offer_or_write(message(1)));
+        assert!(socket.written().is_empty());
+        assert_eq!(sequence_of(queues.try_next()), 1);
+        writer_goes_idle(&queues);
+        assert!(handle.offer_or_write(message(2)));
+        assert!(handle.offer_or_write(message(3)));
+        assert_eq!(socket.written(), [2, 3]);
+        assert!(queues.try_next().is_none(), "written directly, not queued");
+        // A reply is waiting for the writer: the next message queues behind it.
+        writer_goes_idle(&queues);
+        assert!(handle.offer(control("gap")));
+        assert!(handle.offer_or_write(message(4)));
+        assert_eq!(socket.written(), [2, 3]);
+        assert_eq!(text_of(queues.try_next()), "gap");
+        assert_eq!(sequence_of(queues.try_next()), 4);
+        // A plain offer always queues (the fan-out when it falls behind).
+        writer_goes_idle(&queues);
+        assert!(handle.offer(message(5)));
+        assert_eq!(socket.written(), [2, 3]);
+        assert_eq!(sequence_of(queues.try_next()), 5);
+    }
+
+    #[test]
+    fn a_direct_write_cut_short_sends_its_rest_first_and_a_full_socket_queues() {
+        let (handle, _replies, queues) = ConnectionHandle::new(8);
+        let socket = FakeSocket::answering([Direct::Partly(Bytes::from_static(b"end of 1")), Direct::NotNow]);
+        queues.write_directly(socket.clone());
+        writer_goes_idle(&queues);
+        assert!(handle.offer_or_write(message(1)));
+        // Once cut short, nothing goes direct until the writer is idle again.
+        assert!(handle.offer_or_write(message(2)));
+        assert_eq!(socket.written(), [1]);
+        match queues.try_next() {
+            Some(Outbound::Rest(rest)) => assert_eq!(&rest[..], b"end of 1"),
+            other => panic!("expected the rest of message 1, got {other:?}"),
+        }
+        assert_eq!(sequence_of(queues.try_next()), 2);
+        // The socket is full: queued, in order, for the writer.
+        writer_goes_idle(&queues);
+        assert!(handle.offer_or_write(message(3)));
+        assert!(handle.offer_or_write(message(4)));
+        assert_eq!(socket.written(), [1]);
+        assert_eq!(sequence_of(queues.try_next()), 3);
+        assert_eq!(sequence_of(queues.try_next()), 4);
+    }
+
+    #[test]
+    fn the_writer_claims_the_socket_back_with_any_rest_and_a_close_ends_direct_writes() {
+        let (handle, _replies, mut queues) = ConnectionHandle::new(8);
+        let socket = FakeSocket::answering([Direct::Partly(Bytes::from_static(b"tail"))]);
+        queues.write_directly(socket.clone());
+        writer_goes_idle(&queues);
+        assert!(handle.offer_or_write(message(1)));
+        // A ping is due: the writer takes the socket, and the rest first.
+        assert_eq!(queues.claim_socket().as_deref(), Some(&b"tail"[..]));
+        assert!(handle.offer_or_write(message(2)));
+        assert_eq!(socket.written(), [1], "claimed: no direct write");
+        assert_eq!(sequence_of(queues.try_next()), 2);
+        writer_goes_idle(&queues);
+        queues.close();
+        assert!(!handle.offer_or_write(message(3)));
+        assert_eq!(socket.written(), [1]);
     }
 
     #[test]

@@ -106,3 +106,67 @@ pub fn drain_live_queues(subscribers: &mut [LiveSubscriber]) -> usize {
     }
     received
 }
+
+/// A live subscriber whose messages the fan-out writes straight to a
+/// loopback socket (the WebSocket writer idle), with the client's end.
+pub struct SocketSubscriber {
+    /// Held to stay in the room (dropping it leaves).
+    pub _subscription: Subscription,
+    pub queues: ConnectionQueues,
+    pub client: std::net::TcpStream,
+}
+
+/// A hub with `count` live subscribers of `room`, each on a loopback
+/// socket that its (idle) writer lets the fan-out write to directly.
+pub async fn hub_with_socket_subscribers(room: &RoomName, count: usize) -> (Arc<RoomHub>, Vec<SocketSubscriber>) {
+    let (hub, live) = hub_with_live_subscribers(room, count).await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("a loopback listener");
+    let address = listener.local_addr().expect("its address");
+    let mut subscribers = Vec::with_capacity(count);
+    for (subscription, queues) in live {
+        let client = std::net::TcpStream::connect(address).expect("connect on loopback");
+        client.set_nonblocking(true).expect("a non-blocking client");
+        let (server, _) = listener.accept().expect("accept on loopback");
+        server.set_nonblocking(true).expect("a non-blocking server end");
+        server.set_nodelay(true).expect("TCP_NODELAY");
+        let server = Arc::new(tokio::net::TcpStream::from_std(server).expect("a tokio socket"));
+        // tokio writes only once its reactor has seen the socket writable.
+        server.writable().await.expect("a writable socket");
+        queues.write_directly(Arc::new(chat_relay::http::socket::DirectText::new(server)));
+        writer_waits(&queues);
+        subscribers.push(SocketSubscriber {
+            _subscription: subscription,
+            queues,
+            client,
+        });
+    }
+    (hub, subscribers)
+}
+
+/// Plays a connection's writer that has written everything: it finds its
+/// queues empty and waits, which lets the fan-out write to its socket.
+pub fn writer_waits(queues: &ConnectionQueues) {
+    let waiting = queues.poll_next(&mut std::task::Context::from_waker(std::task::Waker::noop()));
+    assert!(waiting.is_pending(), "nothing was queued for the writer");
+}
+
+/// Reads what each client received so far; returns the bytes per client.
+pub fn drain_sockets(subscribers: &mut [SocketSubscriber]) -> Vec<usize> {
+    use std::io::Read as _;
+    let mut buffer = vec![0u8; 64 * 1024];
+    subscribers
+        .iter_mut()
+        .map(|subscriber| {
+            let mut received = 0;
+            loop {
+                match subscriber.client.read(&mut buffer) {
+                    Ok(0) => break,
+                    Ok(read) => received += read,
+                    Err(error) if error.kind() == std::io::ErrorKind::WouldBlock => break,
+                    Err(error) => panic!("reading a subscriber's socket: {error}"),
+                }
+            }
+            received
+        })
+        .collect()
+}

@@ -16,6 +16,9 @@ pub struct Size {
     /// Messages per second.
     pub rate: f64,
     pub placement: Placement,
+    /// Subscribers read live (spread evenly); the rest are read only after
+    /// the last publish. `None`: all live.
+    pub live_sample: Option<usize>,
 }
 
 /// Where the subscribers connect.
@@ -33,6 +36,7 @@ pub const QUICK: Size = Size {
     messages: 200,
     rate: 100.0,
     placement: Placement::Spread,
+    live_sample: None,
 };
 
 /// 40,000 deliveries a second: a load every system here sustains on two
@@ -44,6 +48,7 @@ pub const FULL: Size = Size {
     messages: 120,
     rate: 4.0,
     placement: Placement::Spread,
+    live_sample: None,
 };
 
 /// How long subscribers may still take after the last publish.
@@ -64,7 +69,8 @@ pub async fn run_in(deployment: &Deployment, size: Size, room: &str) -> anyhow::
         async move { Subscriber::connect(&endpoint, room, &Resume::Fresh, false).await }
     })
     .await?;
-    let readers = Readers::of_one_room(subscribers, room, size.messages, &Resume::Fresh, None);
+    let readers =
+        Readers::of_one_room_sampled(subscribers, room, size.messages, &Resume::Fresh, None, size.live_sample);
     let mut publisher = Publisher::connect(&deployment.endpoints[0]).await?;
     warm_up(&mut publisher, &[room.to_owned()], readers.count(), &readers.progress).await?;
 

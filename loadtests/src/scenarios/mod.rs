@@ -246,7 +246,21 @@ pub fn new_histogram() -> Histogram<u64> {
 pub struct Readers {
     tasks: Vec<tokio::task::JoinHandle<SubscriberReport>>,
     stop: watch::Sender<bool>,
+    /// Released by `finish`: readers held after their warm-up read on.
+    release: watch::Sender<bool>,
     pub progress: Arc<Progress>,
+}
+
+/// Whether a reader reads (and times) its deliveries as they come, or only
+/// after the last publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reading {
+    Live,
+    /// Reads its warm-up message, then nothing until the last publish;
+    /// then checks everything (every message once, in order), untimed.
+    /// The kernel holds what arrives meanwhile, so a small live sample
+    /// times delivery without the generator's own reading in the way.
+    AfterwardOnly,
 }
 
 impl Readers {
@@ -254,6 +268,7 @@ impl Readers {
         Self {
             tasks: Vec::new(),
             stop: watch::channel(false).0,
+            release: watch::channel(false).0,
             progress: Arc::new(Progress::default()),
         }
     }
@@ -268,14 +283,25 @@ impl Readers {
         resume: Resume,
         failover: Option<Failover>,
     ) {
+        self.spawn_reading(subscriber, ledger, room, resume, failover, Reading::Live);
+    }
+
+    fn spawn_reading(
+        &mut self,
+        subscriber: Subscriber,
+        ledger: SubscriberLedger,
+        room: String,
+        resume: Resume,
+        failover: Option<Failover>,
+        reading: Reading,
+    ) {
+        let control = ReaderControl {
+            progress: self.progress.clone(),
+            stop: self.stop.subscribe(),
+            release: (reading == Reading::AfterwardOnly).then(|| self.release.subscribe()),
+        };
         self.tasks.push(tokio::spawn(read_subscriber(
-            subscriber,
-            ledger,
-            room,
-            resume,
-            failover,
-            self.progress.clone(),
-            self.stop.subscribe(),
+            subscriber, ledger, room, resume, failover, control,
         )));
     }
 
@@ -288,14 +314,35 @@ impl Readers {
         resume: &Resume,
         failover: Option<&Failover>,
     ) -> Self {
+        Self::of_one_room_sampled(subscribers, room, messages, resume, failover, None)
+    }
+
+    /// As [`Readers::of_one_room`]; with `live_sample`, only that many
+    /// subscribers (spread evenly) read live, the rest afterwards
+    /// ([`Reading::AfterwardOnly`]).
+    pub fn of_one_room_sampled(
+        subscribers: Vec<Subscriber>,
+        room: &str,
+        messages: u32,
+        resume: &Resume,
+        failover: Option<&Failover>,
+        live_sample: Option<usize>,
+    ) -> Self {
         let mut readers = Self::new();
-        for subscriber in subscribers {
-            readers.spawn(
+        let every = live_sample.map_or(1, |sample| (subscribers.len() / sample.max(1)).max(1));
+        for (index, subscriber) in subscribers.into_iter().enumerate() {
+            let reading = if index % every == 0 {
+                Reading::Live
+            } else {
+                Reading::AfterwardOnly
+            };
+            readers.spawn_reading(
                 subscriber,
                 SubscriberLedger::expecting([0], messages),
                 room.to_owned(),
                 resume.clone(),
                 failover.cloned(),
+                reading,
             );
         }
         readers
@@ -308,6 +355,7 @@ impl Readers {
     /// Called after the last publish: waits until every reader has what it
     /// expects, or `grace` has passed (then what is missing is lost).
     pub async fn finish(self, grace: Duration) -> anyhow::Result<Vec<SubscriberReport>> {
+        let _ = self.release.send(true);
         let stop = self.stop;
         let stopper = tokio::spawn(async move {
             tokio::time::sleep(grace).await;
@@ -322,20 +370,38 @@ impl Readers {
     }
 }
 
+/// What a reader task is told from outside.
+struct ReaderControl {
+    progress: Arc<Progress>,
+    stop: watch::Receiver<bool>,
+    /// For a reader that reads only afterwards: released after the last
+    /// publish.
+    release: Option<watch::Receiver<bool>>,
+}
+
 async fn read_subscriber(
     mut subscriber: Subscriber,
     mut ledger: SubscriberLedger,
     room: String,
     mut resume: Resume,
     failover: Option<Failover>,
-    progress: Arc<Progress>,
-    mut stop: watch::Receiver<bool>,
+    control: ReaderControl,
 ) -> SubscriberReport {
+    let ReaderControl {
+        progress,
+        mut stop,
+        mut release,
+    } = control;
+    let afterward = release.is_some();
     let mut latency = new_histogram();
     let mut resumed_after = None;
     let mut warmed = false;
     let event_source = failover.is_some();
     while !ledger.complete() {
+        if warmed && let Some(waiting) = release.as_mut() {
+            let _ = waiting.wait_for(|released| *released).await;
+            release = None;
+        }
         let next = tokio::select! {
             biased;
             _ = stop.wait_for(|stopped| *stopped) => break,
@@ -353,13 +419,16 @@ async fn read_subscriber(
             }
             Ok((payload, position)) => {
                 let now = now_us();
-                latency.saturating_record(now.saturating_sub(payload.sent_us).max(1));
                 ledger.record(&payload);
                 if !matches!(position, Resume::Fresh) {
                     resume = position;
                 }
                 progress.deliveries.fetch_add(1, Ordering::Relaxed);
-                progress.last_delivery_us.fetch_max(now, Ordering::Relaxed);
+                // Only live readers time deliveries and say when the last came.
+                if !afterward {
+                    latency.saturating_record(now.saturating_sub(payload.sent_us).max(1));
+                    progress.last_delivery_us.fetch_max(now, Ordering::Relaxed);
+                }
             }
             Err(_) => {
                 let Some(failover) = &failover else { break };
