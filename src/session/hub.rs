@@ -94,27 +94,33 @@ struct RoomState {
 /// When the fan-out writes a message straight to idle sockets itself.
 ///
 /// A direct write saves the connection's task a wake-up, but it is one
-/// send per socket on the fan-out's own thread. While the room's fan-out
-/// is idle at least as long as it works, that is the cheapest way and no
-/// slower. When messages come faster (the fan-out falls behind), they are
-/// queued instead: the connections' writers run on every core and write
-/// what piled up in one vectored write each (a batch of 64 frames costs
-/// the kernel about what 2 single sends do).
+/// send per socket, one message at a time. While the room's fan-out rests
+/// at least [`DIRECT_REST`] times as long as its sends kept the cores busy
+/// (a room below saturation), that is the cheapest way. When messages come
+/// faster, they are queued instead: the connections' writers run on every
+/// core and write what piled up in one vectored write each (a batch of 64
+/// frames costs the kernel about what 2 single sends do).
 #[derive(Default)]
 struct FanOutPace {
-    /// When the last fan-out ended, and how long it took.
+    /// When the last fan-out ended, and the core time its sends took
+    /// (wall time times the cores they were spread over).
     last: Option<(Instant, Duration)>,
 }
+
+/// How much longer than it works a room's fan-out must rest to write
+/// directly.
+const DIRECT_REST: u32 = 2;
 
 impl FanOutPace {
     fn direct_allowed(&self, now: Instant) -> bool {
         self.last
-            .is_none_or(|(ended, took)| now.saturating_duration_since(ended) >= took)
+            .is_none_or(|(ended, busy)| now.saturating_duration_since(ended) >= busy * DIRECT_REST)
     }
 
-    fn record(&mut self, started: Instant) {
+    fn record(&mut self, started: Instant, cores: usize) {
         let ended = Instant::now();
-        self.last = Some((ended, ended.saturating_duration_since(started)));
+        let busy = ended.saturating_duration_since(started) * u32::try_from(cores).unwrap_or(u32::MAX);
+        self.last = Some((ended, busy));
     }
 }
 
@@ -539,13 +545,15 @@ impl RoomHub {
             .iter()
             .filter(|subscriber| matches!(subscriber.mode, Mode::Live { skip_through: None }))
             .map(|subscriber| &subscriber.connection);
-        let delivered = if state.pace.direct_allowed(started) {
+        let (delivered, cores) = if state.pace.direct_allowed(started) {
             write_out(live, message)
         } else {
-            live.filter(|connection| connection.offer(Outbound::Message(message.clone())))
-                .count()
+            let queued = live
+                .filter(|connection| connection.offer(Outbound::Message(message.clone())))
+                .count();
+            (queued, 1)
         };
-        state.pace.record(started);
+        state.pace.record(started, cores);
         self.metrics.messages_delivered.inc_by(delivered as u64);
     }
 
@@ -735,17 +743,22 @@ const PARALLEL_CHUNK: usize = 64;
 /// socket where the connection allows it: one send per socket, so a large
 /// room's sends are spread over the node's cores (rayon's pool). The next
 /// message of the room starts only once every send of this one is done,
-/// so each connection keeps the room's order. Returns how many took it.
-fn write_out<'a>(connections: impl Iterator<Item = &'a ConnectionHandle> + Clone, message: &Arc<LiveMessage>) -> usize {
+/// so each connection keeps the room's order. Returns how many took it, and
+/// over how many cores the sends were spread.
+fn write_out<'a>(
+    connections: impl Iterator<Item = &'a ConnectionHandle> + Clone,
+    message: &Arc<LiveMessage>,
+) -> (usize, usize) {
     let offer = |connection: &&ConnectionHandle| connection.offer_or_write(Outbound::Message(message.clone()));
     if connections.clone().count() <= PARALLEL_ABOVE || rayon::current_num_threads() < 2 {
-        return connections.filter(offer).count();
+        return (connections.filter(offer).count(), 1);
     }
     let connections: Vec<&ConnectionHandle> = connections.collect();
-    connections
+    let delivered = connections
         .par_chunks(PARALLEL_CHUNK)
         .map(|chunk| chunk.iter().copied().filter(offer).count())
-        .sum()
+        .sum();
+    (delivered, rayon::current_num_threads())
 }
 
 fn insert_change(batch: &mut Vec<PresenceChange>, change: PresenceChange) {
