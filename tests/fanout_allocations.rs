@@ -89,7 +89,7 @@ async fn direct_allocations_for(count: usize) -> u64 {
         // cores busy, so the next message is written directly too (see
         // the next test).
         let cores = std::thread::available_parallelism().map_or(1, std::num::NonZero::get);
-        std::thread::sleep(started.elapsed() * (2 * u32::try_from(cores).unwrap() + 1));
+        std::thread::sleep(started.elapsed() * (u32::try_from(cores).unwrap() + 1));
         if sequence >= 20 {
             most = most.max(allocations);
         }

@@ -95,11 +95,14 @@ struct RoomState {
 ///
 /// A direct write saves the connection's task a wake-up, but it is one
 /// send per socket, one message at a time. While the room's fan-out rests
-/// at least [`DIRECT_REST`] times as long as its sends kept the cores busy
-/// (a room below saturation), that is the cheapest way. When messages come
-/// faster, they are queued instead: the connections' writers run on every
-/// core and write what piled up in one vectored write each (a batch of 64
-/// frames costs the kernel about what 2 single sends do).
+/// at least as long as its sends kept the cores busy (wall time times the
+/// cores they were spread over: a room below saturation), that is the
+/// cheapest way. When messages come faster, they are queued instead: the
+/// connections' writers run on every core and write what piled up in one
+/// vectored write each (a batch of 64 frames costs the kernel about what
+/// 2 single sends do). Measured (docs/benchmarks.md): resting twice as long
+/// flipped a room of 2,000 at 10 messages/s between the two ways; counting
+/// wall time only kept a room at 100 to 250 messages/s writing directly.
 #[derive(Default)]
 struct FanOutPace {
     /// When the last fan-out ended, and the core time its sends took
@@ -107,14 +110,10 @@ struct FanOutPace {
     last: Option<(Instant, Duration)>,
 }
 
-/// How much longer than it works a room's fan-out must rest to write
-/// directly.
-const DIRECT_REST: u32 = 2;
-
 impl FanOutPace {
     fn direct_allowed(&self, now: Instant) -> bool {
         self.last
-            .is_none_or(|(ended, busy)| now.saturating_duration_since(ended) >= busy * DIRECT_REST)
+            .is_none_or(|(ended, busy)| now.saturating_duration_since(ended) >= busy)
     }
 
     fn record(&mut self, started: Instant, cores: usize) {
