@@ -49,7 +49,11 @@ pub struct Options {
     #[arg(long, default_value_t = 2000)]
     subscribers: usize,
     /// Offered rates to step through, messages per second, ascending
-    #[arg(long, value_delimiter = ',', default_value = "5,10,15,20,25,30,40,50,60,80")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "5,10,20,40,60,80,100,130,160,200,250,300,400"
+    )]
     rates: Vec<f64>,
     /// Seconds each step publishes
     #[arg(long, default_value_t = 8.0)]
@@ -229,16 +233,7 @@ async fn sweep_system(options: &Options, system: SystemKind) -> anyhow::Result<S
     let mut best: Option<f64> = None;
     let mut first_failed = None;
     for &rate in &options.rates {
-        eprintln!("sweep {}: {rate} messages/s", system.label());
-        let step = measure(
-            options,
-            &deployment,
-            rate,
-            options.step_seconds,
-            &room_name("sweep", rate),
-        )
-        .await;
-        eprintln!("  {}", step.verdict);
+        let step = sweep_step(options, &deployment, rate, "").await;
         let kept_up = step.kept_up;
         steps.push(step);
         if !kept_up {
@@ -250,16 +245,7 @@ async fn sweep_system(options: &Options, system: SystemKind) -> anyhow::Result<S
     if let (Some(good), Some(bad)) = (best, first_failed) {
         let rate = ((good + bad) / 2.0 * 10.0).round() / 10.0;
         if rate > good && rate < bad {
-            eprintln!("sweep {}: {rate} messages/s (between)", system.label());
-            let step = measure(
-                options,
-                &deployment,
-                rate,
-                options.step_seconds,
-                &room_name("sweep", rate),
-            )
-            .await;
-            eprintln!("  {}", step.verdict);
+            let step = sweep_step(options, &deployment, rate, " (between)").await;
             if step.kept_up {
                 best = Some(rate);
             }
@@ -272,6 +258,21 @@ async fn sweep_system(options: &Options, system: SystemKind) -> anyhow::Result<S
         steps,
         max_rate: best,
     })
+}
+
+/// One step of the sweep, in a room of its own, said as it goes.
+async fn sweep_step(options: &Options, deployment: &Deployment, rate: f64, note: &str) -> Measured {
+    eprintln!("sweep {}: {rate} messages/s{note}", deployment.kind.label());
+    let step = measure(
+        options,
+        deployment,
+        rate,
+        options.step_seconds,
+        &room_name("sweep", rate),
+    )
+    .await;
+    eprintln!("  {}", step.verdict);
+    step
 }
 
 async fn measure(options: &Options, deployment: &Deployment, rate: f64, seconds: f64, room: &str) -> Measured {
