@@ -71,7 +71,7 @@ impl TestCluster {
             folder,
         };
         for _ in 0..3 * (1 + replicas) {
-            let port = free_loopback_port();
+            let port = free_cluster_port();
             let server = Command::new("redis-server")
                 .args([
                     "--port",
@@ -278,5 +278,16 @@ impl Drop for TestCluster {
             let _ = server.wait();
         }
         let _ = std::fs::remove_dir_all(&self.folder);
+    }
+}
+
+/// A free port whose cluster bus port (the port plus 10,000) is free too: a
+/// node whose bus port is taken by another test's socket never starts.
+fn free_cluster_port() -> u16 {
+    loop {
+        let port = free_loopback_port();
+        if port <= u16::MAX - 10_000 && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok() {
+            return port;
+        }
     }
 }
