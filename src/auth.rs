@@ -80,6 +80,19 @@ enum Grants {
 }
 
 impl Identity {
+    /// A client not (yet) authenticated: no subject, no grant.
+    #[must_use]
+    pub fn anonymous() -> Self {
+        Self {
+            subject: None,
+            grants: Grants::Patterns {
+                write: Vec::new(),
+                read: Vec::new(),
+            },
+            expires_at: None,
+        }
+    }
+
     /// The subject that becomes a message's `from`, or `None`.
     #[must_use]
     pub fn subject(&self) -> Option<&str> {
@@ -90,6 +103,18 @@ impl Identity {
     #[must_use]
     pub fn expires_at(&self) -> Option<u64> {
         self.expires_at
+    }
+
+    /// The key of this client's shared budgets (connections, writes,
+    /// history reads): the token's subject when a token proved it, else
+    /// the address (a self-declared `user` proves nothing).
+    #[must_use]
+    pub fn client_key(&self, address: Option<std::net::IpAddr>) -> std::sync::Arc<str> {
+        match (&self.grants, &self.subject, address) {
+            (Grants::Patterns { .. }, Some(subject), _) => format!("sub:{subject}").into(),
+            (_, _, Some(address)) => format!("ip:{address}").into(),
+            _ => "unknown".into(),
+        }
     }
 
     /// Whether the client may subscribe to (read) a room.
@@ -128,6 +153,9 @@ pub enum AuthError {
     /// The `user` parameter is unusable.
     #[error("the user parameter is {0} bytes; the limit is 128")]
     UserTooLong(usize),
+    /// The `user` parameter holds a control character.
+    #[error("the user parameter holds a control character; use printable text")]
+    UserNotPrintable,
     /// No token at all.
     #[error("a token is required: send Authorization: Bearer <JWT>, or access_token=<JWT> in the query")]
     MissingToken,
@@ -198,14 +226,21 @@ impl JwtVerifier {
         let mut validation = Validation::new(algorithm);
         validation.leeway = leeway.as_secs();
         validation.validate_nbf = true;
-        validation.set_required_spec_claims(&["exp", "sub"]);
+        // A configured issuer or audience is required, not only checked
+        // when present: a token without the claim was not made for us.
+        let mut required = vec!["exp", "sub"];
         if let Some(issuer) = issuer {
             validation.set_issuer(&[issuer]);
+            required.push("iss");
         }
         match audience {
-            Some(audience) => validation.set_audience(&[audience]),
+            Some(audience) => {
+                validation.set_audience(&[audience]);
+                required.push("aud");
+            }
             None => validation.validate_aud = false,
         }
+        validation.set_required_spec_claims(&required);
         Ok(Self { key, validation })
     }
 
@@ -237,8 +272,10 @@ impl JwtVerifier {
                 _ => AuthError::Invalid("malformed token".to_owned()),
             })?;
         let claims = data.claims;
-        if claims.sub.is_empty() || claims.sub.len() > MAX_USER_BYTES {
-            return Err(AuthError::Invalid("sub must be 1 to 128 bytes".to_owned()));
+        if claims.sub.is_empty() || claims.sub.len() > MAX_USER_BYTES || claims.sub.chars().any(char::is_control) {
+            return Err(AuthError::Invalid(
+                "sub must be 1 to 128 bytes without control characters".to_owned(),
+            ));
         }
         let patterns = |list: &[String], claim: &str| -> Result<Vec<RoomPattern>, AuthError> {
             list.iter()
@@ -288,6 +325,11 @@ impl Authenticator {
                 if let Some(user) = subject {
                     if user.len() > MAX_USER_BYTES {
                         return Err(AuthError::UserTooLong(user.len()));
+                    }
+                    // It becomes `from` in every frame, and a header of
+                    // line- and NUL-delimited protocols (STOMP).
+                    if user.chars().any(char::is_control) {
+                        return Err(AuthError::UserNotPrintable);
                     }
                 }
                 Ok(Identity {

@@ -96,6 +96,38 @@ pub struct Cli {
     #[arg(long, env = "RELAY_OUTBOUND_QUEUE", default_value_t = 1024)]
     pub outbound_queue: usize,
 
+    /// Bytes of messages queued per connection before it is closed as a slow consumer (4000); at least max-message-bytes + 4096 [default: 4194304, or four messages of max-message-bytes when more]
+    #[arg(long, env = "RELAY_OUTBOUND_QUEUE_BYTES")]
+    pub outbound_queue_bytes: Option<usize>,
+
+    /// Most bytes of messages sent on one resume or one history page (a longer replay counts as one past max-replay; a page ends early); at least max-message-bytes + 4096 [default: 4194304, or four messages of max-message-bytes when more]
+    #[arg(long, env = "RELAY_MAX_REPLAY_BYTES")]
+    pub max_replay_bytes: Option<usize>,
+
+    /// Subscriptions per connection, on every transport; past it a subscribe is refused with too_many_subscriptions
+    #[arg(long, env = "RELAY_MAX_SUBSCRIPTIONS", default_value_t = 256)]
+    pub max_subscriptions: usize,
+
+    /// Publishes and signals per second per client (token subject, or address without authentication) across all its connections and HTTP, burst twice that [default: twice publish-rate]
+    #[arg(long, env = "RELAY_CLIENT_PUBLISH_RATE")]
+    pub client_publish_rate: Option<u32>,
+
+    /// Bytes of bodies per second per client across all its connections and HTTP, burst twice that [default: publish-rate x max-message-bytes / 2]
+    #[arg(long, env = "RELAY_CLIENT_PUBLISH_BYTES")]
+    pub client_publish_bytes: Option<u64>,
+
+    /// Seconds a new connection has to send a whole request (or upgrade, or STOMP CONNECT); also how long a request's headers may take
+    #[arg(long, env = "RELAY_HEADER_TIMEOUT_SECS", default_value_t = 10)]
+    pub header_timeout_secs: u64,
+
+    /// Seconds an HTTP connection may send and receive nothing before it is closed (WebSockets are kept alive by pings, SSE by its comments); more than sse-keepalive-secs
+    #[arg(long, env = "RELAY_IDLE_TIMEOUT_SECS", default_value_t = 60)]
+    pub idle_timeout_secs: u64,
+
+    /// Most open sockets from one client address, counted from the first byte, whatever they carry (0 = no cap; set 0 behind a load balancer whose few addresses carry every client)
+    #[arg(long, env = "RELAY_MAX_SOCKETS_PER_ADDRESS", default_value_t = 1000)]
+    pub max_sockets_per_address: usize,
+
     /// Invalid frames a connection may send per minute before it is closed with 1008
     #[arg(long, env = "RELAY_INVALID_FRAME_LIMIT", default_value_t = 20)]
     pub invalid_frame_limit: u32,
@@ -165,6 +197,10 @@ pub struct Cli {
     pub log_format: Option<LogFormat>,
 }
 
+/// The default of `RELAY_OUTBOUND_QUEUE_BYTES` and `RELAY_MAX_REPLAY_BYTES`
+/// (4 MiB), unless four messages of `RELAY_MAX_MESSAGE_BYTES` are more.
+const DEFAULT_QUEUE_BYTES: usize = 4 << 20;
+
 /// Which origins may connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AllowedOrigins {
@@ -202,6 +238,14 @@ pub struct Settings {
     pub publish_rate: u32,
     pub idempotency_ttl: Duration,
     pub outbound_queue: usize,
+    pub outbound_queue_bytes: usize,
+    pub max_replay_bytes: usize,
+    pub max_subscriptions: usize,
+    pub client_publish_rate: u32,
+    pub client_publish_bytes: u32,
+    pub header_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub max_sockets_per_address: usize,
     pub invalid_frame_limit: u32,
     pub ping_interval: Duration,
     pub sse_keepalive: Duration,
@@ -317,6 +361,50 @@ impl Cli {
             "idempotency-ttl-secs",
         )?;
         let outbound_queue = at_least(self.outbound_queue, 1, "RELAY_OUTBOUND_QUEUE", "outbound-queue")?;
+        // One message (body and envelope) must always fit.
+        let one_message = max_message_bytes.saturating_add(4096);
+        let default_bytes = DEFAULT_QUEUE_BYTES.max(one_message.saturating_mul(4));
+        let outbound_queue_bytes = at_least(
+            self.outbound_queue_bytes.unwrap_or(default_bytes),
+            one_message,
+            "RELAY_OUTBOUND_QUEUE_BYTES",
+            "outbound-queue-bytes",
+        )?;
+        let max_replay_bytes = at_least(
+            self.max_replay_bytes.unwrap_or(default_bytes),
+            one_message,
+            "RELAY_MAX_REPLAY_BYTES",
+            "max-replay-bytes",
+        )?;
+        let max_subscriptions = at_least(
+            self.max_subscriptions,
+            1,
+            "RELAY_MAX_SUBSCRIPTIONS",
+            "max-subscriptions",
+        )?;
+        let client_publish_rate = at_least(
+            self.client_publish_rate.unwrap_or(publish_rate.saturating_mul(2)),
+            1,
+            "RELAY_CLIENT_PUBLISH_RATE",
+            "client-publish-rate",
+        )?;
+        // Governor counts in u32: past 4 GB/s there is no difference.
+        let derived_bytes =
+            u64::from(publish_rate).saturating_mul(u64::try_from(max_message_bytes).unwrap_or(u64::MAX)) / 2;
+        let client_publish_bytes = at_least(
+            self.client_publish_bytes
+                .unwrap_or(derived_bytes.max(u64::try_from(one_message).unwrap_or(u64::MAX))),
+            u64::try_from(one_message).unwrap_or(u64::MAX),
+            "RELAY_CLIENT_PUBLISH_BYTES",
+            "client-publish-bytes",
+        )?;
+        let client_publish_bytes = u32::try_from(client_publish_bytes).unwrap_or(u32::MAX);
+        let header_timeout_secs = at_least(
+            self.header_timeout_secs,
+            1,
+            "RELAY_HEADER_TIMEOUT_SECS",
+            "header-timeout-secs",
+        )?;
         let invalid_frame_limit = at_least(
             self.invalid_frame_limit,
             1,
@@ -329,6 +417,12 @@ impl Cli {
             1,
             "RELAY_SSE_KEEPALIVE_SECS",
             "sse-keepalive-secs",
+        )?;
+        let idle_timeout_secs = at_least(
+            self.idle_timeout_secs,
+            sse_keepalive_secs.saturating_add(1),
+            "RELAY_IDLE_TIMEOUT_SECS",
+            "idle-timeout-secs",
         )?;
         let presence_ttl_secs = at_least(
             self.presence_ttl_secs,
@@ -428,6 +522,14 @@ impl Cli {
             publish_rate,
             idempotency_ttl: Duration::from_secs(idempotency_ttl_secs),
             outbound_queue,
+            outbound_queue_bytes,
+            max_replay_bytes,
+            max_subscriptions,
+            client_publish_rate,
+            client_publish_bytes,
+            header_timeout: Duration::from_secs(header_timeout_secs),
+            idle_timeout: Duration::from_secs(idle_timeout_secs),
+            max_sockets_per_address: self.max_sockets_per_address,
             invalid_frame_limit,
             ping_interval: Duration::from_secs(ping_secs),
             sse_keepalive: Duration::from_secs(sse_keepalive_secs),
@@ -590,6 +692,11 @@ mod tests {
         assert_eq!(settings.max_frame_bytes, 131_072);
         assert_eq!(settings.publish_rate, 50);
         assert_eq!(settings.outbound_queue, 1024);
+        assert_eq!(settings.max_subscriptions, 256);
+        assert_eq!(settings.client_publish_rate, 100);
+        assert_eq!(settings.client_publish_bytes, 50 * 65_536 / 2);
+        let raised = parse(&["--publish-rate", "1000000"]).unwrap();
+        assert_eq!(raised.client_publish_bytes, u32::MAX, "past u32, no difference");
         assert_eq!(settings.auth, AuthMode::None);
         assert_eq!(settings.allowed_origins, AllowedOrigins::Any);
     }

@@ -33,7 +33,6 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt as _;
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::{Authenticator, JwtKey, JwtVerifier};
@@ -114,6 +113,18 @@ fn build_authenticator(settings: &Settings) -> Result<Authenticator, StartError>
     Ok(Authenticator::Jwt(Box::new(verifier)))
 }
 
+/// Raises the soft descriptor limit to the hard one (each socket is one)
+/// and returns it, when the platform tells.
+fn raise_descriptor_limit() -> Option<u64> {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => Some(limit),
+        Err(error) => {
+            tracing::debug!(%error, "cannot read or raise the descriptor limit");
+            None
+        }
+    }
+}
+
 /// Builds the node, binds the listener and starts serving in the background.
 /// Logs the one start-up line.
 ///
@@ -140,29 +151,36 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
         "chat-relay listening"
     );
     let stop_server = CancellationToken::new();
-    let app = http::router(node.clone()).into_make_service_with_connect_info::<SocketAddr>();
-    let stop = stop_server.clone();
-    // Frames are small and the writer batches them itself; Nagle's
-    // algorithm would hold a frame back until the previous one is acked.
-    let listener = listener.tap_io(|socket| {
-        if let Err(error) = socket.set_nodelay(true) {
-            tracing::debug!(%error, "could not set TCP_NODELAY on a client connection");
-        }
-    });
-    let server = node.tasks.spawn("http server", async move {
-        let served = axum::serve(listener, app)
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(error) = served {
-            tracing::error!(%error, "http server stopped with an error");
-        }
-    });
+    let descriptors = raise_descriptor_limit();
+    let caps = http::listener::SocketCaps::new(
+        node.settings.max_connections,
+        node.settings.max_sockets_per_address,
+        descriptors,
+    );
+    if caps.total < node.settings.max_connections {
+        tracing::warn!(
+            sockets = caps.total,
+            descriptors = descriptors.unwrap_or(0),
+            max_connections = node.settings.max_connections,
+            "the descriptor limit holds fewer sockets than RELAY_MAX_CONNECTIONS; raise nofile (ulimit -n) or lower RELAY_MAX_CONNECTIONS"
+        );
+    }
+    let serving = http::listener::Serving {
+        router: http::router(node.clone()),
+        header_timeout: node.settings.header_timeout,
+        idle_timeout: node.settings.idle_timeout,
+        caps,
+    };
+    let server = node
+        .tasks
+        .spawn("http server", http::listener::serve(listener, serving, stop_server.clone()));
     let sweeper_node = node.clone();
-    node.tasks.spawn("http publish limiter sweeper", async move {
+    node.tasks.spawn("rate limiter sweeper", async move {
         let mut ticks = tokio::time::interval(Duration::from_secs(60));
         loop {
             ticks.tick().await;
             sweeper_node.http_publish_limiter.forget_idle();
+            sweeper_node.session.client_writes.forget_idle();
         }
     });
     Ok(RunningNode::new(local_addr, node, stop_server, server))

@@ -12,10 +12,17 @@ use crate::broker::Broker;
 use crate::config::Settings;
 use crate::protocol::{DecodeLimits, server_frame::AnnouncedLimits};
 use crate::session::{
-    AddressRateLimiter, Admission, PresenceTiming, Publisher, RoomHub, SessionContext, SessionLimits,
+    Admission, ClientWriteLimiter, KeyedPublishRateLimiter, PresenceTiming, Publisher, RoomHub, SessionContext,
+    SessionLimits,
 };
 use crate::tasks::NodeTasks;
 use crate::telemetry::Metrics;
+
+/// History reads one client may have under way at once.
+pub const HISTORY_READS_PER_CLIENT: usize = 4;
+/// History reads a node has under way at once: with their byte budget,
+/// what history pages can hold of a node's memory.
+pub const HISTORY_READS_PER_NODE: usize = 64;
 
 /// The shared state of a node.
 pub struct Node {
@@ -31,10 +38,13 @@ pub struct Node {
     pub authenticator: Arc<Authenticator>,
     /// What every client session gets of the node.
     pub session: Arc<SessionContext>,
-    /// HTTP publish limits per client address.
-    pub http_publish_limiter: AddressRateLimiter,
+    /// HTTP publish limits per client (as a connection's own rate).
+    pub http_publish_limiter: KeyedPublishRateLimiter,
     /// Connection caps per node and per client.
     pub admission: Arc<Admission>,
+    /// History reads under way, per node and per client (each holds up to
+    /// `RELAY_MAX_REPLAY_BYTES` until its page is written).
+    pub history_reads: Arc<Admission>,
     /// Cancelled when the node starts draining.
     pub draining: CancellationToken,
     /// Every connection task, so shutdown can wait for them.
@@ -82,11 +92,16 @@ impl Node {
                     max_message_bytes: settings.max_message_bytes,
                     max_replay: settings.max_replay,
                     publish_rate: settings.publish_rate,
+                    max_subscriptions: settings.max_subscriptions,
                 },
                 invalid_frame_limit: settings.invalid_frame_limit,
+                client_publish_rate: settings.client_publish_rate,
+                client_publish_bytes: settings.client_publish_bytes,
+                max_replay_bytes: settings.max_replay_bytes,
             },
+            client_writes: ClientWriteLimiter::new(settings.client_publish_rate, settings.client_publish_bytes),
         });
-        let http_publish_limiter = AddressRateLimiter::new(settings.publish_rate);
+        let http_publish_limiter = KeyedPublishRateLimiter::new(settings.publish_rate);
         let admission = Admission::new(settings.max_connections, settings.max_connections_per_client);
         let stomp_app_routes = Arc::new(settings.stomp_app_routes.clone());
         Arc::new(Self {
@@ -98,6 +113,7 @@ impl Node {
             session,
             http_publish_limiter,
             admission,
+            history_reads: Admission::new(HISTORY_READS_PER_NODE, HISTORY_READS_PER_CLIENT),
             draining: CancellationToken::new(),
             connections: TaskTracker::new(),
             tasks,

@@ -34,7 +34,16 @@ async fn wait_for_metric(relay: &TestRelay, line_start: &str, wanted: impl Fn(f6
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_ws_client_is_closed_with_4000_after_frames_in_flight_and_loses_nothing() {
     const MESSAGES: usize = 300;
-    let relay = TestRelay::start(&["--outbound-queue", "16", "--publish-rate", "1000000"]).await;
+    // The resume replays every message the slow client missed (about 4 MB).
+    let relay = TestRelay::start(&[
+        "--outbound-queue",
+        "16",
+        "--publish-rate",
+        "1000000",
+        "--max-replay-bytes",
+        "16777216",
+    ])
+    .await;
 
     // The slow client: a 4 KiB receive buffer, and after subscribing it
     // stops polling its socket altogether.
@@ -127,7 +136,7 @@ async fn slow_ws_client_is_closed_with_4000_after_frames_in_flight_and_loses_not
         assert_exact_sequence("slow client before 4000", &received, &history[..received.len()], "0-0");
     }
     let reply = resumed_client.subscribe("firehose", json!({"since": since})).await;
-    assert_eq!(reply["recovered"], true);
+    assert_eq!(reply["recovered"], true, "{reply}");
     let rest = resumed_client.messages("firehose", MESSAGES - received.len()).await;
     assert_exact_sequence("slow client after resume", &rest, &history, &since);
 }

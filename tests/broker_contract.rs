@@ -47,7 +47,7 @@ contract_tests!(cluster, crate::cluster_broker, 110);
 mod memory_model {
     use super::*;
     use chat_relay::protocol::{MessageId, ReplayRequest};
-    use chat_relay::session::read_requested_history;
+    use chat_relay::session::{HistoryBudget, read_requested_history};
     use proptest::prelude::*;
 
     proptest! {
@@ -73,7 +73,7 @@ mod memory_model {
                 prop_assert_eq!(stored.len(), kept);
                 let resume_at = resume_at.min(total);
                 let since = ids[resume_at];
-                let decision = read_requested_history(broker.as_ref(), &room, ReplayRequest::Since(since), max_replay).await.unwrap();
+                let decision = read_requested_history(broker.as_ref(), &room, ReplayRequest::Since(since), HistoryBudget::messages(max_replay)).await.unwrap();
                 let missed = total - resume_at;
                 let first_kept = total - kept; // index in ids of the message before the oldest kept
                 let all_there = resume_at >= first_kept;

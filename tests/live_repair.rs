@@ -15,7 +15,9 @@ use chat_relay::broker::{
     PresenceState, PublishOutcome, PublishRequest, RetentionSettings, StoredMessage,
 };
 use chat_relay::protocol::{MessageFrameTail, MessageId, ReplayRequest, RoomName};
-use chat_relay::session::{ConnectionHandle, Outbound, ResumeTarget, RoomHub, Subscription, subscribe_and_resume};
+use chat_relay::session::{
+    ConnectionHandle, HistoryBudget, Outbound, ResumeTarget, RoomHub, Subscription, subscribe_and_resume,
+};
 use chat_relay::tasks::NodeTasks;
 use chat_relay::telemetry::Metrics;
 use serde_json::Value;
@@ -238,7 +240,7 @@ async fn subscriber(setup: &Setup, replay: ReplayRequest) -> Collected {
         req: None,
         presence: None,
     };
-    let resumed = subscribe_and_resume(&setup.hub, &setup.room, replay, 1000, target)
+    let resumed = subscribe_and_resume(&setup.hub, &setup.room, replay, HistoryBudget::messages(1000), target)
         .await
         .expect("subscribed");
     std::mem::forget(replies);

@@ -15,7 +15,7 @@ async fn welcome_announces_node_user_and_limits() {
     assert_eq!(client.welcome["user"], "ann");
     assert_eq!(
         client.welcome["limits"],
-        json!({"max_message_bytes": 65536, "max_replay": 500, "publish_rate": 20})
+        json!({"max_message_bytes": 65536, "max_replay": 500, "publish_rate": 20, "max_subscriptions": 256})
     );
     let anonymous = WsClient::connect(&relay).await;
     assert_eq!(anonymous.welcome["user"], serde_json::Value::Null);

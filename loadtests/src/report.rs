@@ -52,7 +52,7 @@ fn cell(value: Option<f64>, digits: usize) -> String {
 }
 
 /// Node CPU per million deliveries, with its user and system parts.
-fn cpu_cell(outcome: &Outcome) -> String {
+pub fn cpu_cell(outcome: &Outcome) -> String {
     match (outcome.cpu_seconds_per_million_deliveries, outcome.us_per_delivery()) {
         (Some(total), Some((user, system))) => format!("{total:.2} ({user:.2} + {system:.2})"),
         (total, _) => cell(total, 2),

@@ -492,10 +492,7 @@ fn write_table<'a>(text: &mut String, rows: impl Iterator<Item = &'a Measured>) 
         let outcome = &row.outcome;
         let latency = outcome.latency_ms;
         let ms = |value: Option<f64>| value.map_or("–".to_owned(), |value| format!("{value:.1}"));
-        let nodes = match (outcome.cpu_seconds_per_million_deliveries, outcome.us_per_delivery()) {
-            (Some(total), Some((user, system))) => format!("{total:.2} ({user:.2} + {system:.2})"),
-            _ => "–".to_owned(),
-        };
+        let nodes = report::cpu_cell(outcome);
         let _ = writeln!(
             text,
             "| {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {:.2} | {} | {} / {} / {} |",

@@ -19,11 +19,6 @@ pub struct ApiError {
 }
 
 impl ApiError {
-    /// The code and the message, for a transport that says them its own way.
-    pub(crate) fn into_parts(self) -> (ErrorCode, String) {
-        (self.code, self.message)
-    }
-
     /// An error with a status, a code and a message for the client.
     #[must_use]
     pub fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {

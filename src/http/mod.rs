@@ -2,6 +2,7 @@
 //! readiness and metrics, with CORS on the `/v1/` endpoints.
 
 mod error;
+pub mod listener;
 mod presence;
 mod rest;
 pub mod socket;
@@ -175,19 +176,10 @@ pub(crate) fn identify(node: &Node, headers: &HeaderMap, query: &AuthQuery) -> R
         .map_err(|error| ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, error.to_string()))
 }
 
-/// Takes a connection place for a client: keyed by token subject with
-/// authentication, else by address (a self-declared `user` proves nothing).
-pub(crate) fn admit(
-    node: &Node,
-    identity: &Identity,
-    address: Option<std::net::SocketAddr>,
-) -> Result<crate::session::ConnectionSlot, ApiError> {
-    let client = match (&*node.authenticator, identity.subject(), address) {
-        (crate::auth::Authenticator::Jwt(_), Some(subject), _) => format!("sub:{subject}"),
-        (_, _, Some(address)) => format!("ip:{}", address.ip()),
-        _ => "unknown".to_owned(),
-    };
-    node.admission.admit(&client).map_err(|refusal| match refusal {
+/// Takes a connection place for a client, by the key of its budgets
+/// ([`Identity::client_key`]: the token's subject, else the address).
+pub(crate) fn admit(node: &Node, client: &str) -> Result<crate::session::ConnectionSlot, ApiError> {
+    node.admission.admit(client).map_err(|refusal| match refusal {
         crate::session::AdmissionRefusal::NodeFull => ApiError::new(
             StatusCode::SERVICE_UNAVAILABLE,
             ErrorCode::Overloaded,
@@ -203,20 +195,30 @@ pub(crate) fn admit(
     })
 }
 
-/// How long until a token's expiry (plus the leeway), from now.
+/// How long until a token's expiry (plus the leeway), from now, at most
+/// [`FAR_FUTURE`].
 pub(crate) fn until_expiry(node: &Node, identity: &Identity) -> Option<Duration> {
     let expires_at = identity.expires_at()?;
     let leeway = match &*node.authenticator {
         crate::auth::Authenticator::Jwt(verifier) => verifier.leeway_secs(),
         crate::auth::Authenticator::Open => 0,
     };
-    let deadline = std::time::UNIX_EPOCH + Duration::from_secs(expires_at.saturating_add(leeway));
-    Some(
-        deadline
-            .duration_since(std::time::SystemTime::now())
-            .unwrap_or(Duration::ZERO),
-    )
+    // A client chooses `exp`: one past what a clock can hold (2^63 and
+    // more) is simply far away, never a panic.
+    let Some(deadline) = std::time::UNIX_EPOCH.checked_add(Duration::from_secs(expires_at.saturating_add(leeway)))
+    else {
+        return Some(FAR_FUTURE);
+    };
+    let left = deadline
+        .duration_since(std::time::SystemTime::now())
+        .unwrap_or(Duration::ZERO);
+    Some(left.min(FAR_FUTURE))
 }
+
+/// The longest wait a timer is given (about a century): every deadline a
+/// client can name is cut to it, so adding it to a clock reading cannot
+/// overflow.
+pub(crate) const FAR_FUTURE: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 
 /// Validates the `{room}` path segment.
 pub(crate) fn room_from_path(room: &str) -> Result<RoomName, ApiError> {

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 
-use super::rest::{may_publish_now, read_body_field};
+use super::rest::{client_key, may_publish, read_body_field, within_rates};
 use super::{ApiError, AuthQuery, bad_query, identify, room_from_path};
 use crate::node::Node;
 use crate::protocol::{ErrorCode, MAX_SIGNAL_BYTES};
@@ -87,8 +87,10 @@ pub async fn signal(
     let room = room_from_path(&room)?;
     let Query(query) = query.map_err(|rejection| bad_query(&rejection))?;
     let identity = identify(&node, request.headers(), &query)?;
-    may_publish_now(&node, &identity, &room, &request)?;
+    may_publish(&identity, &room)?;
+    let client = client_key(&identity, &request);
     let body = read_body_field(request, MAX_SIGNAL_BYTES, "the signal limit").await?;
+    within_rates(&node, &client, body.len())?;
     node.session
         .publisher
         .signal(room, identity.subject(), &body)

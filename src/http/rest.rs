@@ -12,9 +12,14 @@ use serde::Deserialize;
 use serde_json::value::RawValue;
 
 use super::{ApiError, AuthQuery, bad_query, identify, room_from_path};
+use bytes::Bytes;
+
 use crate::broker::StoredMessage;
-use crate::node::Node;
-use crate::protocol::{ErrorCode, MAX_CMID_BYTES, MessageId, compact_json};
+use crate::node::{HISTORY_READS_PER_CLIENT, Node};
+use crate::protocol::{
+    BodyRefusal, ErrorCode, MAX_BODY_DEPTH, MAX_CMID_BYTES, MessageId, body, check_cmid, checked_body,
+};
+use crate::session::{HistoryBudget, read_backward, read_forward};
 
 /// Default page size of a history request without `limit`.
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
@@ -43,14 +48,15 @@ pub async fn publish(
     let room = room_from_path(&room)?;
     let Query(query) = query.map_err(|rejection| bad_query(&rejection))?;
     let identity = identify(&node, request.headers(), &query)?;
-    may_publish_now(&node, &identity, &room, &request)?;
+    may_publish(&identity, &room)?;
+    let client = client_key(&identity, &request);
     let cmid = match request.headers().get("idempotency-key") {
         None => None,
         Some(value) => {
             let key = value
                 .to_str()
                 .ok()
-                .filter(|key| !key.is_empty() && key.len() <= MAX_CMID_BYTES)
+                .filter(|key| check_cmid(key).is_ok())
                 .ok_or_else(|| {
                     ApiError::bad_request(format!(
                         "Idempotency-Key must be 1 to {MAX_CMID_BYTES} bytes of visible ASCII"
@@ -60,6 +66,7 @@ pub async fn publish(
         }
     };
     let body = read_body_field(request, node.settings.max_message_bytes, "max_message_bytes").await?;
+    within_rates(&node, &client, body.len())?;
     let outcome = node
         .session
         .publisher
@@ -78,14 +85,8 @@ pub async fn publish(
     Ok((status, axum::Json(reply)).into_response())
 }
 
-/// Refuses a publish or signal the token does not allow (403) or that is
-/// over the per-address rate (429).
-pub(super) fn may_publish_now(
-    node: &Node,
-    identity: &crate::auth::Identity,
-    room: &crate::protocol::RoomName,
-    request: &Request,
-) -> Result<(), ApiError> {
+/// Refuses a publish or signal the token does not allow (403).
+pub(super) fn may_publish(identity: &crate::auth::Identity, room: &crate::protocol::RoomName) -> Result<(), ApiError> {
     if !identity.may_publish(room) {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -93,20 +94,45 @@ pub(super) fn may_publish_now(
             format!("your token does not allow publishing to {room}"),
         ));
     }
-    if let Some(ConnectInfo(address)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
-        if let Err(wait) = node.http_publish_limiter.check(address.ip()) {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                ErrorCode::RateLimited,
-                format!(
-                    "over {} publishes and signals per second from this address; retry after the given delay",
-                    node.settings.publish_rate
-                ),
-            )
-            .retry_after(wait));
-        }
-    }
     Ok(())
+}
+
+/// The key of the client's shared budgets, from the identity and the
+/// request's address.
+pub(super) fn client_key(identity: &crate::auth::Identity, request: &Request) -> Arc<str> {
+    let address = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(address)| address.ip());
+    identity.client_key(address)
+}
+
+/// Refuses (429) a publish or signal of `bytes` over the client's rates:
+/// the HTTP rate (a connection's `RELAY_PUBLISH_RATE`, per client) and
+/// what the client writes across all its connections.
+pub(super) fn within_rates(node: &Node, client: &Arc<str>, bytes: usize) -> Result<(), ApiError> {
+    let limited = |wait: std::time::Duration, message: String| {
+        ApiError::new(StatusCode::TOO_MANY_REQUESTS, ErrorCode::RateLimited, message)
+            .retry_after(wait.min(std::time::Duration::from_secs(3600)))
+    };
+    node.http_publish_limiter.check(client).map_err(|wait| {
+        limited(
+            wait,
+            format!(
+                "over {} publishes and signals per second from this client; retry after the given delay",
+                node.settings.publish_rate
+            ),
+        )
+    })?;
+    node.session.client_writes.check(client, 1, bytes).map_err(|wait| {
+        limited(
+            wait,
+            format!(
+                "over {} publishes and signals, or {} bytes of bodies, per second from this client across its connections; retry after the given delay",
+                node.settings.client_publish_rate, node.settings.client_publish_bytes
+            ),
+        )
+    })
 }
 
 /// Reads a request body `{"body": <any JSON>}` and returns the body as
@@ -129,16 +155,25 @@ pub(super) async fn read_body_field(request: Request, max: usize, limit_name: &s
             "request body must be a JSON object such as {\"body\": {\"text\": \"hi\"}}",
         ));
     }
-    let envelope: PublishBody<'_> = serde_json::from_str(text)
-        .map_err(|error| ApiError::bad_request(format!("request body is not valid JSON: {error}")))?;
+    let too_deep =
+        |refusal: BodyRefusal| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, ErrorCode::TooLarge, refusal.to_string());
+    let envelope: PublishBody<'_> = serde_json::from_str(text).map_err(|error| {
+        // Too deep for the parser: the envelope is one level, the body the rest.
+        match body::check_depth(text) {
+            Err(BodyRefusal::TooDeep { depth }) if depth - 1 > MAX_BODY_DEPTH => {
+                too_deep(BodyRefusal::TooDeep { depth: depth - 1 })
+            }
+            _ => ApiError::bad_request(format!("request body is not valid JSON: {error}")),
+        }
+    })?;
     let body = envelope
         .body
         .ok_or_else(|| ApiError::bad_request("request body needs a \"body\" field (any JSON value)"))?;
-    let body = compact_json(body.get());
-    if body.len() > max {
-        return Err(too_large());
+    match checked_body(body.get(), max) {
+        Ok(body) => Ok(body.into_owned()),
+        Err(BodyRefusal::TooLarge { .. }) => Err(too_large()),
+        Err(refusal) => Err(too_deep(refusal)),
     }
-    Ok(body.into_owned())
 }
 
 /// Query of a history request.
@@ -162,9 +197,14 @@ fn chained(messages: &[std::sync::Arc<StoredMessage>]) -> bool {
         .all(|pair| matches!(pair, [older, newer] if newer.prev == older.id))
 }
 
-/// Reads a page of history, oldest first.
+/// Reads a page of history, oldest first, within `limit` messages and
+/// `RELAY_MAX_REPLAY_BYTES` (a page cut short by bytes says `"more":true`).
+/// The body is written frame by frame from the page's shared bytes; the
+/// read's place among the client's and the node's concurrent reads is held
+/// until the body is written or the client is gone.
 pub async fn history(
     State(node): State<Arc<Node>>,
+    connect_info: Option<axum::Extension<ConnectInfo<SocketAddr>>>,
     room: Result<Path<String>, PathRejection>,
     headers: axum::http::HeaderMap,
     query: Result<Query<HistoryQuery>, QueryRejection>,
@@ -189,28 +229,53 @@ pub async fn history(
             .filter(|limit| (1..=max).contains(limit))
             .ok_or_else(|| ApiError::bad_request(format!("limit must be an integer from 1 to {max} (max_replay)")))?,
     };
+    let client = identity.client_key(connect_info.map(|info| info.0.0.ip()));
+    let permit = node.history_reads.admit(&client).map_err(|refusal| match refusal {
+        crate::session::AdmissionRefusal::ClientFull => ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            ErrorCode::RateLimited,
+            format!(
+                "{HISTORY_READS_PER_CLIENT} history reads of this client are under way; read pages one after another"
+            ),
+        )
+        .retry_after(std::time::Duration::from_secs(1)),
+        crate::session::AdmissionRefusal::NodeFull => ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            ErrorCode::Overloaded,
+            "this node is reading as much history as it may at once; retry shortly",
+        )
+        .retry_after(std::time::Duration::from_secs(1)),
+    })?;
+    let budget = HistoryBudget {
+        messages: limit,
+        bytes: node.settings.max_replay_bytes,
+    };
     let broker = node.broker.as_ref();
     let unavailable = |error: crate::broker::BrokerError| ApiError::unavailable(&error);
-    let (messages, complete) = match (query.after.as_deref(), query.before.as_deref()) {
+    let (messages, complete, more) = match (query.after.as_deref(), query.before.as_deref()) {
         (Some(_), Some(_)) => return Err(ApiError::bad_request("give after or before, not both")),
         (Some(after), None) => {
             let after = parse_id("after", after)?;
-            let page = broker.read_after(&room, after, limit).await.map_err(unavailable)?;
+            let page = read_forward(broker, &room, after, budget).await.map_err(unavailable)?;
             let connected = match page.messages.first() {
                 Some(first) => first.prev == after,
                 None => page.last_id.unwrap_or(MessageId::ZERO) == after,
             };
             let complete = connected && chained(&page.messages);
-            (page.messages, complete)
+            (page.messages, complete, page.cut_by_bytes)
         }
         (None, Some(before)) => {
             let before = parse_id("before", before)?;
-            let through = before.successor().unwrap_or(before);
-            let mut messages = broker
-                .read_before(&room, Some(through), limit + 1)
+            // The message at `before` too, to check the chain up to it.
+            let through = before.successor();
+            let with_anchor = HistoryBudget {
+                messages: limit + 1,
+                ..budget
+            };
+            let page = read_backward(broker, &room, through, None, with_anchor)
                 .await
-                .map_err(unavailable)?
-                .messages;
+                .map_err(unavailable)?;
+            let mut messages = page.messages;
             let anchor = if messages.last().is_some_and(|last| last.id == before) {
                 messages.pop()
             } else {
@@ -225,28 +290,34 @@ pub async fn history(
                     anchor.prev == messages.last().map_or(MessageId::ZERO, |last| last.id) && chained(&messages)
                 }
             };
-            (messages, complete)
+            (messages, complete, page.cut_by_bytes)
         }
         (None, None) => {
-            let page = broker.read_before(&room, None, limit).await.map_err(unavailable)?;
+            let page = read_backward(broker, &room, None, None, budget)
+                .await
+                .map_err(unavailable)?;
             let complete = chained(&page.messages);
-            (page.messages, complete)
+            (page.messages, complete, page.cut_by_bytes)
         }
     };
-    let mut body = String::with_capacity(messages.iter().map(|message| message.frame.len() + 1).sum::<usize>() + 40);
-    body.push_str("{\"messages\":[");
+    let mut chunks: Vec<Bytes> = Vec::with_capacity(messages.len() * 2 + 2);
+    chunks.push(Bytes::from_static(b"{\"messages\":["));
     for (index, message) in messages.iter().enumerate() {
         if index > 0 {
-            body.push(',');
+            chunks.push(Bytes::from_static(b","));
         }
-        body.push_str(std::str::from_utf8(&message.frame).unwrap_or("null"));
+        chunks.push(message.frame.clone());
     }
-    body.push_str("],\"complete\":");
-    body.push_str(if complete { "true" } else { "false" });
-    body.push('}');
+    drop(messages);
+    chunks.push(Bytes::from(format!("],\"complete\":{complete},\"more\":{more}}}")));
+    // The permit rides with the body: released when it is written or dropped.
+    let body = futures_util::stream::iter(chunks.into_iter().map(move |chunk| {
+        let _held = &permit;
+        Ok::<_, std::convert::Infallible>(chunk)
+    }));
     Ok((
         [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
-        body,
+        axum::body::Body::from_stream(body),
     )
         .into_response())
 }

@@ -33,7 +33,8 @@ use tokio_tungstenite::WebSocketStream;
 use tungstenite::Message;
 use tungstenite::protocol::{Role, WebSocketConfig};
 
-use crate::session::{Direct, DirectWrite, Encoding, LiveMessage};
+use super::listener::GuardedTcp;
+use crate::session::{ConnectionSlot, Direct, DirectWrite, Encoding, LiveMessage};
 
 /// Frames handed to the kernel in one write at most.
 const WRITE_SLICES: usize = 128;
@@ -170,18 +171,22 @@ impl WsUpgrade {
 /// The client's frames, parsed by tungstenite.
 pub(crate) type FrameReader = WebSocketStream<ReadSide>;
 
-/// An upgraded connection: the TCP socket, and the reader on it.
+/// An upgraded connection: the TCP socket, the reader on it, and its place
+/// among the node's sockets (held until the connection ends).
 pub(crate) struct Socket {
     pub(crate) tcp: Arc<TcpStream>,
     pub(crate) reader: FrameReader,
+    pub(crate) place: ConnectionSlot,
 }
 
 impl Socket {
     async fn from_upgraded(upgraded: hyper::upgrade::Upgraded, limits: ReadLimits) -> Option<Self> {
-        // axum serves through hyper-util's auto connection, which wraps the
-        // socket in a type of its own; this is its way back to the socket.
-        let parts = hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<TcpStream>>(upgraded).ok()?;
-        let tcp = Arc::new(parts.io.into_inner());
+        // The listener serves through hyper-util's auto connection, which
+        // wraps the socket in a type of its own; this is its way back to
+        // the socket (whose timers the WebSocket driver replaces).
+        let parts = hyper_util::server::conn::auto::upgrade::downcast::<TokioIo<GuardedTcp>>(upgraded).ok()?;
+        let (tcp, place) = parts.io.into_inner().into_parts();
+        let tcp = Arc::new(tcp);
         let config = WebSocketConfig::default()
             .read_buffer_size(limits.buffer)
             .max_message_size(Some(limits.max_frame))
@@ -193,7 +198,7 @@ impl Socket {
             Some(config),
         )
         .await;
-        Some(Self { tcp, reader })
+        Some(Self { tcp, reader, place })
     }
 }
 

@@ -72,7 +72,8 @@ fn open_stream(
         Some("true") => true,
         Some(_) => return Err(ApiError::bad_request("presence must be true or false")),
     };
-    let slot = admit(&node, &identity, address)?;
+    let client = identity.client_key(address.map(|address| address.ip()));
+    let slot = admit(&node, &client)?;
     // The stream ends when the token expires; the browser reconnects with
     // a fresh one (and Last-Event-ID).
     let expiry = until_expiry(&node, &identity).map(|left| Box::pin(tokio::time::sleep(left)));
@@ -96,8 +97,9 @@ fn open_stream(
         (None, None) => ReplayRequest::None,
     };
 
-    let (connection, replies, queues) = ConnectionHandle::new(node.settings.outbound_queue);
-    let mut session = ClientSession::new(node.session.clone(), identity, connection, replies.clone());
+    let (connection, replies, queues) =
+        ConnectionHandle::with_limits(node.settings.outbound_queue, node.settings.outbound_queue_bytes);
+    let mut session = ClientSession::new(node.session.clone(), identity, client, connection, replies.clone());
     node.connections.spawn(async move {
         // A subscribe the broker refused queues an `error` event, which
         // ends the stream; the browser reconnects with Last-Event-ID.
@@ -145,8 +147,10 @@ struct StreamState {
     guard: GaugeGuard,
 }
 
-/// One Server-Sent Event: its name, its id when it has one, and its data
-/// (one line: frames are compact JSON).
+/// One Server-Sent Event: its name, its id when it has one, and its data.
+/// Frames are one line, except around a STOMP sender's pretty-printed
+/// JSON body: each line of the data then gets its own `data:` field, which
+/// the reader joins with line feeds (JSON whitespace either way).
 fn sse_event(event: &str, id: Option<&str>, data: &[u8]) -> Bytes {
     let mut chunk = BytesMut::with_capacity(data.len() + event.len() + 48);
     chunk.extend_from_slice(b"event: ");
@@ -155,8 +159,17 @@ fn sse_event(event: &str, id: Option<&str>, data: &[u8]) -> Bytes {
         chunk.extend_from_slice(b"\nid: ");
         chunk.extend_from_slice(id.as_bytes());
     }
-    chunk.extend_from_slice(b"\ndata: ");
-    chunk.extend_from_slice(data);
+    let mut rest = data;
+    loop {
+        chunk.extend_from_slice(b"\ndata: ");
+        let Some(end) = rest.iter().position(|byte| matches!(byte, b'\n' | b'\r')) else {
+            chunk.extend_from_slice(rest);
+            break;
+        };
+        chunk.extend_from_slice(&rest[..end]);
+        let skip = if rest[end..].starts_with(b"\r\n") { 2 } else { 1 };
+        rest = &rest[end + skip..];
+    }
     chunk.extend_from_slice(b"\n\n");
     chunk.freeze()
 }
@@ -221,5 +234,22 @@ async fn next_chunk(mut state: StreamState) -> Option<(Chunk, StreamState)> {
             Some(Outbound::Rest(_)) => {}
             Some(Outbound::Close { .. }) | None => return None,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_of_several_lines_gets_a_data_field_each() {
+        assert_eq!(
+            sse_event("message", Some("5-0"), br#"{"a":1}"#),
+            Bytes::from_static(b"event: message\nid: 5-0\ndata: {\"a\":1}\n\n")
+        );
+        assert_eq!(
+            sse_event("message", None, b"{\n \"a\": 1\r\n}\r"),
+            Bytes::from_static(b"event: message\ndata: {\ndata:  \"a\": 1\ndata: }\ndata: \n\n")
+        );
     }
 }

@@ -119,14 +119,24 @@ fn open(
     } else {
         upgrade.select_protocol(&SUBPROTOCOLS)
     };
-    let address = connect_info.map(|info| info.0.0);
+    // A place from the first byte, by the address (or the upgrade's
+    // token); CONNECT moves it to the subject it proves.
+    let address = connect_info.map(|info| info.0.0.ip());
+    let client = match &upgrade_identity {
+        Some(identity) => identity.client_key(address),
+        None => crate::auth::Identity::anonymous().client_key(address),
+    };
+    let slot = match admit(&node, &client) {
+        Ok(slot) => slot,
+        Err(error) => return error.into_response(),
+    };
     let tracker = node.connections.clone();
-    let parts = Box::new((node.clone(), upgrade_identity));
+    let parts = Box::new((node.clone(), upgrade_identity, slot));
     upgrade.on_upgrade(protocol, read_limits(&node.settings), move |socket| {
-        let (node, upgrade_identity) = *parts;
-        let (connection, replies, queues) = ConnectionHandle::new(node.settings.outbound_queue);
+        let (node, upgrade_identity, slot) = *parts;
+        let (connection, replies, queues) =
+            ConnectionHandle::with_limits(node.settings.outbound_queue, node.settings.outbound_queue_bytes);
         let shared = Arc::new(Shared::default());
-        let admitting = node.clone();
         let context = StompContext {
             session: node.session.clone(),
             app_routes: node.stomp_app_routes.clone(),
@@ -139,7 +149,8 @@ fn open(
             connection,
             replies.clone(),
             upgrade_identity,
-            Box::new(move |identity| admit(&admitting, identity, address).map_err(ApiError::into_parts)),
+            slot,
+            address,
         );
         let protocol = Protocol {
             inbound: StompInbound { stomp, sockjs },
@@ -203,6 +214,14 @@ impl Inbound for StompInbound {
 
     fn silence_limit(&self) -> Option<Duration> {
         self.stomp.silence_limit()
+    }
+
+    fn awaits_login(&self) -> bool {
+        self.stomp.awaits_connect()
+    }
+
+    async fn login_timed_out(&mut self, allowed: Duration) -> SessionVerdict {
+        Box::pin(self.stomp.connect_timed_out(allowed)).await
     }
 }
 

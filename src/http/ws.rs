@@ -30,7 +30,7 @@ use tungstenite::Message;
 use tungstenite::protocol::CloseFrame;
 
 use super::socket::{self, DirectText, FrameReader, FrameWriter, ReadLimits, Socket, UpgradeRefused, WsUpgrade};
-use super::{ApiError, AuthQuery, GaugeGuard, admit, bad_query, identify, until_expiry};
+use super::{ApiError, AuthQuery, FAR_FUTURE, GaugeGuard, admit, bad_query, identify, until_expiry};
 use crate::node::Node;
 use crate::protocol::{ErrorCode, close_code};
 use crate::session::{
@@ -70,7 +70,9 @@ pub async fn upgrade(
         Ok(identity) => identity,
         Err(error) => return error.into_response(),
     };
-    let slot = match admit(&node, &identity, connect_info.map(|info| info.0.0)) {
+    let address = connect_info.map(|info| info.0.0);
+    let client = identity.client_key(address.map(|address| address.ip()));
+    let slot = match admit(&node, &client) {
         Ok(slot) => slot,
         Err(error) => return error.into_response(),
     };
@@ -83,11 +85,12 @@ pub async fn upgrade(
     let tracker = node.connections.clone();
     // Boxed: the upgrade's task keeps this closure's captures for the
     // connection's whole life; a pointer costs less than the identity.
-    let parts = Box::new((node.clone(), identity, slot));
+    let parts = Box::new((node.clone(), identity, client, slot));
     upgrade.on_upgrade(None, read_limits(&node.settings), move |socket| {
-        let (node, identity, slot) = *parts;
-        let (connection, replies, queues) = ConnectionHandle::new(node.settings.outbound_queue);
-        let session = ClientSession::new(node.session.clone(), identity, connection, replies.clone());
+        let (node, identity, client, slot) = *parts;
+        let (connection, replies, queues) =
+            ConnectionHandle::with_limits(node.settings.outbound_queue, node.settings.outbound_queue_bytes);
+        let session = ClientSession::new(node.session.clone(), identity, client, connection, replies.clone());
         let welcome = session.welcome();
         let protocol = Protocol {
             inbound: JsonInbound { session },
@@ -145,6 +148,18 @@ pub(crate) trait Inbound: Send {
     /// (STOMP's heart-beats); `None`: the pings decide.
     fn silence_limit(&self) -> Option<Duration> {
         None
+    }
+    /// Whether the protocol still waits for the client to log in (STOMP's
+    /// CONNECT), which it must within `RELAY_HEADER_TIMEOUT_SECS`.
+    fn awaits_login(&self) -> bool {
+        false
+    }
+    /// The client did not log in within `allowed`: what to say and do.
+    fn login_timed_out(&mut self, _allowed: Duration) -> impl Future<Output = SessionVerdict> + Send {
+        std::future::ready(SessionVerdict::Close {
+            code: close_code::POLICY,
+            reason: "no login in time",
+        })
     }
 }
 
@@ -265,9 +280,10 @@ pub(crate) struct Connection<I, F> {
     queues: ConnectionQueues,
     writer: FrameWriter,
     reader: FrameReader,
-    /// The admission slot (none until a STOMP client's CONNECT) and the
-    /// open-connections gauge, released when the connection ends.
-    held: (Option<ConnectionSlot>, GaugeGuard),
+    /// The admission slot (a STOMP session holds its own), the socket's
+    /// place and the open-connections gauge, released when the connection
+    /// ends.
+    held: (Option<ConnectionSlot>, ConnectionSlot, GaugeGuard),
 }
 
 impl<I: Inbound, F: Framing> Connection<I, F> {
@@ -301,7 +317,7 @@ impl<I: Inbound, F: Framing> Connection<I, F> {
             queues,
             writer: FrameWriter::new(socket.tcp),
             reader: socket.reader,
-            held: (slot, open),
+            held: (slot, socket.place, open),
         }
     }
 }
@@ -444,10 +460,9 @@ async fn read_socket(
     replies: &ReplySender,
 ) -> ReadEnd {
     // One timer per connection, moved when a refresh changes the expiry.
-    let far_future = Duration::from_secs(100 * 365 * 24 * 3600);
     let deadline = |session: Option<&mut ClientSession>| {
         let left = session.and_then(|session| until_expiry(node, session.identity()));
-        tokio::time::Instant::now() + left.unwrap_or(far_future)
+        tokio::time::Instant::now() + left.unwrap_or(FAR_FUTURE)
     };
     let expiry = tokio::time::sleep_until(deadline(inbound.session()));
     tokio::pin!(expiry);
@@ -456,6 +471,12 @@ async fn read_socket(
     // Boxed, and made only once a protocol asks for it: a JSON connection's
     // task carries a pointer, not a timer.
     let mut silence: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    // A protocol with a login of its own must see it soon; boxed, and only
+    // for such a protocol.
+    let login_allowed = node.settings.header_timeout;
+    let mut login = inbound
+        .awaits_login()
+        .then(|| Box::pin(tokio::time::sleep(login_allowed)));
     let end = loop {
         let version = inbound.session().map(|session| session.identity_version());
         if version != expiry_version {
@@ -479,6 +500,22 @@ async fn read_socket(
             }, if silence_limit.is_some() => {
                 tracing::debug!("closing a connection whose client went silent past its heart-beats");
                 break ReadEnd::ClientClosed;
+            }
+            () = async {
+                match login.as_mut() {
+                    Some(login) => login.await,
+                    None => std::future::pending().await,
+                }
+            }, if login.is_some() => {
+                login = None;
+                if !inbound.awaits_login() {
+                    continue;
+                }
+                tracing::debug!("closing a connection that did not log in within the header timeout");
+                if let SessionVerdict::Close { code, reason } = inbound.login_timed_out(login_allowed).await {
+                    break ReadEnd::Close { code, reason };
+                }
+                continue;
             }
             () = node.draining.cancelled() => break ReadEnd::Draining,
             Some(reply) = async {

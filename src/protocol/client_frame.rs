@@ -9,6 +9,7 @@ use std::borrow::Cow;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 
+use super::body::{BodyRefusal, MAX_BODY_DEPTH, check_depth, checked_body};
 use super::{ErrorCode, MessageId, RoomName};
 
 /// Longest `req`, in bytes (a string's text, or a number's digits).
@@ -190,8 +191,17 @@ pub fn decode_client_frame(text: &str, limits: DecodeLimits) -> Result<ClientFra
     if !text.trim_start().starts_with('{') {
         return Err(rejector.bad_request("frame must be a JSON object such as {\"type\":\"ping\"}"));
     }
-    let wire: WireFrame<'_> = serde_json::from_str(text)
-        .map_err(|error| rejector.bad_request(format!("frame is not valid JSON: {error}")))?;
+    let wire: WireFrame<'_> = serde_json::from_str(text).map_err(|error| {
+        // Too deep for the parser is too deep for a body: the frame
+        // object is one level, its body's limit the rest.
+        match check_depth(text) {
+            Err(BodyRefusal::TooDeep { depth }) if depth - 1 > MAX_BODY_DEPTH => rejector.reject(
+                ErrorCode::TooLarge,
+                BodyRefusal::TooDeep { depth: depth - 1 }.to_string(),
+            ),
+            _ => rejector.bad_request(format!("frame is not valid JSON: {error}")),
+        }
+    })?;
 
     if let Some(raw) = wire.req {
         rejector.req = Some(decode_req(raw).map_err(|message| rejector.bad_request(message))?);
@@ -242,17 +252,13 @@ pub fn decode_client_frame(text: &str, limits: DecodeLimits) -> Result<ClientFra
             let raw_body = wire
                 .body
                 .ok_or_else(|| rejector.bad_request("publish needs a `body` (any JSON value)"))?;
-            let body = compact_json(raw_body.get());
-            if body.len() > limits.max_message_bytes {
-                return Err(rejector.reject(
-                    ErrorCode::TooLarge,
-                    format!(
-                        "body is {} bytes serialized; the limit is {} (max_message_bytes)",
-                        body.len(),
-                        limits.max_message_bytes
-                    ),
-                ));
-            }
+            let body = checked_body(raw_body.get(), limits.max_message_bytes).map_err(|refusal| {
+                let limit = match refusal {
+                    BodyRefusal::TooLarge { .. } => " (max_message_bytes)",
+                    BodyRefusal::TooDeep { .. } => "",
+                };
+                rejector.reject(ErrorCode::TooLarge, format!("{refusal}{limit}"))
+            })?;
             ClientRequest::Publish {
                 room,
                 body: body.into_owned(),
@@ -264,16 +270,12 @@ pub fn decode_client_frame(text: &str, limits: DecodeLimits) -> Result<ClientFra
             let raw_body = wire
                 .body
                 .ok_or_else(|| rejector.bad_request("signal needs a `body` (any JSON value of at most 1 KiB)"))?;
-            let body = compact_json(raw_body.get());
-            if body.len() > MAX_SIGNAL_BYTES {
-                return Err(rejector.reject(
+            let body = checked_body(raw_body.get(), MAX_SIGNAL_BYTES).map_err(|refusal| {
+                rejector.reject(
                     ErrorCode::TooLarge,
-                    format!(
-                        "signal body is {} bytes serialized; the limit is {MAX_SIGNAL_BYTES}: send a smaller body, or publish a message",
-                        body.len()
-                    ),
-                ));
-            }
+                    format!("signal {refusal}: send a smaller body, or publish a message"),
+                )
+            })?;
             ClientRequest::Signal {
                 room,
                 body: body.into_owned(),
@@ -348,63 +350,24 @@ fn decode_last(raw: &RawValue, max_replay: usize) -> Result<usize, String> {
 fn decode_cmid(raw: &RawValue) -> Result<String, String> {
     let cmid =
         serde_json::from_str::<String>(raw.get()).map_err(|_| "`cmid` must be a string of 1 to 64 bytes".to_owned())?;
-    if cmid.is_empty() || cmid.len() > MAX_CMID_BYTES {
-        return Err(format!(
-            "`cmid` is {} bytes; it must be 1 to {MAX_CMID_BYTES}",
-            cmid.len()
-        ));
-    }
+    check_cmid(&cmid).map_err(|reason| format!("`cmid` {reason}"))?;
     Ok(cmid)
 }
 
-/// Removes the whitespace outside strings from valid JSON text, so that a
-/// body can sit on one line (SSE `data:`) and its size is measured the same
-/// way whatever the client's formatting. Borrows when there is nothing to do.
-#[must_use]
-pub fn compact_json(json: &str) -> Cow<'_, str> {
-    let is_space = |b: u8| matches!(b, b' ' | b'\n' | b'\r' | b'\t');
-    let mut in_string = false;
-    let mut escaped = false;
-    let mut needs_work = false;
-    for &byte in json.as_bytes() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if byte == b'\\' {
-                escaped = true;
-            } else if byte == b'"' {
-                in_string = false;
-            }
-        } else if byte == b'"' {
-            in_string = true;
-        } else if is_space(byte) {
-            needs_work = true;
-            break;
-        }
+/// The rule of a `cmid` (an idempotency key), on every transport: 1 to
+/// [`MAX_CMID_BYTES`] bytes without control characters (a NUL or a line
+/// break would let it forge frames of line- or NUL-delimited protocols).
+///
+/// # Errors
+/// What is wrong, to follow the field's name.
+pub fn check_cmid(cmid: &str) -> Result<(), String> {
+    if cmid.is_empty() || cmid.len() > MAX_CMID_BYTES {
+        return Err(format!("is {} bytes; it must be 1 to {MAX_CMID_BYTES}", cmid.len()));
     }
-    if !needs_work {
-        return Cow::Borrowed(json);
+    if cmid.chars().any(char::is_control) {
+        return Err("holds a control character; use printable text such as a UUID".to_owned());
     }
-    let mut out = String::with_capacity(json.len());
-    let (mut in_string, mut escaped) = (false, false);
-    for ch in json.chars() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if ch == '\\' {
-                escaped = true;
-            } else if ch == '"' {
-                in_string = false;
-            }
-            out.push(ch);
-        } else if ch == '"' {
-            in_string = true;
-            out.push(ch);
-        } else if !ch.is_ascii() || !is_space(ch as u8) {
-            out.push(ch);
-        }
-    }
-    Cow::Owned(out)
+    Ok(())
 }
 
 #[cfg(test)]
@@ -479,6 +442,8 @@ mod tests {
             r#"{"type":"publish","room":"a"}"#,
             r#"{"type":"publish","room":"a","body":1,"cmid":""}"#,
             r#"{"type":"publish","room":"a","body":1,"cmid":7}"#,
+            r#"{"type":"publish","room":"a","body":1,"cmid":"a\u0000b"}"#,
+            r#"{"type":"publish","room":"a","body":1,"cmid":"a\nb"}"#,
             r#"{"type":"ping","req":{"a":1}}"#,
             r#"{"type":"ping","req":true}"#,
             r#"{"type":"refresh"}"#,
@@ -509,13 +474,35 @@ mod tests {
     }
 
     #[test]
-    fn compact_json_keeps_strings_and_drops_other_whitespace() {
-        assert_eq!(
-            compact_json(r#"{ "a b" : "c\" d" , "e":[ 1 ,2 ] }"#),
-            r#"{"a b":"c\" d","e":[1,2]}"#
-        );
-        assert!(matches!(compact_json(r#"{"a":"x y"}"#), Cow::Borrowed(_)));
-        assert_eq!(compact_json("\"\\\\\" "), "\"\\\\\"");
+    fn bodies_nested_past_32_are_too_large_however_deep() {
+        let frame = |kind: &str, depth: usize| {
+            format!(
+                r#"{{"type":"{kind}","room":"a","body":{}{}}}"#,
+                "[".repeat(depth),
+                "]".repeat(depth)
+            )
+        };
+        let limits = DecodeLimits {
+            max_message_bytes: 100_000,
+            max_replay: 100,
+        };
+        for kind in ["publish", "signal"] {
+            assert!(decode_client_frame(&frame(kind, 32), limits).is_ok(), "{kind} 32 deep");
+            for depth in [33, 127, 32_000] {
+                let refused = decode_client_frame(&frame(kind, depth), limits).expect_err("too deep");
+                assert_eq!(
+                    refused.code,
+                    ErrorCode::TooLarge,
+                    "{kind} {depth} deep: {}",
+                    refused.message
+                );
+                assert!(refused.message.contains("the limit is 32"), "{}", refused.message);
+            }
+        }
+        // Not JSON at all stays a bad request, however many brackets.
+        let broken = format!(r#"{{"type":"publish","body":{}"#, "[".repeat(40));
+        assert_eq!(rejection(&broken).code, ErrorCode::TooLarge);
+        assert_eq!(rejection(r#"{"type":"publish","#).code, ErrorCode::BadRequest);
     }
 
     proptest! {
@@ -533,28 +520,5 @@ mod tests {
             let _ = decode_client_frame(&frame.to_string(), LIMITS);
         }
 
-        #[test]
-        fn compacted_json_parses_to_the_same_value(value in arbitrary_json()) {
-            let pretty = serde_json::to_string_pretty(&value).unwrap();
-            let compact = compact_json(&pretty);
-            prop_assert_eq!(serde_json::from_str::<serde_json::Value>(&compact).unwrap(), value.clone());
-            prop_assert_eq!(compact.as_ref(), serde_json::to_string(&value).unwrap());
-        }
-    }
-
-    fn arbitrary_json() -> impl Strategy<Value = serde_json::Value> {
-        let leaf = prop_oneof![
-            Just(serde_json::Value::Null),
-            any::<bool>().prop_map(serde_json::Value::from),
-            any::<i32>().prop_map(serde_json::Value::from),
-            "\\PC{0,12}".prop_map(serde_json::Value::from),
-        ];
-        leaf.prop_recursive(3, 24, 4, |inner| {
-            prop_oneof![
-                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
-                proptest::collection::btree_map("[a-z ]{0,4}", inner, 0..4)
-                    .prop_map(|map| serde_json::Value::Object(map.into_iter().collect())),
-            ]
-        })
     }
 }

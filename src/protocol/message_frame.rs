@@ -20,8 +20,9 @@ pub const AFTER_PREV: &str = "\",";
 pub struct MessageFrameTail(String);
 
 impl MessageFrameTail {
-    /// Builds the tail. `body` must be compact JSON (see
-    /// [`compact_json`](super::compact_json)).
+    /// Builds the tail. `body` must be valid JSON, checked by
+    /// [`checked_body`](super::checked_body) (compact), or a STOMP
+    /// sender's JSON as sent.
     #[must_use]
     pub fn new(from: Option<&str>, ts_ms: u64, cmid: Option<&str>, body: &str) -> Self {
         let mut tail = String::with_capacity(body.len() + 96);
@@ -94,6 +95,17 @@ pub fn ts_ms(frame: &[u8]) -> Option<u64> {
     std::str::from_utf8(&frame[start..start + digits]).ok()?.parse().ok()
 }
 
+/// The body of a composed frame, byte for byte as stored (a STOMP sender's
+/// JSON keeps its whitespace). The first `,"body":` is the key: it follows
+/// `from`, `ts` and `cmid`, in whose JSON strings a bare quote cannot
+/// occur; the body runs to the frame's closing brace.
+#[must_use]
+pub fn body(frame: &str) -> Option<&str> {
+    const KEY: &str = ",\"body\":";
+    let start = frame.find(KEY)? + KEY.len();
+    frame.get(start..frame.len().checked_sub(1)?)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -106,6 +118,16 @@ mod tests {
         let frame = compose(&room, MessageId::new(5, 1), MessageId::new(4, 0), tail.as_str());
         assert_eq!(ts_ms(frame.as_bytes()), Some(1_795_579_107_415));
         assert_eq!(ts_ms(b"{\"type\":\"message\"}"), None);
+    }
+
+    #[test]
+    fn the_body_is_read_back_as_stored_even_when_from_or_cmid_mention_it() {
+        let room = RoomName::parse("lobby").unwrap();
+        let body = "{\n  \"a\": [1, 2]\n}\n";
+        let tail = MessageFrameTail::new(Some(r#"x,"body":1"#), 3, Some(r#","body":2"#), body);
+        let frame = compose(&room, MessageId::new(5, 1), MessageId::new(4, 0), tail.as_str());
+        assert_eq!(super::body(&frame), Some(body));
+        assert_eq!(super::body("{}"), None);
     }
 
     #[test]

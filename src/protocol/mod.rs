@@ -4,15 +4,17 @@
 //! Pure data and text: no I/O, no tokio, no axum. Everything a client sends is
 //! validated here before any other module sees it.
 
+pub mod body;
 mod client_frame;
 pub mod message_frame;
 mod message_id;
 mod room;
 pub mod server_frame;
 
+pub use body::{BodyRefusal, MAX_BODY_DEPTH, checked_body, compact_json};
 pub use client_frame::{
     ClientFrame, ClientRequest, DecodeLimits, FrameRejection, MAX_CMID_BYTES, MAX_REQ_BYTES, MAX_SIGNAL_BYTES,
-    ReplayRequest, RequestTag, compact_json, decode_client_frame,
+    ReplayRequest, RequestTag, check_cmid, decode_client_frame,
 };
 pub use message_frame::MessageFrameTail;
 pub use message_id::{InvalidMessageId, MessageId, wall_clock_ms};
@@ -36,6 +38,8 @@ pub enum ErrorCode {
     Unavailable,
     /// Unsubscribe of a room not subscribed.
     NotSubscribed,
+    /// A subscribe past `max_subscriptions` per connection.
+    TooManySubscriptions,
     /// Missing or invalid credentials (HTTP only).
     Unauthorized,
     /// No such endpoint (HTTP only).
@@ -50,7 +54,7 @@ pub enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for metrics that list them all from the start.
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 13] = [
         ErrorCode::BadRequest,
         ErrorCode::InvalidRoom,
         ErrorCode::TooLarge,
@@ -58,6 +62,7 @@ impl ErrorCode {
         ErrorCode::RateLimited,
         ErrorCode::Unavailable,
         ErrorCode::NotSubscribed,
+        ErrorCode::TooManySubscriptions,
         ErrorCode::Unauthorized,
         ErrorCode::NotFound,
         ErrorCode::MethodNotAllowed,
@@ -76,6 +81,7 @@ impl ErrorCode {
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
             ErrorCode::NotSubscribed => "not_subscribed",
+            ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::Unauthorized => "unauthorized",
             ErrorCode::NotFound => "not_found",
             ErrorCode::MethodNotAllowed => "method_not_allowed",
@@ -84,12 +90,21 @@ impl ErrorCode {
         }
     }
 
-    /// Whether a client sending this counts against its invalid-frame budget.
+    /// Whether a client sending this counts against its invalid-frame
+    /// budget: every refusal of a frame the client should not have sent.
+    /// (`rate_limited` has a budget of its own; `unavailable` and
+    /// `internal` are the node's fault.)
     #[must_use]
     pub const fn is_client_fault(self) -> bool {
         matches!(
             self,
-            ErrorCode::BadRequest | ErrorCode::InvalidRoom | ErrorCode::TooLarge
+            ErrorCode::BadRequest
+                | ErrorCode::InvalidRoom
+                | ErrorCode::TooLarge
+                | ErrorCode::Forbidden
+                | ErrorCode::NotSubscribed
+                | ErrorCode::TooManySubscriptions
+                | ErrorCode::Unauthorized
         )
     }
 }

@@ -22,6 +22,8 @@ pub struct AnnouncedLimits {
     pub max_replay: usize,
     /// Publishes per second per connection.
     pub publish_rate: u32,
+    /// Subscriptions per connection.
+    pub max_subscriptions: usize,
 }
 
 fn to_json<T: Serialize>(frame: &T) -> String {

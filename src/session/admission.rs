@@ -73,6 +73,37 @@ impl Admission {
     }
 }
 
+impl ConnectionSlot {
+    /// Moves this place to another client (a STOMP connection, admitted by
+    /// its address at the upgrade, learns its subject at CONNECT). The
+    /// node's count is unchanged.
+    ///
+    /// # Errors
+    /// [`Refusal::ClientFull`] when the new client is at its cap; the place
+    /// stays where it was.
+    pub fn rekey(&mut self, client: &str) -> Result<(), Refusal> {
+        let admission = self.admission.clone();
+        if admission.max_per_client == 0 || self.client.as_deref() == Some(client) {
+            return Ok(());
+        }
+        let mut per_client = admission.per_client.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = per_client.entry(client.to_owned()).or_insert(0);
+        if *count >= admission.max_per_client {
+            return Err(Refusal::ClientFull);
+        }
+        *count += 1;
+        if let Some(old) = self.client.replace(client.to_owned())
+            && let Some(count) = per_client.get_mut(&old)
+        {
+            *count -= 1;
+            if *count == 0 {
+                per_client.remove(&old);
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.admission.total.fetch_sub(1, Ordering::AcqRel);
@@ -103,5 +134,19 @@ mod tests {
         drop(a1);
         assert!(admission.admit("a").is_ok());
         assert!(admission.per_client.lock().unwrap().values().all(|count| *count <= 2));
+    }
+
+    #[test]
+    fn a_place_moves_to_another_client_without_changing_the_total() {
+        let admission = Admission::new(3, 1);
+        let mut slot = admission.admit("ip:1").unwrap();
+        let _taken = admission.admit("sub:b").unwrap();
+        assert_eq!(slot.rekey("sub:b").unwrap_err(), Refusal::ClientFull);
+        slot.rekey("sub:a").unwrap();
+        assert!(admission.admit("ip:1").is_ok(), "the address's place was given back");
+        assert_eq!(admission.admit("sub:a").unwrap_err(), Refusal::ClientFull);
+        drop(slot);
+        assert!(admission.admit("sub:a").is_ok());
+        assert_eq!(admission.total.load(Ordering::Acquire), 1, "only `_taken` is left");
     }
 }

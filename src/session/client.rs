@@ -3,14 +3,17 @@
 //! replies. The socket itself is driven by `http::ws`.
 
 use std::collections::HashMap;
+use std::num::NonZeroU32;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 
 use super::context::SessionContext;
 use super::event::{ErrorEvent, Event};
+use super::history::HistoryBudget;
 use super::hub::Subscription;
 use super::outbound::{ConnectionHandle, Outbound, ReplySender};
 use super::rate_limit::{InvalidFrameBudget, PublishRateLimiter};
@@ -40,6 +43,17 @@ pub enum SessionVerdict {
 /// order; past this many the transport stops reading the client.
 pub const MAX_PUBLISHES_IN_FLIGHT: usize = 64;
 
+/// Subscriptions with presence one connection may hold: each costs the
+/// node a renewal of its entry every quarter of the presence TTL.
+pub const MAX_PRESENCE_SUBSCRIPTIONS: usize = 32;
+
+/// Refreshes a connection may send per minute (each checks a signature).
+pub const REFRESHES_PER_MINUTE: u32 = 6;
+
+/// `rate_limited` refusals a connection may earn per minute, per publish
+/// of `RELAY_PUBLISH_RATE`, before it is closed with 1008.
+pub const RATE_LIMITED_REFUSALS_PER_RATE: u32 = 10;
+
 /// What a publish or signal in flight answers: an event, or nothing (a
 /// signal that went out).
 type PendingReply = Pin<Box<dyn Future<Output = Option<Event>> + Send>>;
@@ -50,9 +64,17 @@ pub struct ClientSession {
     identity: Identity,
     connection: ConnectionHandle,
     replies: ReplySender,
-    subscriptions: HashMap<RoomName, Subscription>,
+    /// Each subscription, and whether it watches presence.
+    subscriptions: HashMap<RoomName, (Subscription, bool)>,
+    /// The key of the client's shared budgets (see [`Identity::client_key`]).
+    client: Arc<str>,
     publish_limiter: PublishRateLimiter,
     invalid_frames: InvalidFrameBudget,
+    /// `rate_limited` refusals have their own budget: a client that keeps
+    /// publishing past its rate is closed, one that backs off is not.
+    rate_limited_refusals: InvalidFrameBudget,
+    /// Each refresh checks a signature: a few a minute at most.
+    refreshes: InvalidFrameBudget,
     /// Publishes awaiting the broker, oldest first. They were submitted to
     /// the broker in frame order (which fixes the commit order); this only
     /// orders the acks. Made at the first publish: its queue allocates, and
@@ -76,19 +98,26 @@ impl ClientSession {
     pub fn new(
         context: Arc<SessionContext>,
         identity: Identity,
+        client: Arc<str>,
         connection: ConnectionHandle,
         replies: ReplySender,
     ) -> Self {
-        let publish_limiter = PublishRateLimiter::new(context.limits.announced.publish_rate);
+        let publish_rate = context.limits.announced.publish_rate;
+        let publish_limiter = PublishRateLimiter::new(publish_rate);
         let invalid_frames = InvalidFrameBudget::new(context.limits.invalid_frame_limit);
+        let rate_limited_refusals =
+            InvalidFrameBudget::new(publish_rate.saturating_mul(RATE_LIMITED_REFUSALS_PER_RATE));
         Self {
             context,
             identity,
             connection,
             replies,
             subscriptions: HashMap::new(),
+            client,
             publish_limiter,
             invalid_frames,
+            rate_limited_refusals,
+            refreshes: InvalidFrameBudget::new(REFRESHES_PER_MINUTE),
             publishes_in_flight: None,
             identity_version: 0,
         }
@@ -109,7 +138,7 @@ impl ClientSession {
     /// The token expired: says so and asks for close 4001.
     pub async fn token_expired(&mut self) -> SessionVerdict {
         let message = "your token has expired; connect again with a new token, or send refresh before it expires";
-        self.refuse(Refusal {
+        self.tell(Refusal {
             req: None,
             code: ErrorCode::Unauthorized,
             message,
@@ -136,6 +165,22 @@ impl ClientSession {
             Some(in_flight) => in_flight.next().await,
             None => None,
         }
+    }
+
+    /// Waits, delivering answers, until fewer than
+    /// [`MAX_PUBLISHES_IN_FLIGHT`] are in flight, so that one more may be
+    /// added (a transport whose one message holds many requests, STOMP's,
+    /// keeps the bound this way); `false` once the connection is gone.
+    pub async fn make_room_for_an_answer(&mut self) -> bool {
+        while self.publishes_in_flight() >= MAX_PUBLISHES_IN_FLIGHT {
+            let Some(reply) = self.next_publish_reply().await else {
+                return true;
+            };
+            if !self.deliver_reply(reply).await {
+                return false;
+            }
+        }
+        true
     }
 
     /// Queues a reply produced by [`Self::next_publish_reply`]; `false` once
@@ -168,7 +213,8 @@ impl ClientSession {
         self.replies.send(Outbound::event(event)).await.is_ok()
     }
 
-    async fn refuse(&mut self, refusal: Refusal<'_>) -> bool {
+    /// Queues an `error` event; `false` once the connection is gone.
+    async fn tell(&mut self, refusal: Refusal<'_>) -> bool {
         self.context.metrics.count_error(refusal.code);
         self.reply(Event::Error(Box::new(ErrorEvent {
             req: refusal.req.cloned(),
@@ -181,44 +227,58 @@ impl ClientSession {
         .await
     }
 
+    /// Refuses a frame: the `error` event, charged to the budget of its
+    /// kind (a client's fault to the invalid-frame budget, `rate_limited`
+    /// to its own); past the budget the connection is closed with 1008.
+    async fn refuse(&mut self, refusal: Refusal<'_>) -> SessionVerdict {
+        let budget = if refusal.code.is_client_fault() {
+            Some(&self.invalid_frames)
+        } else if refusal.code == ErrorCode::RateLimited {
+            Some(&self.rate_limited_refusals)
+        } else {
+            None
+        };
+        let within_budget = budget.is_none_or(InvalidFrameBudget::spend);
+        let delivered = self.tell(refusal).await;
+        if !within_budget {
+            return SessionVerdict::Close {
+                code: close_code::POLICY,
+                reason: "too many refused frames",
+            };
+        }
+        if delivered { SessionVerdict::Continue } else { gone() }
+    }
+
     /// Handles one text frame.
     pub async fn handle_text(&mut self, text: &str) -> SessionVerdict {
         match decode_client_frame(text, self.context.limits.decode) {
             Ok(frame) => self.handle_frame(frame).await,
             Err(rejection) => {
-                let delivered = self
-                    .refuse(Refusal {
-                        req: rejection.req.as_ref(),
-                        code: rejection.code,
-                        message: &rejection.message,
-                        room: rejection.room.as_ref(),
-                        retry_after_ms: None,
-                    })
-                    .await;
-                if !self.invalid_frames.spend() {
-                    return SessionVerdict::Close {
-                        code: close_code::POLICY,
-                        reason: "too many invalid frames",
-                    };
-                }
-                if delivered { SessionVerdict::Continue } else { gone() }
+                self.refuse(Refusal {
+                    req: rejection.req.as_ref(),
+                    code: rejection.code,
+                    message: &rejection.message,
+                    room: rejection.room.as_ref(),
+                    retry_after_ms: None,
+                })
+                .await
             }
         }
     }
 
     async fn handle_frame(&mut self, frame: ClientFrame) -> SessionVerdict {
         let req = frame.req.as_ref();
-        let delivered = match frame.request {
-            ClientRequest::Subscribe { room, replay, presence } => {
-                return self.subscribe(req, room, replay, presence).await;
-            }
+        match frame.request {
+            ClientRequest::Subscribe { room, replay, presence } => self.subscribe(req, room, replay, presence).await,
             ClientRequest::Unsubscribe { room } => {
                 if self.unsubscribe(&room) {
-                    self.reply(Event::Unsubscribed {
-                        req: req.cloned(),
-                        room,
-                    })
-                    .await
+                    let delivered = self
+                        .reply(Event::Unsubscribed {
+                            req: req.cloned(),
+                            room,
+                        })
+                        .await;
+                    if delivered { SessionVerdict::Continue } else { gone() }
                 } else {
                     let message = format!("not subscribed to {room}; nothing to unsubscribe");
                     self.refuse(Refusal {
@@ -233,10 +293,15 @@ impl ClientSession {
             }
             ClientRequest::Publish { room, body, cmid } => self.publish(req, room, body, cmid).await,
             ClientRequest::Signal { room, body } => self.signal(req, room, &body).await,
-            ClientRequest::Ping => self.reply(Event::Pong { req: req.cloned() }).await,
-            ClientRequest::Refresh { token } => return self.refresh(req, &token).await,
-        };
-        if delivered { SessionVerdict::Continue } else { gone() }
+            ClientRequest::Ping => {
+                if self.reply(Event::Pong { req: req.cloned() }).await {
+                    SessionVerdict::Continue
+                } else {
+                    gone()
+                }
+            }
+            ClientRequest::Refresh { token } => self.refresh(req, &token).await,
+        }
     }
 
     /// Replaces the identity with a new token's: same subject required;
@@ -244,7 +309,7 @@ impl ClientSession {
     async fn refresh(&mut self, req: Option<&RequestTag>, token: &str) -> SessionVerdict {
         if matches!(*self.context.authenticator, crate::auth::Authenticator::Open) {
             let message = "this node runs without authentication (RELAY_AUTH=none); there is no token to refresh";
-            let delivered = self
+            return self
                 .refuse(Refusal {
                     req,
                     code: ErrorCode::BadRequest,
@@ -253,7 +318,20 @@ impl ClientSession {
                     retry_after_ms: None,
                 })
                 .await;
-            return if delivered { SessionVerdict::Continue } else { gone() };
+        }
+        if !self.refreshes.spend() {
+            let message = format!(
+                "more than {REFRESHES_PER_MINUTE} refreshes a minute; refresh once, shortly before the token expires"
+            );
+            return self
+                .refuse(Refusal {
+                    req,
+                    code: ErrorCode::RateLimited,
+                    message: &message,
+                    room: None,
+                    retry_after_ms: Some(60_000 / u64::from(REFRESHES_PER_MINUTE)),
+                })
+                .await;
         }
         let refused = match self.context.authenticator.refresh(token) {
             Err(error) => Some(error.to_string()),
@@ -267,7 +345,7 @@ impl ClientSession {
             }
         };
         if let Some(message) = refused {
-            self.refuse(Refusal {
+            self.tell(Refusal {
                 req,
                 code: ErrorCode::Unauthorized,
                 message: &message,
@@ -289,7 +367,7 @@ impl ClientSession {
         for room in no_longer_allowed {
             self.subscriptions.remove(&room);
             let message = format!("your refreshed token no longer allows reading {room}; you were unsubscribed");
-            self.refuse(Refusal {
+            self.tell(Refusal {
                 req: None,
                 code: ErrorCode::Forbidden,
                 message: &message,
@@ -331,21 +409,16 @@ impl ClientSession {
         replay: ReplayRequest,
         presence: bool,
     ) -> SessionVerdict {
-        let refused = if !self.identity.may_subscribe(&room) {
-            Some((
-                ErrorCode::Forbidden,
-                format!("your token does not allow reading {room}"),
-            ))
-        } else if self.subscriptions.contains_key(&room) {
-            Some((
-                ErrorCode::BadRequest,
-                format!("already subscribed to {room}; unsubscribe first to subscribe again"),
-            ))
-        } else {
-            None
-        };
+        let refused = self.may_subscribe(&room, presence).err().or_else(|| {
+            self.subscriptions.contains_key(&room).then(|| {
+                (
+                    ErrorCode::BadRequest,
+                    format!("already subscribed to {room}; unsubscribe first to subscribe again"),
+                )
+            })
+        });
         if let Some((code, message)) = refused {
-            let delivered = self
+            return self
                 .refuse(Refusal {
                     req,
                     code,
@@ -354,7 +427,6 @@ impl ClientSession {
                     retry_after_ms: None,
                 })
                 .await;
-            return if delivered { SessionVerdict::Continue } else { gone() };
         }
         let target = ResumeTarget {
             replies: &self.replies,
@@ -367,7 +439,10 @@ impl ClientSession {
             &self.context.hub,
             &room,
             replay,
-            self.context.limits.decode.max_replay,
+            HistoryBudget {
+                messages: self.context.limits.decode.max_replay,
+                bytes: self.context.limits.max_replay_bytes,
+            },
             target,
         ))
         .await
@@ -377,7 +452,7 @@ impl ClientSession {
                     .metrics
                     .messages_delivered
                     .inc_by(u64::try_from(resumed.replayed).unwrap_or(u64::MAX));
-                self.subscriptions.insert(room, resumed.subscription);
+                self.subscriptions.insert(room, (resumed.subscription, presence));
                 SessionVerdict::Continue
             }
             Err(ResumeError::ConnectionClosed) => gone(),
@@ -386,62 +461,138 @@ impl ClientSession {
                 let message = format!(
                     "could not subscribe to {room}: the message store is unavailable; subscribe again (with since) shortly"
                 );
-                let delivered = self
-                    .refuse(Refusal {
-                        req,
-                        code: ErrorCode::Unavailable,
-                        message: &message,
-                        room: Some(&room),
-                        retry_after_ms: Some(1000),
-                    })
-                    .await;
-                if delivered { SessionVerdict::Continue } else { gone() }
+                self.refuse(Refusal {
+                    req,
+                    code: ErrorCode::Unavailable,
+                    message: &message,
+                    room: Some(&room),
+                    retry_after_ms: Some(1000),
+                })
+                .await
             }
         }
     }
 
-    /// Refuses a publish or signal the token or the rate does not allow;
-    /// `Some(delivered)` when it was refused.
-    async fn refuse_publish(&mut self, req: Option<&RequestTag>, room: &RoomName) -> Option<bool> {
+    /// Whether this connection may subscribe to `room` (with presence or
+    /// not) now: the token's grant, and the caps of subscriptions and of
+    /// presence subscriptions per connection. Every transport asks here.
+    ///
+    /// # Errors
+    /// The refusal's code and what to tell the client.
+    pub fn may_subscribe(&self, room: &RoomName, presence: bool) -> Result<(), (ErrorCode, String)> {
+        if !self.identity.may_subscribe(room) {
+            return Err((
+                ErrorCode::Forbidden,
+                format!("your token does not allow reading {room}"),
+            ));
+        }
+        let max = self.context.limits.announced.max_subscriptions;
+        if self.subscriptions.len() >= max {
+            return Err((
+                ErrorCode::TooManySubscriptions,
+                format!(
+                    "this connection holds {max} subscriptions, the most one may (max_subscriptions); unsubscribe from one first, or open another connection"
+                ),
+            ));
+        }
+        if presence
+            && self.subscriptions.values().filter(|(_, presence)| *presence).count() >= MAX_PRESENCE_SUBSCRIPTIONS
+        {
+            return Err((
+                ErrorCode::TooManySubscriptions,
+                format!(
+                    "this connection watches the presence of {MAX_PRESENCE_SUBSCRIPTIONS} rooms, the most one may; subscribe without presence, or leave one first"
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether this connection may write `count` messages of `bytes` bytes
+    /// in all to `room` now: the token's grant, the connection's rate and
+    /// the client's shared budget of messages and bytes (taken, all or
+    /// none, when they pass). Every transport asks here.
+    ///
+    /// # Errors
+    /// The refusal: its code, what to tell the client and, for a rate, when
+    /// to retry.
+    pub fn may_write(&self, room: &RoomName, count: usize, bytes: usize) -> Result<(), WriteRefusal> {
         if !self.identity.may_publish(room) {
-            let message = format!("your token does not allow publishing to {room}");
-            return Some(
-                self.refuse(Refusal {
-                    req,
-                    code: ErrorCode::Forbidden,
-                    message: &message,
-                    room: Some(room),
-                    retry_after_ms: None,
-                })
-                .await,
-            );
+            return Err(WriteRefusal {
+                code: ErrorCode::Forbidden,
+                message: format!("your token does not allow publishing to {room}"),
+                retry_after_ms: None,
+            });
         }
-        if let Err(wait) = self.publish_limiter.check() {
-            let message = format!(
-                "over {} publishes and signals per second; retry after the given delay",
-                self.context.limits.announced.publish_rate
-            );
-            let retry_after_ms = u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).max(1);
-            return Some(
-                self.refuse(Refusal {
-                    req,
-                    code: ErrorCode::RateLimited,
-                    message: &message,
-                    room: Some(room),
-                    retry_after_ms: Some(retry_after_ms),
-                })
-                .await,
-            );
-        }
-        None
+        self.within_rates(count, bytes)
+    }
+
+    /// Whether this connection may write `count` messages of `bytes` bytes
+    /// in all now, by its rate and its client's shared budget (taken when
+    /// they pass; a write is refused whole, never cut short).
+    ///
+    /// # Errors
+    /// A `rate_limited` refusal with when to retry.
+    pub fn within_rates(&self, count: usize, bytes: usize) -> Result<(), WriteRefusal> {
+        let rate = self.context.limits.announced.publish_rate;
+        let connection = match NonZeroU32::new(u32::try_from(count).unwrap_or(u32::MAX)) {
+            Some(count) => self.publish_limiter.check_n(count),
+            None => Ok(()),
+        };
+        let refusal = |wait: Duration, message: String| WriteRefusal {
+            code: ErrorCode::RateLimited,
+            message,
+            retry_after_ms: Some(u64::try_from(wait.as_millis()).unwrap_or(u64::MAX).clamp(1, 3_600_000)),
+        };
+        connection.map_err(|wait| {
+            refusal(
+                wait,
+                format!("over {rate} publishes and signals per second on this connection; retry after the given delay"),
+            )
+        })?;
+        self.context.client_writes.check(&self.client, count, bytes).map_err(|wait| {
+            refusal(
+                wait,
+                format!(
+                    "over {} publishes and signals, or {} bytes of bodies, per second from this client across its connections; retry after the given delay",
+                    self.context.limits.client_publish_rate, self.context.limits.client_publish_bytes
+                ),
+            )
+        })
+    }
+
+    /// Refuses a publish or signal the token or the rates do not allow;
+    /// `Some(verdict)` when it was refused.
+    async fn refuse_write(
+        &mut self,
+        req: Option<&RequestTag>,
+        room: &RoomName,
+        bytes: usize,
+    ) -> Option<SessionVerdict> {
+        let refusal = self.may_write(room, 1, bytes).err()?;
+        Some(
+            self.refuse(Refusal {
+                req,
+                code: refusal.code,
+                message: &refusal.message,
+                room: Some(room),
+                retry_after_ms: refusal.retry_after_ms,
+            })
+            .await,
+        )
     }
 
     /// A signal: sent to the broker now; only a failure is answered.
-    /// `false` once the connection is gone.
-    pub async fn signal(&mut self, req: Option<&RequestTag>, room: RoomName, body: &str) -> bool {
-        if let Some(delivered) = self.refuse_publish(req, &room).await {
-            return delivered;
+    pub async fn signal(&mut self, req: Option<&RequestTag>, room: RoomName, body: &str) -> SessionVerdict {
+        if let Some(verdict) = self.refuse_write(req, &room, body.len()).await {
+            return verdict;
         }
+        self.submit_signal(req, room, body);
+        SessionVerdict::Continue
+    }
+
+    /// Sends a signal the caller has checked with [`Self::may_write`].
+    pub fn submit_signal(&mut self, req: Option<&RequestTag>, room: RoomName, body: &str) {
         let pending = self
             .context
             .publisher
@@ -462,28 +613,33 @@ impl ClientSession {
                 stored: None,
             })))
         }));
-        true
     }
 
-    /// A publish of a validated, compact JSON `body`: submitted to the
-    /// broker now, answered (`ack` or `error`) in submission order.
-    /// `false` once the connection is gone.
+    /// A publish of a validated JSON `body`: submitted to the broker now,
+    /// answered (`ack` or `error`) in submission order.
     pub async fn publish(
         &mut self,
         req: Option<&RequestTag>,
         room: RoomName,
         body: String,
         cmid: Option<String>,
-    ) -> bool {
-        if let Some(delivered) = self.refuse_publish(req, &room).await {
-            return delivered;
+    ) -> SessionVerdict {
+        if let Some(verdict) = self.refuse_write(req, &room, body.len()).await {
+            return verdict;
         }
+        self.submit_publish(req, room, &body, cmid);
+        SessionVerdict::Continue
+    }
+
+    /// Submits a publish the caller has checked with [`Self::may_write`]
+    /// (a STOMP transaction's SENDs, taken together at COMMIT).
+    pub fn submit_publish(&mut self, req: Option<&RequestTag>, room: RoomName, body: &str, cmid: Option<String>) {
         // Submitted now, in frame order; only the wait for the outcome is
         // deferred.
         let pending = self
             .context
             .publisher
-            .publish(room.clone(), self.identity.subject(), cmid, &body);
+            .publish(room.clone(), self.identity.subject(), cmid, body);
         let metrics = self.context.metrics.clone();
         let req = req.cloned();
         let in_flight = self.publishes_in_flight.get_or_insert_with(FuturesOrdered::new);
@@ -512,8 +668,18 @@ impl ClientSession {
                 }
             })
         }));
-        true
     }
+}
+
+/// Why a write was refused (see [`ClientSession::may_write`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRefusal {
+    /// `forbidden` or `rate_limited`.
+    pub code: ErrorCode,
+    /// What to tell the client.
+    pub message: String,
+    /// When to retry, for a rate.
+    pub retry_after_ms: Option<u64>,
 }
 
 /// What a client is told of a publish answered `unavailable`, for humans.

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use super::hub::RoomHub;
 use super::publisher::Publisher;
+use super::rate_limit::ClientWriteLimiter;
 use crate::auth::Authenticator;
 use crate::protocol::DecodeLimits;
 use crate::protocol::server_frame::AnnouncedLimits;
@@ -21,6 +22,12 @@ pub struct SessionLimits {
     pub announced: AnnouncedLimits,
     /// Invalid frames a connection may send per minute before it is closed.
     pub invalid_frame_limit: u32,
+    /// Publishes and signals per second per client, across connections.
+    pub client_publish_rate: u32,
+    /// Bytes of bodies per second per client, across connections.
+    pub client_publish_bytes: u32,
+    /// Most bytes of messages on one resume.
+    pub max_replay_bytes: usize,
 }
 
 /// See the module docs.
@@ -37,4 +44,6 @@ pub struct SessionContext {
     pub authenticator: Arc<Authenticator>,
     /// What the session enforces.
     pub limits: SessionLimits,
+    /// What each client may write across all its connections and HTTP.
+    pub client_writes: ClientWriteLimiter,
 }

@@ -11,6 +11,7 @@ mod admission;
 mod client;
 mod context;
 mod event;
+mod history;
 mod hub;
 mod outbound;
 mod presence;
@@ -19,14 +20,18 @@ mod rate_limit;
 mod resume;
 
 pub use admission::{Admission, ConnectionSlot, Refusal as AdmissionRefusal};
-pub use client::{ClientSession, MAX_PUBLISHES_IN_FLIGHT, SessionVerdict, unavailable_publish_message};
+pub use client::{
+    ClientSession, MAX_PRESENCE_SUBSCRIPTIONS, MAX_PUBLISHES_IN_FLIGHT, SessionVerdict, WriteRefusal,
+    unavailable_publish_message,
+};
 pub use context::{SessionContext, SessionLimits};
 pub use event::{Encoding, Encodings, ErrorEvent, Event, RoomEvent, RoomEventKind};
+pub use history::{BoundedPage, HistoryBudget, read_backward, read_forward};
 pub use hub::{RoomHub, Subscription};
 pub use outbound::{
     ConnectionClosed, ConnectionHandle, ConnectionQueues, Direct, DirectWrite, LiveMessage, Outbound, ReplySender,
 };
 pub use presence::{PRESENCE_BATCH, PresenceTiming};
 pub use publisher::Publisher;
-pub use rate_limit::{AddressRateLimiter, InvalidFrameBudget, PublishRateLimiter};
+pub use rate_limit::{ClientWriteLimiter, InvalidFrameBudget, KeyedPublishRateLimiter, PublishRateLimiter};
 pub use resume::{HistoryDecision, ResumeError, ResumeTarget, Resumed, read_requested_history, subscribe_and_resume};

@@ -133,6 +133,18 @@ pub enum Direct {
 #[error("the connection is closed")]
 pub struct ConnectionClosed;
 
+/// What an item counts against a live queue's byte bound: a message's
+/// frame, a room event's JSON (the bytes a connection that stops reading
+/// keeps alive).
+fn queued_bytes(item: &Outbound) -> usize {
+    match item {
+        Outbound::Message(message) => message.frame.len(),
+        Outbound::Room(event) => event.json().len(),
+        Outbound::Rest(rest) => rest.len(),
+        Outbound::Event(_) | Outbound::Barrier(_) | Outbound::Close { .. } => 0,
+    }
+}
+
 /// A live queue that grew past this many slots in a burst gives the memory
 /// back once drained.
 const LIVE_SHRINK_ABOVE: usize = 256;
@@ -163,6 +175,9 @@ struct OutboxState {
     live: VecDeque<Outbound>,
     replies: VecDeque<Outbound>,
     live_capacity: usize,
+    /// Bytes of the messages in `live`, and the most it may hold.
+    live_bytes: usize,
+    live_capacity_bytes: usize,
     live_senders: usize,
     reply_senders: usize,
     /// The writer stopped (closed or dropped its end): nothing more is queued.
@@ -257,11 +272,21 @@ impl ConnectionHandle {
     /// sender for replies and the writer's end.
     #[must_use]
     pub fn new(live_capacity: usize) -> (Self, ReplySender, ConnectionQueues) {
+        Self::with_limits(live_capacity, usize::MAX)
+    }
+
+    /// As [`ConnectionHandle::new`], with the live queue bounded in bytes
+    /// of messages too (`RELAY_OUTBOUND_QUEUE_BYTES`): a full queue by
+    /// either count marks the connection slow.
+    #[must_use]
+    pub fn with_limits(live_capacity: usize, live_capacity_bytes: usize) -> (Self, ReplySender, ConnectionQueues) {
         let outbox = Arc::new(Outbox {
             state: Mutex::new(OutboxState {
                 live: VecDeque::new(),
                 replies: VecDeque::new(),
                 live_capacity: live_capacity.max(1),
+                live_bytes: 0,
+                live_capacity_bytes,
                 live_senders: 1,
                 reply_senders: 1,
                 writer_gone: false,
@@ -317,7 +342,9 @@ impl ConnectionHandle {
         if state.writer_gone || self.outbox.slow.load(Ordering::Acquire) {
             return false;
         }
-        if state.live.len() >= state.live_capacity {
+        let bytes = queued_bytes(&item);
+        if state.live.len() >= state.live_capacity || state.live_bytes.saturating_add(bytes) > state.live_capacity_bytes
+        {
             drop(state);
             if full_is_slow {
                 self.outbox.raise_slow();
@@ -343,6 +370,7 @@ impl ConnectionHandle {
             }
         }
         state.live.push_back(item);
+        state.live_bytes += bytes;
         drop(state);
         if was_empty {
             self.outbox.writer.wake();
@@ -498,6 +526,9 @@ impl ConnectionQueues {
             return Some(item);
         }
         let item = state.live.pop_front();
+        if let Some(item) = &item {
+            state.live_bytes -= queued_bytes(item);
+        }
         if state.live.is_empty() && state.live.capacity() > LIVE_SHRINK_ABOVE {
             state.live.shrink_to(LIVE_SHRINK_TO);
         }
@@ -573,6 +604,7 @@ impl ConnectionQueues {
             state.writer_gone = true;
             state.socket_idle = false;
             state.rest = None;
+            state.live_bytes = 0;
             (
                 std::mem::take(&mut state.live),
                 std::mem::take(&mut state.replies),
@@ -764,6 +796,20 @@ mod tests {
         assert!(handle.is_slow());
         assert!(queues.is_slow());
         assert_eq!(text_of(queues.try_next()), "1");
+    }
+
+    #[test]
+    fn a_live_queue_full_in_bytes_marks_the_connection_slow_and_drained_bytes_come_back() {
+        // Each test message's frame is 25 bytes.
+        let (handle, _replies, queues) = ConnectionHandle::with_limits(1000, 80);
+        for sequence in 1..=3 {
+            assert!(handle.offer(message(sequence)), "{sequence} fits");
+        }
+        assert_eq!(sequence_of(queues.try_next()), 1);
+        assert!(handle.offer(message(4)), "a drained message gives its bytes back");
+        assert!(!handle.is_slow());
+        assert!(!handle.offer(message(5)), "past 80 bytes");
+        assert!(handle.is_slow());
     }
 
     #[tokio::test]

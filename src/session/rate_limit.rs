@@ -1,10 +1,11 @@
-//! Rate limits: publishes per connection, publishes per client address over
-//! HTTP, and invalid frames per connection. All are GCRA token buckets from
+//! Rate limits: publishes per connection, publishes per client over HTTP,
+//! what one client writes across all its connections (messages and bytes),
+//! and invalid frames (and other budgets of refusals) per connection. All are GCRA token buckets from
 //! the `governor` crate (lock-free, well kept, and it tells when the next
 //! request would pass, which becomes `retry_after_ms`).
 
-use std::net::IpAddr;
 use std::num::NonZeroU32;
+use std::sync::Arc;
 use std::time::Duration;
 
 use governor::clock::{Clock, DefaultClock};
@@ -35,32 +36,98 @@ impl PublishRateLimiter {
             .check()
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
+
+    /// Takes `count` publishes at once, or none.
+    ///
+    /// # Errors
+    /// The wait until they would pass (`Duration::MAX`: more than a burst,
+    /// never).
+    pub fn check_n(&self, count: NonZeroU32) -> Result<(), Duration> {
+        match self.0.check_n(count) {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(not_until)) => Err(not_until.wait_time_from(DefaultClock::default().now())),
+            Err(_) => Err(Duration::MAX),
+        }
+    }
 }
 
-/// Publishes per second per client address, for the HTTP endpoint.
-pub struct AddressRateLimiter(DefaultKeyedRateLimiter<IpAddr>);
+/// Publishes per second per client (token subject, or address), for the
+/// HTTP endpoints: what a connection's [`PublishRateLimiter`] is to a
+/// WebSocket.
+pub struct KeyedPublishRateLimiter(DefaultKeyedRateLimiter<Arc<str>>);
 
-impl AddressRateLimiter {
-    /// A limiter of `per_second` publishes per second per address.
+impl KeyedPublishRateLimiter {
+    /// A limiter of `per_second` publishes per second per client.
     #[must_use]
     pub fn new(per_second: u32) -> Self {
         Self(RateLimiter::keyed(burst_quota(per_second)))
     }
 
-    /// Takes one publish for `address`.
+    /// Takes one publish for `client`.
     ///
     /// # Errors
     /// The wait when the limit is reached.
-    pub fn check(&self, address: IpAddr) -> Result<(), Duration> {
+    pub fn check(&self, client: &Arc<str>) -> Result<(), Duration> {
         self.0
-            .check_key(&address)
+            .check_key(client)
             .map_err(|not_until| not_until.wait_time_from(DefaultClock::default().now()))
     }
 
-    /// Forgets addresses whose bucket is full again (bounds memory).
+    /// Forgets clients whose bucket is full again (bounds memory).
     pub fn forget_idle(&self) {
         self.0.retain_recent();
         self.0.shrink_to_fit();
+    }
+}
+
+/// What one client (token subject, or address) may write across all its
+/// connections and HTTP: publishes and signals per second, and bytes of
+/// bodies per second, each with a burst of twice the rate. Without it a
+/// client holding many connections multiplies the per-connection rate.
+pub struct ClientWriteLimiter {
+    messages: DefaultKeyedRateLimiter<Arc<str>>,
+    bytes: DefaultKeyedRateLimiter<Arc<str>>,
+}
+
+impl ClientWriteLimiter {
+    /// A limiter of `messages` per second and `bytes` per second per client.
+    #[must_use]
+    pub fn new(messages: u32, bytes: u32) -> Self {
+        Self {
+            messages: RateLimiter::keyed(burst_quota(messages)),
+            bytes: RateLimiter::keyed(burst_quota(bytes)),
+        }
+    }
+
+    /// Takes `count` writes of `bytes` bytes in all for `client`, all or
+    /// none of each budget (a STOMP transaction's COMMIT takes its SENDs at
+    /// once, so it cannot be cut short half-way).
+    ///
+    /// # Errors
+    /// How long until they would pass (`Duration::MAX` when they never
+    /// can: more than a burst).
+    pub fn check(&self, client: &Arc<str>, count: usize, bytes: usize) -> Result<(), Duration> {
+        let now = DefaultClock::default().now();
+        let take = |limiter: &DefaultKeyedRateLimiter<Arc<str>>, amount: usize| -> Result<(), Duration> {
+            let Some(amount) = NonZeroU32::new(u32::try_from(amount).unwrap_or(u32::MAX)) else {
+                return Ok(());
+            };
+            match limiter.check_key_n(client, amount) {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(not_until)) => Err(not_until.wait_time_from(now)),
+                Err(_) => Err(Duration::MAX),
+            }
+        };
+        take(&self.messages, count)?;
+        take(&self.bytes, bytes)
+    }
+
+    /// Forgets clients whose buckets are full again (bounds memory).
+    pub fn forget_idle(&self) {
+        self.messages.retain_recent();
+        self.messages.shrink_to_fit();
+        self.bytes.retain_recent();
+        self.bytes.shrink_to_fit();
     }
 }
 
@@ -96,6 +163,22 @@ mod tests {
         }
         let wait = limiter.check().unwrap_err();
         assert!(wait > Duration::ZERO && wait <= Duration::from_millis(200), "{wait:?}");
+    }
+
+    #[test]
+    fn a_client_shares_one_budget_of_messages_and_bytes_across_connections() {
+        let limiter = ClientWriteLimiter::new(5, 1000);
+        let alice: Arc<str> = Arc::from("sub:alice");
+        let bob: Arc<str> = Arc::from("sub:bob");
+        assert!(limiter.check(&alice, 10, 100).is_ok(), "a burst of twice the rate");
+        assert!(limiter.check(&alice, 1, 1).is_err(), "messages spent");
+        assert!(limiter.check(&bob, 1, 1500).is_ok(), "bob has his own");
+        assert!(limiter.check(&bob, 1, 600).is_err(), "bytes spent: 2000 burst");
+        assert_eq!(
+            limiter.check(&bob, 1, 5000).unwrap_err(),
+            Duration::MAX,
+            "more than a burst never passes"
+        );
     }
 
     #[test]

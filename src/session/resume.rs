@@ -4,8 +4,8 @@
 //!    room is confirmed before history is read. With presence, join the
 //!    room's presence then (its changes ride the live feed, so none is
 //!    missed between the snapshot and the first batch).
-//! 2. Read history after `since` (or the last N), bounded by `max_replay`,
-//!    and decide `recovered`.
+//! 2. Read history after `since` (or the last N), bounded by `max_replay`
+//!    messages and `max_replay_bytes`, and decide `recovered`.
 //! 3. Queue `subscribed`, then the history.
 //! 4. Drain the buffer: skip what was already sent; when a message's `prev`
 //!    is not the last sent id, read the missing range from history first
@@ -19,6 +19,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::event::{Event, RoomEvent};
+use super::history::{self, HistoryBudget};
 use super::hub::{RoomHub, Subscription, live_message};
 use super::outbound::{ConnectionHandle, LiveMessage, Outbound, ReplySender};
 use crate::broker::{Broker, BrokerError, PresenceEntry};
@@ -47,8 +48,10 @@ pub struct HistoryDecision {
 
 /// Reads the history a subscribe asks for and applies the `recovered` rule:
 /// true iff the first message after `since` chains to it (or there is none
-/// and the history ends at `since`) and no more than `max_replay` follow.
-/// Otherwise the newest `max_replay` messages after `since` are returned.
+/// and the history ends at `since`) and everything after it fits the
+/// budget (`max_replay` messages, `max_replay_bytes` bytes). Otherwise the
+/// newest messages after `since` that fit are returned, with `recovered`
+/// false: a replay too heavy is told exactly as one too long.
 ///
 /// # Errors
 /// [`BrokerError`] when history cannot be read.
@@ -56,28 +59,33 @@ pub async fn read_requested_history(
     broker: &dyn Broker,
     room: &RoomName,
     replay: ReplayRequest,
-    max_replay: usize,
+    budget: HistoryBudget,
 ) -> Result<HistoryDecision, BrokerError> {
     match replay {
-        ReplayRequest::None => Ok(HistoryDecision {
+        ReplayRequest::None | ReplayRequest::Last(0) => Ok(HistoryDecision {
             messages: Vec::new(),
             recovered: None,
         }),
-        ReplayRequest::Last(0) => Ok(HistoryDecision {
-            messages: Vec::new(),
-            recovered: None,
-        }),
-        ReplayRequest::Last(count) => Ok(HistoryDecision {
-            messages: broker.read_before(room, None, count.min(max_replay)).await?.messages,
-            recovered: None,
-        }),
+        ReplayRequest::Last(count) => {
+            let budget = HistoryBudget {
+                messages: count.min(budget.messages),
+                ..budget
+            };
+            Ok(HistoryDecision {
+                messages: history::read_backward(broker, room, None, None, budget).await?.messages,
+                recovered: None,
+            })
+        }
         ReplayRequest::Since(since) => {
-            let page = broker.read_after(room, since, max_replay.saturating_add(1)).await?;
-            if page.messages.len() > max_replay {
-                let mut newest = broker.read_before(room, None, max_replay).await?.messages;
-                newest.retain(|message| message.id > since);
+            let one_more = HistoryBudget {
+                messages: budget.messages.saturating_add(1),
+                ..budget
+            };
+            let page = history::read_forward(broker, room, since, one_more).await?;
+            if page.messages.len() > budget.messages || page.cut_by_bytes {
+                let newest = history::read_backward(broker, room, None, Some(since), budget).await?;
                 return Ok(HistoryDecision {
-                    messages: newest,
+                    messages: newest.messages,
                     recovered: Some(false),
                 });
             }
@@ -126,7 +134,7 @@ pub async fn subscribe_and_resume(
     hub: &Arc<RoomHub>,
     room: &RoomName,
     replay: ReplayRequest,
-    max_replay: usize,
+    budget: HistoryBudget,
     target: ResumeTarget<'_>,
 ) -> Result<Resumed, ResumeError> {
     let subscription = hub.attach(room, target.connection.clone()).await?;
@@ -141,7 +149,7 @@ pub async fn subscribe_and_resume(
         None => None,
     };
     let broker = hub.broker().as_ref();
-    let history = read_requested_history(broker, room, replay, max_replay).await?;
+    let history = read_requested_history(broker, room, replay, budget).await?;
     let replayed = history.messages.len();
     send(
         target.replies,
@@ -178,7 +186,7 @@ pub async fn subscribe_and_resume(
                 continue;
             }
             if let Some(last) = last_sent.filter(|last| message.prev != *last) {
-                fill_from_history(broker, room, last, &message, max_replay, target.replies).await?;
+                fill_from_history(broker, room, last, &message, budget, target.replies).await?;
             }
             last_sent = Some(message.id);
             send(target.replies, Outbound::Message(message)).await?;
@@ -187,19 +195,20 @@ pub async fn subscribe_and_resume(
 }
 
 /// Sends what history holds between `last` and `next` (exclusive), and a
-/// `gap` where the chain still breaks.
+/// `gap` where the chain still breaks. Read a budget's page at a time, each
+/// sent (with the reply queue's backpressure) before the next is read.
 async fn fill_from_history(
     broker: &dyn Broker,
     room: &RoomName,
     last: MessageId,
     next: &LiveMessage,
-    page_size: usize,
+    budget: HistoryBudget,
     replies: &ReplySender,
 ) -> Result<(), ResumeError> {
     let mut cursor = last;
     'pages: loop {
-        let page = broker.read_after(room, cursor, page_size.max(1)).await?;
-        let full_page = page.messages.len() >= page_size.max(1);
+        let page = history::read_forward(broker, room, cursor, budget).await?;
+        let more = !page.whole;
         for stored in &page.messages {
             if stored.id >= next.id {
                 break 'pages;
@@ -217,7 +226,7 @@ async fn fill_from_history(
             cursor = message.id;
             send(replies, Outbound::Message(message)).await?;
         }
-        if !full_page {
+        if !more || page.messages.is_empty() {
             break;
         }
     }

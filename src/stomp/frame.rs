@@ -303,6 +303,12 @@ impl Decoder {
         }
     }
 
+    /// Changes the largest frame from here on (raised once the client is
+    /// authenticated).
+    pub fn set_max_frame_bytes(&mut self, max_frame_bytes: usize) {
+        self.max_frame_bytes = max_frame_bytes;
+    }
+
     /// The version agreed at `CONNECT`: it decides unescaping from here on.
     pub fn set_version(&mut self, version: Version) {
         self.version = version;
@@ -495,10 +501,13 @@ fn shorten(line: &str) -> String {
     line.chars().take(64).collect()
 }
 
-/// A header name or value as the version writes it.
+/// A header name or value as the version writes it. A NUL or another
+/// control character (which STOMP cannot escape, and a NUL ends a frame
+/// for readers that split on it) becomes U+FFFD: a server frame can never
+/// carry one in a header, whoever chose the text.
 #[must_use]
 pub fn escape(text: &str, version: Version) -> Cow<'_, str> {
-    if !text.contains(['\\', '\r', '\n', ':']) {
+    if !text.contains(|character: char| matches!(character, '\\' | ':') || character.is_control()) {
         return Cow::Borrowed(text);
     }
     let mut escaped = String::with_capacity(text.len() + 8);
@@ -512,6 +521,7 @@ pub fn escape(text: &str, version: Version) -> Cow<'_, str> {
                 // 1.1 has no escape for it: a space keeps the line intact.
                 Version::V1_1 => escaped.push(' '),
             },
+            other if other.is_control() => escaped.push(char::REPLACEMENT_CHARACTER),
             other => escaped.push(other),
         }
     }
@@ -577,8 +587,10 @@ pub fn encode(frame: &Frame, version: Version) -> Vec<u8> {
     bytes
 }
 
+/// A byte of an unescaped header (CONNECTED): a line stays a line, and
+/// no control byte (a NUL would end the frame) gets through.
 fn line_safe(byte: u8) -> u8 {
-    if byte == b'\r' || byte == b'\n' { b' ' } else { byte }
+    if byte.is_ascii_control() { b' ' } else { byte }
 }
 
 #[cfg(test)]
@@ -750,6 +762,20 @@ mod tests {
             })
     }
 
+    #[test]
+    fn no_header_of_a_server_frame_can_carry_a_nul_or_another_control_character() {
+        for version in [Version::V1_1, Version::V1_2] {
+            let escaped = escape("evil\0ERROR\nmessage:x\u{7}", version);
+            assert!(
+                !escaped.contains(|character: char| character.is_control()),
+                "{escaped:?}"
+            );
+            assert_eq!(escaped, "evil\u{FFFD}ERROR\\nmessage\\cx\u{FFFD}");
+        }
+        let frame = Frame::new(Command::Connected).with_header("user-name", "a\0b\rc");
+        assert_eq!(encode(&frame, Version::V1_2), b"CONNECTED\nuser-name:a b c\n\n\0");
+    }
+
     proptest! {
         #[test]
         fn escaping_round_trips_in_1_2(text in "\\PC*|[\\\\:\r\na-z]{0,20}") {
@@ -759,7 +785,7 @@ mod tests {
         }
 
         #[test]
-        fn escaping_round_trips_in_1_1_for_text_without_cr(text in "[^\r]*|[\\\\:\na-z]{0,20}") {
+        fn escaping_round_trips_in_1_1_for_text_without_cr(text in "[^\\p{Cc}]*|[\\\\:\na-z]{0,20}") {
             let escaped = escape(&text, Version::V1_1);
             prop_assert!(!escaped.contains(['\r', '\n', ':']));
             prop_assert_eq!(unescape(&escaped, Version::V1_1).unwrap(), text.as_str());

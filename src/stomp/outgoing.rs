@@ -19,7 +19,7 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use super::frame::{Command, Frame, Version, encode, escape};
-use crate::protocol::{ErrorCode, MessageId, RoomName, close_code};
+use crate::protocol::{ErrorCode, MessageId, RoomName, close_code, message_frame};
 use crate::session::{Encoding, Event, LiveMessage, RoomEvent, RoomEventKind};
 
 /// How a subscription acknowledges.
@@ -337,7 +337,7 @@ impl Outgoing {
 #[must_use]
 pub fn close_for(code: ErrorCode) -> (u16, &'static str) {
     match code {
-        ErrorCode::BadRequest | ErrorCode::InvalidRoom | ErrorCode::NotSubscribed => {
+        ErrorCode::BadRequest | ErrorCode::InvalidRoom | ErrorCode::NotSubscribed | ErrorCode::TooManySubscriptions => {
             (1002, "STOMP protocol error: see the ERROR frame")
         }
         ErrorCode::TooLarge => (close_code::TOO_BIG, "frame or body over the limit: see the ERROR frame"),
@@ -372,14 +372,17 @@ struct MessageFields<'a> {
 }
 
 /// A body as STOMP carries it: a JSON string as its text, anything else
-/// as its JSON.
-fn stomp_body(raw: &serde_json::value::RawValue) -> (String, &'static str) {
-    if raw.get().starts_with('"')
-        && let Ok(text) = serde_json::from_str::<String>(raw.get())
+/// as its JSON, byte for byte as stored. A text holding a NUL goes as its
+/// JSON instead (`"\u0000"`): readers that split frames on NUL would take
+/// the rest for a frame of its own.
+fn stomp_body(raw: &str) -> (String, &'static str) {
+    if raw.starts_with('"')
+        && let Ok(text) = serde_json::from_str::<String>(raw)
+        && !text.contains('\0')
     {
         return (text, "text/plain;charset=utf-8");
     }
-    (raw.get().to_owned(), "application/json")
+    (raw.to_owned(), "application/json")
 }
 
 /// The message's part of its MESSAGE frames (see the module docs).
@@ -398,7 +401,9 @@ fn message_part(message: &LiveMessage, version: Version) -> Bytes {
             if let Some(cmid) = &fields.cmid {
                 let _ = writeln!(part, "cmid:{}", escape(cmid, version));
             }
-            stomp_body(fields.body)
+            // As stored: the parser's raw value would drop whitespace
+            // around a STOMP sender's JSON.
+            stomp_body(message_frame::body(message.text()).unwrap_or(fields.body.get()))
         }
         // Every stored frame has these fields; the whole frame is the
         // honest fallback.
@@ -422,7 +427,7 @@ fn signal_part(json: &str, version: Version) -> Bytes {
             if let Some(from) = &fields.from {
                 let _ = writeln!(part, "from:{}", escape(from, version));
             }
-            stomp_body(fields.body)
+            stomp_body(fields.body.get())
         }
         Err(_) => (json.to_owned(), "application/json"),
     };
@@ -442,7 +447,7 @@ fn finish_part(mut part: String, content_type: &str, body: &str) -> Bytes {
 mod tests {
     use super::*;
     use crate::broker::StoredMessage;
-    use crate::protocol::{MessageFrameTail, message_frame};
+    use crate::protocol::MessageFrameTail;
 
     fn live(room: &RoomName, id: MessageId, body: &str, cmid: Option<&str>) -> Arc<LiveMessage> {
         let tail = MessageFrameTail::new(Some("ann:1"), 1_700_000_000_000, cmid, body);

@@ -19,8 +19,8 @@ use super::frame::{Command, Decoded, Decoder, Frame, FrameError, Version};
 use super::outgoing::{AckMode, Shared};
 use crate::auth::{Credentials, Identity};
 use crate::protocol::{
-    ErrorCode, MAX_CMID_BYTES, MAX_SIGNAL_BYTES, MessageId, ReplayRequest, RequestTag, RoomName, close_code,
-    compact_json,
+    BodyRefusal, ErrorCode, MAX_SIGNAL_BYTES, MessageId, ReplayRequest, RequestTag, RoomName, body, check_cmid,
+    close_code,
 };
 use crate::session::{
     ClientSession, ConnectionHandle, ConnectionSlot, ErrorEvent, Event, Outbound, ReplySender, SessionContext,
@@ -32,11 +32,12 @@ use crate::session::{
 const HEARTBEAT_IN_MS: u64 = 1000;
 /// Most transactions one connection may hold open.
 const MAX_TRANSACTIONS: usize = 16;
-/// Most SENDs one transaction may hold.
-const MAX_TRANSACTION_SENDS: usize = 1000;
-
-/// Takes a connection place for an authenticated client, or says why not.
-pub type Admit = Box<dyn Fn(&Identity) -> Result<ConnectionSlot, (ErrorCode, String)> + Send>;
+/// Most bytes of SENDs (bodies, rooms and cmids) the open transactions of
+/// one connection may hold until COMMIT.
+pub const MAX_TRANSACTION_BYTES: usize = 1 << 20;
+/// Largest frame before CONNECT: a CONNECT with a long token fits; a
+/// client that has not authenticated cannot make the node buffer more.
+pub const MAX_PRE_CONNECT_FRAME_BYTES: usize = 16 * 1024;
 
 /// What a STOMP session needs of its node.
 pub struct StompContext {
@@ -56,7 +57,6 @@ enum Phase {
         connection: ConnectionHandle,
         /// Identity from the upgrade's `access_token`, if it had one.
         upgrade_identity: Option<Identity>,
-        admit: Admit,
     },
     Connected(Box<Connected>),
     /// Refused or disconnected: nothing more is read.
@@ -65,9 +65,16 @@ enum Phase {
 
 struct Connected {
     session: ClientSession,
-    /// Held while connected.
-    _slot: ConnectionSlot,
-    transactions: HashMap<String, Vec<Frame>>,
+    transactions: Transactions,
+}
+
+/// The open transactions of a connection: SENDs checked when they arrived
+/// (room, size, grant), held as what will be stored, within
+/// [`MAX_TRANSACTION_BYTES`] in all.
+#[derive(Default)]
+struct Transactions {
+    open: HashMap<String, Vec<PreparedSend>>,
+    bytes: usize,
 }
 
 /// See the module docs.
@@ -79,6 +86,11 @@ pub struct StompSession {
     phase: Phase,
     /// The client's heart-beat interval, once negotiated.
     silence_limit: Option<Duration>,
+    /// The connection's place, taken at the upgrade for its address (or
+    /// the upgrade's token) and moved to the token's subject at CONNECT.
+    slot: ConnectionSlot,
+    /// The client's address, for the key of its budgets.
+    address: Option<std::net::IpAddr>,
 }
 
 /// An `ERROR` for the client, then the close.
@@ -108,9 +120,10 @@ impl StompSession {
         connection: ConnectionHandle,
         replies: ReplySender,
         upgrade_identity: Option<Identity>,
-        admit: Admit,
+        slot: ConnectionSlot,
+        address: Option<std::net::IpAddr>,
     ) -> Self {
-        let decoder = Decoder::new(context.max_frame_bytes);
+        let decoder = Decoder::new(MAX_PRE_CONNECT_FRAME_BYTES.min(context.max_frame_bytes));
         Self {
             context,
             shared,
@@ -119,10 +132,27 @@ impl StompSession {
             phase: Phase::AwaitingConnect {
                 connection,
                 upgrade_identity,
-                admit,
             },
             silence_limit: None,
+            slot,
+            address,
         }
+    }
+
+    /// Whether CONNECT is still awaited (the driver gives it
+    /// `RELAY_HEADER_TIMEOUT_SECS`).
+    #[must_use]
+    pub fn awaits_connect(&self) -> bool {
+        matches!(self.phase, Phase::AwaitingConnect { .. })
+    }
+
+    /// No CONNECT came in time: an ERROR, then the close.
+    pub async fn connect_timed_out(&mut self, allowed: Duration) -> SessionVerdict {
+        let message = format!(
+            "no CONNECT within {} s of opening the connection; send CONNECT (with accept-version:1.2 and your credentials) at once",
+            allowed.as_secs()
+        );
+        self.refuse(Refusal::protocol(message), None).await
     }
 
     /// The session core, once CONNECT opened it.
@@ -155,6 +185,17 @@ impl StompSession {
                 Ok(Decoded::Incomplete) => return SessionVerdict::Continue,
                 Err(error) => return self.refuse_frame(&error, None).await,
             };
+            // Receipts and publishes wait in the session's answers in
+            // flight; one message may hold many frames, so the bound is
+            // kept here too, frame by frame.
+            if let Some(session) = self.session()
+                && !session.make_room_for_an_answer().await
+            {
+                return SessionVerdict::Close {
+                    code: close_code::NORMAL,
+                    reason: "connection closed",
+                };
+            }
             let receipt = frame.header("receipt").map(RequestTag::from_text);
             let verdict = match Box::pin(self.handle(frame)).await {
                 Ok(verdict) => verdict,
@@ -228,7 +269,6 @@ impl StompSession {
         let Phase::AwaitingConnect {
             connection,
             upgrade_identity,
-            admit,
         } = std::mem::replace(&mut self.phase, Phase::Done)
         else {
             return Err(Refusal::protocol("CONNECT out of turn"));
@@ -256,8 +296,14 @@ impl StompSession {
                     ),
                 })?,
         };
-        let slot = admit(&identity).map_err(|(code, message)| Refusal { code, message })?;
+        let client = identity.client_key(self.address);
+        self.slot.rekey(&client).map_err(|_| Refusal {
+            code: ErrorCode::RateLimited,
+            message: "too many open connections for this client (RELAY_MAX_CONNECTIONS_PER_CLIENT); close some first"
+                .to_owned(),
+        })?;
         self.decoder.set_version(version);
+        self.decoder.set_max_frame_bytes(self.context.max_frame_bytes);
         // Server to client: every max(sx, cy); client to server: every
         // max(cx, sy), dropped past twice that.
         let server_ms = u64::try_from(self.context.heartbeat_out.as_millis()).unwrap_or(u64::MAX);
@@ -270,7 +316,13 @@ impl StompSession {
             format!("{server_ms},{HEARTBEAT_IN_MS}"),
             session_id,
         );
-        let session = ClientSession::new(self.context.session.clone(), identity, connection, self.replies.clone());
+        let session = ClientSession::new(
+            self.context.session.clone(),
+            identity,
+            client,
+            connection,
+            self.replies.clone(),
+        );
         // The welcome is CONNECTED on this transport.
         let welcome = session.welcome();
         if self.replies.try_send(welcome).is_err() {
@@ -281,18 +333,22 @@ impl StompSession {
         }
         self.phase = Phase::Connected(Box::new(Connected {
             session,
-            _slot: slot,
-            transactions: HashMap::new(),
+            transactions: Transactions::default(),
         }));
         Ok(SessionVerdict::Continue)
     }
 }
 
+/// The longest heart-beat interval taken from a client, in ms (an hour):
+/// a longer one is cut to it, so no timer is set past what a clock holds.
+const MAX_HEARTBEAT_MS: u64 = 3_600_000;
+
 fn parse_heartbeat(header: Option<&str>) -> Result<(u64, u64), Refusal> {
     let Some(header) = header else { return Ok((0, 0)) };
+    let parse = |text: &str| text.trim().parse::<u64>().ok().map(|ms| ms.min(MAX_HEARTBEAT_MS));
     let parsed = header
         .split_once(',')
-        .and_then(|(out, inn)| Some((out.trim().parse().ok()?, inn.trim().parse().ok()?)));
+        .and_then(|(out, inn)| Some((parse(out)?, parse(inn)?)));
     parsed.ok_or_else(|| {
         Refusal::protocol(format!(
             "heart-beat {header:?} is not two numbers of milliseconds; send heart-beat:10000,10000 (or 0,0 for none)"
@@ -311,17 +367,6 @@ fn required<'a>(frame: &'a Frame, name: &str) -> Result<&'a str, Refusal> {
             frame.command
         ))
     })
-}
-
-fn gone(delivered: bool) -> SessionVerdict {
-    if delivered {
-        SessionVerdict::Continue
-    } else {
-        SessionVerdict::Close {
-            code: close_code::NORMAL,
-            reason: "connection closed",
-        }
-    }
 }
 
 async fn handle_connected(
@@ -353,58 +398,38 @@ async fn handle_connected(
             Ok(SessionVerdict::Continue)
         }
         Command::Send => {
-            if let Some(transaction) = frame.header("transaction") {
-                let Some(held) = connected.transactions.get_mut(transaction) else {
-                    return Err(Refusal::protocol(format!(
-                        "SEND in transaction {transaction:?}, which is not open; BEGIN it first"
-                    )));
-                };
-                if held.len() >= MAX_TRANSACTION_SENDS {
-                    return Err(Refusal {
-                        code: ErrorCode::TooLarge,
-                        message: format!(
-                            "transaction {transaction:?} holds {MAX_TRANSACTION_SENDS} SENDs, the most one may; COMMIT it"
-                        ),
-                    });
-                }
-                // Checked now, so that COMMIT cannot fail half-way.
-                prepare_send(context, &frame)?;
-                held.push(frame);
-                if let Some(receipt) = receipt {
-                    connected.session.receipt_after_publishes(receipt);
-                }
-                return Ok(SessionVerdict::Continue);
+            // Checked now, in or out of a transaction: where it goes, what
+            // is stored, and the grant (a forbidden SEND is refused when it
+            // arrives, with its receipt, never dropped at COMMIT).
+            let prepared = prepare_send(context, &frame)?;
+            if !connected.session.identity().may_publish(&prepared.room) {
+                return Err(Refusal {
+                    code: ErrorCode::Forbidden,
+                    message: format!("your token does not allow publishing to {}", prepared.room),
+                });
             }
-            send(context, connected, &frame).await
+            match frame.header("transaction") {
+                Some(transaction) => {
+                    connected.transactions.hold(transaction, prepared)?;
+                    Ok(receipt_only(connected, receipt))
+                }
+                None => send(connected, prepared, receipt),
+            }
         }
         Command::Begin => {
             let transaction = required(&frame, "transaction")?;
-            if connected.transactions.contains_key(transaction) {
-                return Err(Refusal::protocol(format!(
-                    "transaction {transaction:?} is open already; COMMIT or ABORT it first"
-                )));
-            }
-            if connected.transactions.len() >= MAX_TRANSACTIONS {
-                return Err(Refusal::protocol(format!(
-                    "{MAX_TRANSACTIONS} transactions are open, the most one connection may hold; COMMIT or ABORT one"
-                )));
-            }
-            connected.transactions.insert(transaction.to_owned(), Vec::new());
+            connected.transactions.begin(transaction)?;
             Ok(receipt_only(connected, receipt))
         }
         Command::Commit | Command::Abort => {
             let transaction = required(&frame, "transaction")?;
-            let Some(held) = connected.transactions.remove(transaction) else {
-                return Err(Refusal::protocol(format!(
+            let held = connected.transactions.end(transaction).ok_or_else(|| {
+                Refusal::protocol(format!(
                     "{command} of transaction {transaction:?}, which is not open; BEGIN it first"
-                )));
-            };
+                ))
+            })?;
             if command == Command::Commit {
-                for send_frame in &held {
-                    if let Ok(SessionVerdict::Close { code, reason }) = send(context, connected, send_frame).await {
-                        return Ok(SessionVerdict::Close { code, reason });
-                    }
-                }
+                commit(connected, transaction, held)?;
             }
             Ok(receipt_only(connected, receipt))
         }
@@ -419,7 +444,7 @@ async fn handle_connected(
             Ok(receipt_only(connected, receipt))
         }
         Command::Disconnect => {
-            connected.transactions.clear();
+            connected.transactions = Transactions::default();
             if let Some(receipt) = receipt {
                 connected.session.receipt_after_publishes(receipt);
             }
@@ -481,12 +506,10 @@ async fn subscribe(context: &StompContext, shared: &Shared, connected: &mut Conn
             "{destination} is subscribed already on this connection (id {other:?}); one subscription per destination"
         )));
     }
-    if !connected.session.identity().may_subscribe(&room) {
-        return Err(Refusal {
-            code: ErrorCode::Forbidden,
-            message: format!("your token does not allow reading {room}"),
-        });
-    }
+    connected
+        .session
+        .may_subscribe(&room, false)
+        .map_err(|(code, message)| Refusal { code, message })?;
     shared.subscribe(room.clone(), id.to_owned(), destination.to_owned(), ack);
     let receipt = receipt_of(frame);
     let verdict = connected.session.subscribe(receipt.as_ref(), room, replay, false).await;
@@ -522,34 +545,22 @@ fn prepare_send(context: &StompContext, frame: &Frame) -> Result<PreparedSend, R
         Some(other) => return Err(Refusal::protocol(format!("signal {other:?} must be true or false"))),
     };
     let cmid = frame.header("cmid").map(str::to_owned);
-    if let Some(cmid) = &cmid
-        && (cmid.is_empty() || cmid.len() > MAX_CMID_BYTES)
-    {
-        return Err(Refusal::protocol(format!(
-            "cmid is {} bytes; it must be 1 to {MAX_CMID_BYTES}",
-            cmid.len()
-        )));
+    if let Some(cmid) = &cmid {
+        check_cmid(cmid).map_err(|reason| Refusal::protocol(format!("cmid {reason}")))?;
     }
-    let body = stored_body(text);
     let limit = if signal {
         MAX_SIGNAL_BYTES
     } else {
         context.session.limits.decode.max_message_bytes
     };
-    if body.len() > limit {
-        return Err(Refusal {
-            code: ErrorCode::TooLarge,
-            message: format!(
-                "the body is {} bytes stored; the limit is {limit}{}",
-                body.len(),
-                if signal {
-                    " for a signal"
-                } else {
-                    " (max_message_bytes)"
-                }
-            ),
-        });
-    }
+    let body = stored_body(text, limit).map_err(|refusal| Refusal {
+        code: ErrorCode::TooLarge,
+        message: match refusal {
+            BodyRefusal::TooLarge { .. } if signal => format!("{refusal} stored, for a signal"),
+            BodyRefusal::TooLarge { .. } => format!("{refusal} stored (max_message_bytes)"),
+            BodyRefusal::TooDeep { .. } => refusal.to_string(),
+        },
+    })?;
     Ok(PreparedSend {
         room,
         body,
@@ -558,40 +569,132 @@ fn prepare_send(context: &StompContext, frame: &Frame) -> Result<PreparedSend, R
     })
 }
 
-/// What a STOMP body is stored as: itself when it is compact JSON other
-/// than a string (so it reads back byte for byte, and JSON clients see
-/// that value), else a JSON string of the text (which STOMP subscribers
-/// get back as the same text).
-fn stored_body(text: &str) -> String {
-    let is_json = !text.starts_with('"') && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
-    if is_json && compact_json(text).len() == text.len() {
-        return text.to_owned();
+/// What a STOMP body is stored as: its text as sent when it is JSON other
+/// than a string (so JSON clients get that value, whitespace and all, and
+/// STOMP subscribers the same bytes back), else a JSON string of the text
+/// (which STOMP subscribers get back as the same text). The size limit
+/// applies to what is stored; JSON nested past the body depth is refused,
+/// however deep (even past what a parser reads).
+fn stored_body(text: &str, limit: usize) -> Result<String, BodyRefusal> {
+    let looks_nested = text.trim_start().starts_with(['[', '{']);
+    if looks_nested {
+        body::check_depth(text)?;
     }
-    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
-}
-
-async fn send(context: &StompContext, connected: &mut Connected, frame: &Frame) -> Handled {
-    let prepared = prepare_send(context, frame)?;
-    // Refused here, so that nothing read after it is handled.
-    if !connected.session.identity().may_publish(&prepared.room) {
-        return Err(Refusal {
-            code: ErrorCode::Forbidden,
-            message: format!("your token does not allow publishing to {}", prepared.room),
+    let is_json = !text.trim_start().starts_with('"') && serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok();
+    let stored = if is_json {
+        text.to_owned()
+    } else {
+        serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
+    };
+    if stored.len() > limit {
+        return Err(BodyRefusal::TooLarge {
+            bytes: stored.len(),
+            limit,
         });
     }
-    let receipt = receipt_of(frame);
+    Ok(stored)
+}
+
+impl Transactions {
+    fn begin(&mut self, transaction: &str) -> Result<(), Refusal> {
+        if self.open.contains_key(transaction) {
+            return Err(Refusal::protocol(format!(
+                "transaction {transaction:?} is open already; COMMIT or ABORT it first"
+            )));
+        }
+        if self.open.len() >= MAX_TRANSACTIONS {
+            return Err(Refusal::protocol(format!(
+                "{MAX_TRANSACTIONS} transactions are open, the most one connection may hold; COMMIT or ABORT one"
+            )));
+        }
+        self.open.insert(transaction.to_owned(), Vec::new());
+        Ok(())
+    }
+
+    /// Holds a checked SEND until its transaction ends, within the byte
+    /// budget of the connection's transactions.
+    fn hold(&mut self, transaction: &str, send: PreparedSend) -> Result<(), Refusal> {
+        let Some(held) = self.open.get_mut(transaction) else {
+            return Err(Refusal::protocol(format!(
+                "SEND in transaction {transaction:?}, which is not open; BEGIN it first"
+            )));
+        };
+        let bytes = send.held_bytes();
+        if self.bytes.saturating_add(bytes) > MAX_TRANSACTION_BYTES {
+            return Err(Refusal {
+                code: ErrorCode::TooLarge,
+                message: format!(
+                    "the open transactions of this connection would hold over {MAX_TRANSACTION_BYTES} bytes; COMMIT before sending more"
+                ),
+            });
+        }
+        self.bytes += bytes;
+        held.push(send);
+        Ok(())
+    }
+
+    /// Ends a transaction: its SENDs, in order.
+    fn end(&mut self, transaction: &str) -> Option<Vec<PreparedSend>> {
+        let held = self.open.remove(transaction)?;
+        self.bytes = self
+            .bytes
+            .saturating_sub(held.iter().map(PreparedSend::held_bytes).sum());
+        Some(held)
+    }
+}
+
+impl PreparedSend {
+    /// What holding it costs, as the transactions' budget counts.
+    fn held_bytes(&self) -> usize {
+        self.body.len() + self.room.as_str().len() + self.cmid.as_ref().map_or(0, String::len) + 64
+    }
+}
+
+/// Stores a transaction's SENDs, all of them: the rates are taken for all
+/// at once before the first is submitted, so a COMMIT is refused whole or
+/// submitted whole (each in order, acknowledged by its own receipt).
+fn commit(connected: &mut Connected, transaction: &str, held: Vec<PreparedSend>) -> Result<(), Refusal> {
+    let bytes = held.iter().map(|send| send.body.len()).sum();
+    if let Err(refusal) = connected.session.within_rates(held.len(), bytes) {
+        return Err(Refusal {
+            code: refusal.code,
+            message: format!(
+                "COMMIT of transaction {transaction:?} refused: nothing of its {} SENDs was stored. {}",
+                held.len(),
+                refusal.message
+            ),
+        });
+    }
+    for send in held {
+        if send.signal {
+            connected.session.submit_signal(None, send.room, &send.body);
+        } else {
+            connected.session.submit_publish(None, send.room, &send.body, send.cmid);
+        }
+    }
+    Ok(())
+}
+
+/// A SEND outside a transaction, checked by [`prepare_send`] and its
+/// grant: refused here past a rate (so that nothing read after it is
+/// handled), else submitted and answered by its receipt.
+fn send(connected: &mut Connected, prepared: PreparedSend, receipt: Option<RequestTag>) -> Handled {
     let session = &mut connected.session;
+    session
+        .within_rates(1, prepared.body.len())
+        .map_err(|refusal| Refusal {
+            code: refusal.code,
+            message: refusal.message,
+        })?;
     if prepared.signal {
-        let delivered = session.signal(receipt.as_ref(), prepared.room, &prepared.body).await;
+        session.submit_signal(receipt.as_ref(), prepared.room, &prepared.body);
         if let Some(receipt) = receipt {
             session.receipt_after_publishes(receipt);
         }
-        return Ok(gone(delivered));
+    } else {
+        session.submit_publish(receipt.as_ref(), prepared.room, &prepared.body, prepared.cmid);
     }
-    let delivered = session
-        .publish(receipt.as_ref(), prepared.room, prepared.body, prepared.cmid)
-        .await;
-    Ok(gone(delivered))
+    Ok(SessionVerdict::Continue)
 }
 
 #[cfg(test)]
@@ -599,21 +702,45 @@ mod tests {
     use super::*;
 
     #[test]
-    fn compact_json_is_stored_as_itself_and_anything_else_as_a_string() {
-        assert_eq!(stored_body(r#"{"a":1,"b":[true,null]}"#), r#"{"a":1,"b":[true,null]}"#);
-        assert_eq!(stored_body("42"), "42");
-        assert_eq!(stored_body("hello world"), r#""hello world""#);
-        // Not compact: kept as the text, so a STOMP reader gets it back as sent.
-        assert_eq!(stored_body(r#"{"a": 1}"#), r#""{\"a\": 1}""#);
+    fn json_is_stored_as_sent_and_anything_else_as_a_string() {
+        let stored = |text: &str| stored_body(text, 1000).unwrap();
+        assert_eq!(stored(r#"{"a":1,"b":[true,null]}"#), r#"{"a":1,"b":[true,null]}"#);
+        assert_eq!(stored("42"), "42");
+        assert_eq!(stored("hello world"), r#""hello world""#);
+        // Python's json.dumps and pretty printers: the same JSON value,
+        // kept byte for byte.
+        assert_eq!(stored(r#"{"a": 1, "b": [1, 2]}"#), r#"{"a": 1, "b": [1, 2]}"#);
+        assert_eq!(stored("{\n  \"a\" : 1\n}\n"), "{\n  \"a\" : 1\n}\n");
         // A JSON string is text too, quotes and all.
-        assert_eq!(stored_body(r#""hi""#), r#""\"hi\"""#);
-        assert_eq!(stored_body(""), r#""""#);
+        assert_eq!(stored(r#""hi""#), r#""\"hi\"""#);
+        assert_eq!(stored(""), r#""""#);
+        // The limit is on what is stored.
+        assert_eq!(
+            stored_body("x".repeat(9).as_str(), 10),
+            Err(BodyRefusal::TooLarge { bytes: 11, limit: 10 })
+        );
+        // Nested past 32: refused however deep, parsable or not.
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert!(stored_body(&nested(32), 1_000_000).is_ok());
+        assert!(matches!(
+            stored_body(&nested(33), 1_000_000),
+            Err(BodyRefusal::TooDeep { .. })
+        ));
+        assert!(matches!(
+            stored_body(&nested(32_000), 1_000_000),
+            Err(BodyRefusal::TooDeep { .. })
+        ));
     }
 
     #[test]
     fn heart_beats_parse_or_say_what_to_send() {
         assert_eq!(parse_heartbeat(None).ok(), Some((0, 0)));
         assert_eq!(parse_heartbeat(Some("10000,10000")).ok(), Some((10_000, 10_000)));
+        // A client's interval past an hour is cut to one (no timer overflows).
+        assert_eq!(
+            parse_heartbeat(Some("18446744073709551615,18446744073709551615")).ok(),
+            Some((MAX_HEARTBEAT_MS, MAX_HEARTBEAT_MS))
+        );
         assert!(
             parse_heartbeat(Some("fast"))
                 .err()

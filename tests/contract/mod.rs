@@ -11,7 +11,7 @@ use chat_relay::broker::{
     Broker, LiveSink, PresenceChange, PresenceEntry, PublishRequest, RetentionSettings, StoredMessage,
 };
 use chat_relay::protocol::{MessageFrameTail, MessageId, ReplayRequest, RoomName};
-use chat_relay::session::read_requested_history;
+use chat_relay::session::{HistoryBudget, read_requested_history};
 
 pub fn retention(maxlen: u64) -> RetentionSettings {
     RetentionSettings {
@@ -431,25 +431,45 @@ pub async fn live_feed_carries_every_publish_in_order_while_subscribed(broker: A
 
 pub async fn recovered_rule_holds(broker: Arc<dyn Broker>) {
     let room = room("recovered");
-    let fresh = read_requested_history(broker.as_ref(), &room, ReplayRequest::Since(MessageId::ZERO), 10)
-        .await
-        .unwrap();
+    let fresh = read_requested_history(
+        broker.as_ref(),
+        &room,
+        ReplayRequest::Since(MessageId::ZERO),
+        HistoryBudget::messages(10),
+    )
+    .await
+    .unwrap();
     assert_eq!(fresh.recovered, Some(true), "nothing missed in an empty room");
     let mut ids = Vec::new();
     for n in 0..15 {
         ids.push(publish(broker.as_ref(), &room, &n.to_string(), None).await.id);
     }
-    let from_start = read_requested_history(broker.as_ref(), &room, ReplayRequest::Since(MessageId::ZERO), 20)
-        .await
-        .unwrap();
+    let from_start = read_requested_history(
+        broker.as_ref(),
+        &room,
+        ReplayRequest::Since(MessageId::ZERO),
+        HistoryBudget::messages(20),
+    )
+    .await
+    .unwrap();
     assert_eq!((from_start.recovered, from_start.messages.len()), (Some(true), 15));
-    let at_end = read_requested_history(broker.as_ref(), &room, ReplayRequest::Since(ids[14]), 20)
-        .await
-        .unwrap();
+    let at_end = read_requested_history(
+        broker.as_ref(),
+        &room,
+        ReplayRequest::Since(ids[14]),
+        HistoryBudget::messages(20),
+    )
+    .await
+    .unwrap();
     assert_eq!((at_end.recovered, at_end.messages.len()), (Some(true), 0));
-    let too_many = read_requested_history(broker.as_ref(), &room, ReplayRequest::Since(ids[2]), 5)
-        .await
-        .unwrap();
+    let too_many = read_requested_history(
+        broker.as_ref(),
+        &room,
+        ReplayRequest::Since(ids[2]),
+        HistoryBudget::messages(5),
+    )
+    .await
+    .unwrap();
     assert_eq!(too_many.recovered, Some(false), "more than max_replay missed");
     assert_eq!(
         too_many.messages.iter().map(|m| m.id).collect::<Vec<_>>(),
@@ -457,18 +477,33 @@ pub async fn recovered_rule_holds(broker: Arc<dyn Broker>) {
         "the newest max_replay"
     );
     let unknown = MessageId::new(ids[3].ms, ids[3].seq + 1000);
-    let between = read_requested_history(broker.as_ref(), &room, ReplayRequest::Since(unknown), 20)
-        .await
-        .unwrap();
+    let between = read_requested_history(
+        broker.as_ref(),
+        &room,
+        ReplayRequest::Since(unknown),
+        HistoryBudget::messages(20),
+    )
+    .await
+    .unwrap();
     assert_eq!(between.recovered, Some(false), "an id the room never held");
     let future = MessageId::new(ids[14].ms + 1_000_000, 0);
-    let ahead = read_requested_history(broker.as_ref(), &room, ReplayRequest::Since(future), 20)
-        .await
-        .unwrap();
+    let ahead = read_requested_history(
+        broker.as_ref(),
+        &room,
+        ReplayRequest::Since(future),
+        HistoryBudget::messages(20),
+    )
+    .await
+    .unwrap();
     assert_eq!((ahead.recovered, ahead.messages.len()), (Some(false), 0));
-    let last = read_requested_history(broker.as_ref(), &room, ReplayRequest::Last(4), 20)
-        .await
-        .unwrap();
+    let last = read_requested_history(
+        broker.as_ref(),
+        &room,
+        ReplayRequest::Last(4),
+        HistoryBudget::messages(20),
+    )
+    .await
+    .unwrap();
     assert_eq!(
         (last.recovered, last.messages.iter().map(|m| m.id).collect::<Vec<_>>()),
         (None, ids[11..].to_vec())

@@ -450,12 +450,16 @@ impl Broker for RedisBroker {
 
     async fn read_after(&self, room: &RoomName, after: MessageId, limit: usize) -> Result<HistoryPage, BrokerError> {
         let mut range = redis::cmd("XRANGE");
-        range
-            .arg(self.keys.stream(room))
-            .arg(format!("({after}"))
-            .arg("+")
-            .arg("COUNT")
-            .arg(limit.max(1));
+        range.arg(self.keys.stream(room));
+        match after.successor() {
+            // Inclusive from the next id: the same as exclusive after it.
+            Some(start) => range.arg(start.to_string()).arg("+"),
+            // Nothing can follow the largest id (and Redis refuses an
+            // exclusive start there): a range of the never-stored 0-0 reads
+            // nothing, and the page still says where the history ends.
+            None => range.arg("0-0").arg("0-0"),
+        };
+        range.arg("COUNT").arg(limit.max(1));
         let mut page = self.read_with_newest(room, range, false).await?;
         page.messages.truncate(limit);
         Ok(page)
