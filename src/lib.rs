@@ -171,9 +171,10 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
         idle_timeout: node.settings.idle_timeout,
         caps,
     };
-    let server = node
-        .tasks
-        .spawn("http server", http::listener::serve(listener, serving, stop_server.clone()));
+    let server = node.tasks.spawn(
+        "http server",
+        http::listener::serve(listener, serving, stop_server.clone()),
+    );
     let sweeper_node = node.clone();
     node.tasks.spawn("rate limiter sweeper", async move {
         let mut ticks = tokio::time::interval(Duration::from_secs(60));

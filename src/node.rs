@@ -12,8 +12,8 @@ use crate::broker::Broker;
 use crate::config::Settings;
 use crate::protocol::{DecodeLimits, server_frame::AnnouncedLimits};
 use crate::session::{
-    Admission, ClientWriteLimiter, KeyedPublishRateLimiter, PresenceTiming, Publisher, RoomHub, SessionContext,
-    SessionLimits,
+    Admission, BufferLimit, ClientWriteLimiter, KeyedPublishRateLimiter, PresenceTiming, Publisher, RoomHub,
+    SessionContext, SessionLimits,
 };
 use crate::tasks::NodeTasks;
 use crate::telemetry::Metrics;
@@ -70,7 +70,10 @@ impl Node {
         let hub = RoomHub::new(
             broker.clone(),
             metrics.clone(),
-            settings.outbound_queue,
+            BufferLimit {
+                messages: settings.outbound_queue,
+                bytes: settings.outbound_queue_bytes,
+            },
             tasks.clone(),
             PresenceTiming {
                 ttl: settings.presence_ttl,

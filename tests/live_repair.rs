@@ -189,7 +189,10 @@ fn setup(maxlen: u64, dropped: impl IntoIterator<Item = usize>) -> Setup {
     let hub = RoomHub::new(
         broker.clone(),
         Arc::new(Metrics::new("test", "lossy")),
-        10_000,
+        chat_relay::session::BufferLimit {
+            messages: 10_000,
+            bytes: usize::MAX,
+        },
         tasks,
         chat_relay::session::PresenceTiming {
             ttl: Duration::from_secs(45),

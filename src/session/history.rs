@@ -249,7 +249,9 @@ mod tests {
             messages: 1001,
             bytes: 4 << 20,
         };
-        let page = read_forward(broker.as_ref(), &room, published[195], budget).await.unwrap();
+        let page = read_forward(broker.as_ref(), &room, published[195], budget)
+            .await
+            .unwrap();
         assert_eq!(ids(&page), published[196..]);
         assert!(page.whole && !page.cut_by_bytes);
     }

@@ -41,13 +41,22 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
+/// What a resuming subscriber may hold of live messages: as much as its
+/// live queue may (`RELAY_OUTBOUND_QUEUE` and `RELAY_OUTBOUND_QUEUE_BYTES`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct BufferLimit {
+    /// Most messages.
+    pub messages: usize,
+    /// Most bytes of frames.
+    pub bytes: usize,
+}
+
 enum Mode {
-    Buffering(Vec<Arc<LiveMessage>>),
+    /// Live messages held while the subscriber resumes, and their bytes.
+    Buffering(Vec<Arc<LiveMessage>>, usize),
     /// `skip_through`: the last message the subscriber was sent from
     /// history, until a live message passes it.
-    Live {
-        skip_through: Option<MessageId>,
-    },
+    Live { skip_through: Option<MessageId> },
 }
 
 struct LocalSubscriber {
@@ -141,7 +150,7 @@ pub struct RoomHub {
     broker: Arc<dyn Broker>,
     metrics: Arc<Metrics>,
     rooms: Mutex<HashMap<RoomName, Arc<LocalRoom>>>,
-    buffer_limit: usize,
+    buffer_limit: BufferLimit,
     next_key: std::sync::atomic::AtomicU64,
     /// The hub's own `Arc`, for work that `LiveSink` calls (given `&self`) spawn.
     this: std::sync::Weak<RoomHub>,
@@ -164,12 +173,13 @@ pub struct Subscription {
 
 impl RoomHub {
     /// Creates the hub and connects it to the broker's live feed.
-    /// `buffer_limit` bounds what a subscriber may hold while it resumes.
+    /// `buffer_limit` bounds what a subscriber may hold while it resumes
+    /// (past it, the subscriber is a slow consumer).
     /// Starts the presence batch and upkeep tasks as tasks of `tasks`.
     pub fn new(
         broker: Arc<dyn Broker>,
         metrics: Arc<Metrics>,
-        buffer_limit: usize,
+        buffer_limit: BufferLimit,
         tasks: Arc<NodeTasks>,
         presence: PresenceTiming,
     ) -> Arc<Self> {
@@ -177,7 +187,10 @@ impl RoomHub {
             broker: broker.clone(),
             metrics,
             rooms: Mutex::new(HashMap::new()),
-            buffer_limit: buffer_limit.max(1),
+            buffer_limit: BufferLimit {
+                messages: buffer_limit.messages.max(1),
+                bytes: buffer_limit.bytes,
+            },
             next_key: std::sync::atomic::AtomicU64::new(1),
             this: this.clone(),
             tasks: tasks.clone(),
@@ -236,7 +249,7 @@ impl RoomHub {
                     continue;
                 };
                 match subscriber.mode {
-                    Mode::Buffering(_) => watcher.hold(&batch),
+                    Mode::Buffering(..) => watcher.hold(&batch),
                     Mode::Live { .. } => {
                         if watcher.seen.is_none() {
                             watcher.hold(&batch);
@@ -331,7 +344,7 @@ impl RoomHub {
             lock(&local.state).subscribers.push(LocalSubscriber {
                 key,
                 connection,
-                mode: Mode::Buffering(Vec::new()),
+                mode: Mode::Buffering(Vec::new(), 0),
                 watcher: None,
             });
             self.metrics.rooms.set(i64::try_from(rooms.len()).unwrap_or(i64::MAX));
@@ -507,11 +520,14 @@ impl RoomHub {
         // a break in the chain. The rest get it below.
         for subscriber in &mut state.subscribers {
             match &mut subscriber.mode {
-                Mode::Buffering(held) => {
-                    if held.len() >= self.buffer_limit {
+                Mode::Buffering(held, bytes) => {
+                    let size = message.frame().len();
+                    if held.len() >= self.buffer_limit.messages || bytes.saturating_add(size) > self.buffer_limit.bytes
+                    {
                         subscriber.connection.mark_slow();
                     } else {
                         held.push(message.clone());
+                        *bytes += size;
                     }
                 }
                 Mode::Live {
@@ -904,8 +920,11 @@ impl Subscription {
             .iter_mut()
             .find(|subscriber| subscriber.key == self.key)?;
         match &mut subscriber.mode {
-            Mode::Buffering(held) if !held.is_empty() => Some(std::mem::take(held)),
-            Mode::Buffering(_) => {
+            Mode::Buffering(held, bytes) if !held.is_empty() => {
+                *bytes = 0;
+                Some(std::mem::take(held))
+            }
+            Mode::Buffering(..) => {
                 subscriber.mode = Mode::Live {
                     skip_through: last_sent,
                 };

@@ -27,7 +27,7 @@ pub use client::{
 pub use context::{SessionContext, SessionLimits};
 pub use event::{Encoding, Encodings, ErrorEvent, Event, RoomEvent, RoomEventKind};
 pub use history::{BoundedPage, HistoryBudget, read_backward, read_forward};
-pub use hub::{RoomHub, Subscription};
+pub use hub::{BufferLimit, RoomHub, Subscription};
 pub use outbound::{
     ConnectionClosed, ConnectionHandle, ConnectionQueues, Direct, DirectWrite, LiveMessage, Outbound, ReplySender,
 };

@@ -83,6 +83,8 @@ struct SharedState {
     /// The `session` header of CONNECTED.
     session_id: String,
     subscriptions: HashMap<RoomName, StompSubscription>,
+    /// The room of each subscription id (the client names them by id).
+    rooms_by_id: HashMap<String, RoomName>,
     signals_sent: u64,
 }
 
@@ -129,6 +131,7 @@ impl Shared {
             escape(&destination, version),
             escape(&id, version)
         );
+        state.rooms_by_id.insert(id.clone(), room.clone());
         state.subscriptions.insert(
             room,
             StompSubscription {
@@ -144,11 +147,7 @@ impl Shared {
     /// Removes the subscription `id`; its room, if it had one.
     pub fn unsubscribe(&self, id: &str) -> Option<RoomName> {
         let mut state = self.state();
-        let room = state
-            .subscriptions
-            .iter()
-            .find(|(_, subscription)| subscription.id == id)
-            .map(|(room, _)| room.clone())?;
+        let room = state.rooms_by_id.remove(id)?;
         state.subscriptions.remove(&room);
         Some(room)
     }
@@ -160,7 +159,7 @@ impl Shared {
     #[must_use]
     pub fn find(&self, id: &str, room: &RoomName) -> (bool, Option<String>) {
         let state = self.state();
-        let id_taken = state.subscriptions.values().any(|subscription| subscription.id == id);
+        let id_taken = state.rooms_by_id.contains_key(id);
         let room_taken = state
             .subscriptions
             .get(room)

@@ -15,9 +15,14 @@ pub struct RelayProcess {
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
-/// The binary under test: `target/release/chat-relay` when present, else
-/// the one cargo built for this test run.
+/// The binary under test: `RELAY_TEST_BINARY` when set (to run a test
+/// against another build, an older one say), else
+/// `target/release/chat-relay` when present, else the one cargo built for
+/// this test run.
 pub fn relay_binary() -> PathBuf {
+    if let Some(binary) = std::env::var_os("RELAY_TEST_BINARY") {
+        return PathBuf::from(binary);
+    }
     let target = std::env::var_os("CARGO_TARGET_DIR").map_or_else(
         || PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target"),
         PathBuf::from,
@@ -32,14 +37,39 @@ pub fn relay_binary() -> PathBuf {
 
 impl RelayProcess {
     pub fn spawn(redis_url: &str, node_id: &str, extra: &[(&str, &str)]) -> Self {
-        let mut command = Command::new(relay_binary());
+        Self::spawn_with(Some(redis_url), node_id, extra, None)
+    }
+
+    /// A node on `redis_url`, or on the embedded memory broker when `None`;
+    /// with `memory_limit_kib`, its address space is capped (`ulimit -v`),
+    /// as a container's memory limit caps it, so that an allocation past it
+    /// aborts the process instead of swapping.
+    pub fn spawn_with(
+        redis_url: Option<&str>,
+        node_id: &str,
+        extra: &[(&str, &str)],
+        memory_limit_kib: Option<u64>,
+    ) -> Self {
+        let mut command = match memory_limit_kib {
+            None => Command::new(relay_binary()),
+            Some(kib) => {
+                let mut shell = Command::new("sh");
+                shell
+                    .arg("-c")
+                    .arg(format!("ulimit -v {kib} && exec \"$0\""))
+                    .arg(relay_binary());
+                shell
+            }
+        };
         for (name, _) in std::env::vars() {
             if name.starts_with("RELAY_") || name == "REDIS_URL" {
                 command.env_remove(name);
             }
         }
+        if let Some(redis_url) = redis_url {
+            command.env("REDIS_URL", redis_url);
+        }
         command
-            .env("REDIS_URL", redis_url)
             .env("RELAY_AUTH", "none")
             .env("RELAY_LISTEN", "127.0.0.1:0")
             .env("RELAY_LOG_FORMAT", "json")
@@ -100,6 +130,37 @@ impl RelayProcess {
     /// The process id, for signals.
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Whether the process still runs.
+    pub fn is_running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Its resident memory now, in KiB (`VmRSS`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|line| line.strip_prefix("VmRSS:"))
+            .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The file descriptors it holds now.
+    pub fn descriptors(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid())).map_or(0, Iterator::count)
+    }
+
+    /// Log lines at WARN or ERROR so far.
+    pub fn warnings(&self) -> Vec<String> {
+        self.log
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|line| line.contains("\"WARN\"") || line.contains("\"ERROR\""))
+            .cloned()
+            .collect()
     }
 
     /// Waits for the process to exit.

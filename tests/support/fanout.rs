@@ -67,7 +67,10 @@ pub async fn hub_with_live_subscribers(room: &RoomName, count: usize) -> (Arc<Ro
     let hub = RoomHub::new(
         broker,
         Arc::new(Metrics::new("fanout", "memory")),
-        1024,
+        chat_relay::session::BufferLimit {
+            messages: 1024,
+            bytes: usize::MAX,
+        },
         tasks,
         chat_relay::session::PresenceTiming {
             ttl: std::time::Duration::from_secs(45),

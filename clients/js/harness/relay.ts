@@ -199,10 +199,11 @@ export async function fullHistory(httpUrl: string, room: string, token?: string)
   for (;;) {
     const response = await fetch(`${httpUrl}/v1/rooms/${room}/messages?after=${after}&limit=1000`, { headers });
     if (!response.ok) throw new Error(`history of ${room} answered ${response.status}: ${await response.text()}`);
-    const page = (await response.json()) as { messages: Array<{ id: string; prev: string; body: unknown; cmid?: string }> };
+    const page = (await response.json()) as { messages: Array<{ id: string; prev: string; body: unknown; cmid?: string }>; more?: boolean };
     messages.push(...page.messages);
     const last = page.messages[page.messages.length - 1];
-    if (last === undefined || page.messages.length < 1000) return messages;
+    // A page also ends early at the relay's byte budget (`more`).
+    if (last === undefined || (page.messages.length < 1000 && page.more !== true)) return messages;
     after = last.id;
   }
 }

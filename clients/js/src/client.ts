@@ -141,6 +141,8 @@ export interface HistoryPage {
   messages: Message[];
   /** Continuity from `after` (or up to `before`) was verified by the relay. */
   complete: boolean;
+  /** The page stopped at the relay's byte budget before `limit`: more follow right after it (before it, with `before`). */
+  more: boolean;
 }
 
 type Events = {
@@ -329,11 +331,11 @@ export class RelayClient {
     if (query.limit !== undefined) params.set("limit", String(query.limit));
     const search = params.toString();
     const path = `/v1/rooms/${encodeURIComponent(room)}/messages${search === "" ? "" : `?${search}`}`;
-    const page = await this.getJson<{ messages?: unknown; complete?: unknown }>(path, room);
+    const page = await this.getJson<{ messages?: unknown; complete?: unknown; more?: unknown }>(path, room);
     if (!Array.isArray(page.messages) || typeof page.complete !== "boolean") {
       throw new RelayError("http_failed", `the answer to ${path} is not a page of messages`, { room });
     }
-    return { messages: page.messages as Message[], complete: page.complete };
+    return { messages: page.messages as Message[], complete: page.complete, more: page.more === true };
   }
 
   /** GETs a relay endpoint with the current token; a relay error body becomes its RelayError. */
@@ -746,7 +748,8 @@ export class RelayClient {
         fetched.push(message);
         cursor = message.id;
       }
-      if (reached || page.messages.length < this.maxReplay) break;
+      // A page ends early at the relay's byte budget (`more`): read on.
+      if (reached || (page.messages.length < this.maxReplay && !page.more) || page.messages.length === 0) break;
     }
     const outcome = room.continuity.finishRefill(fetched);
     if (outcome.loss !== undefined) {

@@ -102,6 +102,36 @@ test("a resume past what a small history holds gives exactly one onGap, then the
   second.close();
 });
 
+test("a resume heavier than the relay's replay budget is refilled page by page: every message once, no onGap", { timeout: 30_000 }, async () => {
+  // Bodies of about 900 bytes; a replay or a page holds at most 5,096 bytes
+  // (max_message_bytes + 4096, the least the relay allows): about 5 a page.
+  const relay = await startRelay({ RELAY_MAX_MESSAGE_BYTES: "1000", RELAY_MAX_REPLAY_BYTES: "5096" });
+  const cursors = new MemoryCursors();
+  const first = client(relay.wsUrl, { cursors });
+  const early: Message[] = [];
+  first.subscribe("heavy", { onMessage: (message) => early.push(message) });
+  await new Promise<void>((resolve) => first.on("state", (state) => state === "connected" && resolve()));
+  await new Promise((resolve) => setTimeout(resolve, 100));
+  await httpPublish(relay.httpUrl, "heavy", "first");
+  await waitFor("the first message", () => early.length === 1);
+  first.close();
+  for (let n = 0; n < 30; n += 1) await httpPublish(relay.httpUrl, "heavy", { n, pad: "x".repeat(900) });
+  const page = await client(relay.wsUrl).history("heavy", { after: early[0]!.id, limit: 100 });
+  assert.ok(page.more && page.messages.length < 10 && page.complete, `a page ends at the byte budget: ${page.messages.length}, more ${page.more}`);
+  const second = client(relay.wsUrl, { cursors });
+  const later: Message[] = [];
+  const gaps: GapInfo[] = [];
+  const subscribed: Array<{ recovered?: boolean; replay: number }> = [];
+  second.subscribe("heavy", { onMessage: (message) => later.push(message), onGap: (gap) => gaps.push(gap), onSubscribed: (info) => subscribed.push(info) });
+  await waitFor("all thirty", () => later.length === 30);
+  await new Promise((resolve) => setTimeout(resolve, 300));
+  assert.equal(subscribed[0]?.recovered, false, "the replay was cut at its byte budget");
+  assert.ok((subscribed[0]?.replay ?? 30) < 10, `replay ${subscribed[0]?.replay}`);
+  assert.deepEqual(gaps, [], "nothing was lost: the SDK refilled from history");
+  assertExactSequence("resumed client", [...early, ...later], await fullHistory(relay.httpUrl, "heavy"));
+  second.close();
+});
+
 test("close() stops reconnecting, even when the relay comes back", { timeout: 30_000 }, async () => {
   const relay = await startRelay();
   const sdk = client(relay.wsUrl, { backoff: { minMs: 50, maxMs: 200 } });
