@@ -12,17 +12,18 @@ use crate::broker::Broker;
 use crate::config::Settings;
 use crate::protocol::{DecodeLimits, server_frame::AnnouncedLimits};
 use crate::session::{
-    Admission, BufferLimit, ClientWriteLimiter, KeyedPublishRateLimiter, PresenceTiming, Publisher, RoomHub,
-    SessionContext, SessionLimits,
+    Admission, BufferLimit, ClientWriteLimiter, KeyedPublishRateLimiter, PresenceTiming, Publisher, ReplayMemory,
+    RoomHub, SessionContext, SessionLimits,
 };
 use crate::tasks::NodeTasks;
 use crate::telemetry::Metrics;
 
-/// History reads one client may have under way at once.
+/// HTTP history reads one client may have under way at once.
 pub const HISTORY_READS_PER_CLIENT: usize = 4;
-/// History reads a node has under way at once: with their byte budget,
-/// what history pages can hold of a node's memory.
-pub const HISTORY_READS_PER_NODE: usize = 64;
+/// Full replays (`RELAY_MAX_REPLAY_BYTES` each) a node's memory holds at
+/// once, for resumes and history pages together (see
+/// [`crate::session::ReplayMemory`]): 256 MiB by default.
+pub const REPLAYS_IN_MEMORY: usize = 64;
 
 /// The shared state of a node.
 pub struct Node {
@@ -42,8 +43,8 @@ pub struct Node {
     pub http_publish_limiter: KeyedPublishRateLimiter,
     /// Connection caps per node and per client.
     pub admission: Arc<Admission>,
-    /// History reads under way, per node and per client (each holds up to
-    /// `RELAY_MAX_REPLAY_BYTES` until its page is written).
+    /// HTTP history reads under way per client (what they hold is counted
+    /// in the session's replay memory).
     pub history_reads: Arc<Admission>,
     /// Cancelled when the node starts draining.
     pub draining: CancellationToken,
@@ -103,6 +104,10 @@ impl Node {
                 max_replay_bytes: settings.max_replay_bytes,
             },
             client_writes: ClientWriteLimiter::new(settings.client_publish_rate, settings.client_publish_bytes),
+            replay_memory: ReplayMemory::new(
+                settings.max_replay_bytes.saturating_mul(REPLAYS_IN_MEMORY),
+                settings.max_replay_bytes,
+            ),
         });
         let http_publish_limiter = KeyedPublishRateLimiter::new(settings.publish_rate);
         let admission = Admission::new(settings.max_connections, settings.max_connections_per_client);
@@ -116,7 +121,7 @@ impl Node {
             session,
             http_publish_limiter,
             admission,
-            history_reads: Admission::new(HISTORY_READS_PER_NODE, HISTORY_READS_PER_CLIENT),
+            history_reads: Admission::new(usize::MAX, HISTORY_READS_PER_CLIENT),
             draining: CancellationToken::new(),
             connections: TaskTracker::new(),
             tasks,

@@ -498,6 +498,51 @@ async fn subscribers_that_never_read_hold_a_bounded_replay_and_queue() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_node_holds_at_most_64_replays_in_memory_however_many_readers_stop_reading() {
+    let redis = TestRedis::start().await;
+    let url = format!("redis://127.0.0.1:{}", redis.port);
+    // Replays of at most 1 MiB: the node holds 64 of them, 64 MiB.
+    let mut node = node(
+        Some(&url),
+        &[("RELAY_PUBLISH_RATE", "100000"), ("RELAY_MAX_REPLAY_BYTES", "1048576")],
+    );
+    fill_room(&node, "big", 40, 60_000).await;
+    let bystander = Bystander::start(&node, "").await;
+    let before = node.rss_kib();
+    // 100 readers that ask for a full replay each and never read it.
+    let mut readers = Vec::new();
+    for _ in 0..100 {
+        let socket = small_socket(&node).await;
+        let (mut stream, _) = tokio_tungstenite::client_async(node.ws_url().into_client_request().unwrap(), socket)
+            .await
+            .unwrap();
+        stream
+            .send(Message::text(r#"{"type":"subscribe","room":"big","last":1000}"#))
+            .await
+            .unwrap();
+        readers.push(stream);
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let grown_mib = node.rss_kib().saturating_sub(before) / 1024;
+    assert!(grown_mib < 64 + 40, "100 non-reading readers took {grown_mib} MiB");
+    // A reader that reads waits its turn, then is told to come back.
+    let mut reader = WsClient::connect_url(&node.ws_url()).await;
+    reader
+        .send_json(json!({"type": "subscribe", "room": "big", "last": 1000, "req": "late"}))
+        .await;
+    let refused = tokio::time::timeout(Duration::from_secs(15), reader.reply_to("late"))
+        .await
+        .expect("an answer within the wait");
+    assert_eq!(refused["code"], "unavailable", "{refused}");
+    assert_eq!(refused["retry_after_ms"], 1000);
+    // Replays without history to hold are not held up.
+    reader.subscribe("light", json!({})).await;
+    drop(readers);
+    assert!(node.is_running());
+    bystander.check(&node).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn subscriptions_are_capped_on_every_transport() {
     let mut node = node(None, &[("RELAY_MAX_SUBSCRIPTIONS", "256")]);
     let bystander = Bystander::start(&node, "").await;

@@ -16,7 +16,7 @@ use chat_relay::broker::{
 };
 use chat_relay::protocol::{MessageFrameTail, MessageId, ReplayRequest, RoomName};
 use chat_relay::session::{
-    ConnectionHandle, HistoryBudget, Outbound, ResumeTarget, RoomHub, Subscription, subscribe_and_resume,
+    ConnectionHandle, HistoryBudget, Outbound, ReplayMemory, ResumeTarget, RoomHub, Subscription, subscribe_and_resume,
 };
 use chat_relay::tasks::NodeTasks;
 use chat_relay::telemetry::Metrics;
@@ -237,11 +237,13 @@ async fn subscriber(setup: &Setup, replay: ReplayRequest) -> Collected {
             }
         }
     });
+    let memory = ReplayMemory::new(64 << 20, 4 << 20);
     let target = ResumeTarget {
         replies: &replies,
         connection,
         req: None,
         presence: None,
+        memory: &memory,
     };
     let resumed = subscribe_and_resume(&setup.hub, &setup.room, replay, HistoryBudget::messages(1000), target)
         .await

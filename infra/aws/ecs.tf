@@ -23,6 +23,9 @@ locals {
       # Behind a load balancer every client shares its address; the per-client
       # cap keys by token subject with RELAY_AUTH=jwt, so it stays useful.
       { name = "RELAY_MAX_CONNECTIONS_PER_CLIENT", value = "100" },
+      # The load balancer's few addresses carry every client's sockets: a
+      # per-address cap would refuse the fleet's clients, not an attacker.
+      { name = "RELAY_MAX_SOCKETS_PER_ADDRESS", value = "0" },
     ],
     var.jwt_issuer == "" ? [] : [{ name = "RELAY_JWT_ISSUER", value = var.jwt_issuer }],
     var.jwt_audience == "" ? [] : [{ name = "RELAY_JWT_AUDIENCE", value = var.jwt_audience }],

@@ -83,6 +83,12 @@ resource "google_cloud_run_v2_service" "relay" {
         name  = "RELAY_ALLOWED_ORIGINS"
         value = var.allowed_origins
       }
+      # Cloud Run's front end carries every client's socket from a few
+      # addresses: a per-address cap would refuse clients, not an attacker.
+      env {
+        name  = "RELAY_MAX_SOCKETS_PER_ADDRESS"
+        value = "0"
+      }
       env {
         name  = "RELAY_REDIS_CA_FILE"
         value = "/secrets/redis-ca/ca.pem"

@@ -19,7 +19,7 @@ use crate::node::{HISTORY_READS_PER_CLIENT, Node};
 use crate::protocol::{
     BodyRefusal, ErrorCode, MAX_BODY_DEPTH, MAX_CMID_BYTES, MessageId, body, check_cmid, checked_body,
 };
-use crate::session::{HistoryBudget, read_backward, read_forward};
+use crate::session::{HistoryBudget, REPLAY_MEMORY_WAIT, read_backward, read_forward};
 
 /// Default page size of a history request without `limit`.
 pub const DEFAULT_HISTORY_LIMIT: usize = 100;
@@ -186,6 +186,15 @@ pub(crate) struct HistoryQuery {
     auth: AuthQuery,
 }
 
+fn overloaded() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        ErrorCode::Overloaded,
+        "this node holds as much history in flight as it may; retry shortly",
+    )
+    .retry_after(std::time::Duration::from_secs(1))
+}
+
 fn parse_id(name: &str, text: &str) -> Result<MessageId, ApiError> {
     text.parse()
         .map_err(|error| ApiError::bad_request(format!("{name}: {error}")))
@@ -239,13 +248,14 @@ pub async fn history(
             ),
         )
         .retry_after(std::time::Duration::from_secs(1)),
-        crate::session::AdmissionRefusal::NodeFull => ApiError::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            ErrorCode::Overloaded,
-            "this node is reading as much history as it may at once; retry shortly",
-        )
-        .retry_after(std::time::Duration::from_secs(1)),
+        crate::session::AdmissionRefusal::NodeFull => overloaded(),
     })?;
+    let mut reservation = node
+        .session
+        .replay_memory
+        .reserve(REPLAY_MEMORY_WAIT)
+        .await
+        .map_err(|_| overloaded())?;
     let budget = HistoryBudget {
         messages: limit,
         bytes: node.settings.max_replay_bytes,
@@ -300,6 +310,7 @@ pub async fn history(
             (page.messages, complete, page.cut_by_bytes)
         }
     };
+    reservation.keep_for(&messages);
     let mut chunks: Vec<Bytes> = Vec::with_capacity(messages.len() * 2 + 2);
     chunks.push(Bytes::from_static(b"{\"messages\":["));
     for (index, message) in messages.iter().enumerate() {
@@ -310,9 +321,10 @@ pub async fn history(
     }
     drop(messages);
     chunks.push(Bytes::from(format!("],\"complete\":{complete},\"more\":{more}}}")));
-    // The permit rides with the body: released when it is written or dropped.
+    // The permit and the memory ride with the body: given back when it is
+    // written or dropped.
     let body = futures_util::stream::iter(chunks.into_iter().map(move |chunk| {
-        let _held = &permit;
+        let _held = (&permit, &reservation);
         Ok::<_, std::convert::Infallible>(chunk)
     }));
     Ok((

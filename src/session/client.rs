@@ -433,6 +433,7 @@ impl ClientSession {
             connection: self.connection.clone(),
             req,
             presence: presence.then(|| self.context.hub.presence_entry(self.identity.subject())),
+            memory: &self.context.replay_memory,
         };
         // Boxed: it is large and rare, and would otherwise size every connection's future.
         match Box::pin(subscribe_and_resume(
@@ -456,6 +457,18 @@ impl ClientSession {
                 SessionVerdict::Continue
             }
             Err(ResumeError::ConnectionClosed) => gone(),
+            Err(ResumeError::Busy(busy)) => {
+                let message =
+                    format!("could not subscribe to {room}: {busy}; subscribe again (with since) in a second");
+                self.refuse(Refusal {
+                    req,
+                    code: ErrorCode::Unavailable,
+                    message: &message,
+                    room: Some(&room),
+                    retry_after_ms: Some(1000),
+                })
+                .await
+            }
             Err(ResumeError::Broker(error)) => {
                 tracing::warn!(%room, %error, "subscribe failed: broker unavailable");
                 let message = format!(

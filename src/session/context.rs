@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use super::history::ReplayMemory;
 use super::hub::RoomHub;
 use super::publisher::Publisher;
 use super::rate_limit::ClientWriteLimiter;
@@ -46,4 +47,6 @@ pub struct SessionContext {
     pub limits: SessionLimits,
     /// What each client may write across all its connections and HTTP.
     pub client_writes: ClientWriteLimiter,
+    /// What history reads may hold of the node's memory at once.
+    pub replay_memory: ReplayMemory,
 }

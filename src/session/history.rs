@@ -18,6 +18,77 @@ use crate::protocol::{MessageId, RoomName};
 /// sized from the average so far.
 const FIRST_CHUNK: usize = 32;
 
+/// The memory a node lets history reads hold at once (replays and pages
+/// between their read and their hand-over to the socket), counted in KiB.
+/// Each read reserves a whole budget before it reads (so that the node
+/// never holds more than the sum), keeps what its messages weigh and gives
+/// the rest back at once; it gives all of it back once its messages reached
+/// the connection's writer. Past the sum, a read waits its turn for a
+/// while, then is refused: a node full of readers that do not read (each
+/// holds its replay until the write stall drops it) slows others' large
+/// replays rather than growing.
+#[derive(Debug, Clone)]
+pub struct ReplayMemory {
+    permits: Arc<tokio::sync::Semaphore>,
+    per_read_kib: u32,
+}
+
+/// What a read holds of [`ReplayMemory`]; dropping it gives it back.
+#[derive(Debug)]
+pub struct ReplayReservation(tokio::sync::OwnedSemaphorePermit);
+
+/// [`ReplayMemory`] had no room within the wait.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the node holds as much history in flight as it may; read again shortly")]
+pub struct ReplayMemoryBusy;
+
+fn kib(bytes: usize) -> u32 {
+    u32::try_from(bytes.div_ceil(1024)).unwrap_or(u32::MAX)
+}
+
+impl ReplayMemory {
+    /// `total` bytes in all, reserved `per_read` bytes at a time (at least
+    /// one read's worth).
+    #[must_use]
+    pub fn new(total: usize, per_read: usize) -> Self {
+        let per_read_kib = kib(per_read).max(1);
+        let total_kib = kib(total).max(per_read_kib);
+        Self {
+            permits: Arc::new(tokio::sync::Semaphore::new(total_kib as usize)),
+            per_read_kib,
+        }
+    }
+
+    /// Reserves a read's budget, waiting at most `wait`.
+    ///
+    /// # Errors
+    /// [`ReplayMemoryBusy`] when no room came in time.
+    pub async fn reserve(&self, wait: std::time::Duration) -> Result<ReplayReservation, ReplayMemoryBusy> {
+        match tokio::time::timeout(wait, self.permits.clone().acquire_many_owned(self.per_read_kib)).await {
+            Ok(Ok(permit)) => Ok(ReplayReservation(permit)),
+            _ => Err(ReplayMemoryBusy),
+        }
+    }
+
+    /// What is free now, in KiB (for tests and metrics).
+    #[must_use]
+    pub fn available_kib(&self) -> usize {
+        self.permits.available_permits()
+    }
+}
+
+impl ReplayReservation {
+    /// Keeps what `messages` weigh and gives the rest back.
+    pub fn keep_for(&mut self, messages: &[Arc<StoredMessage>]) {
+        let bytes: usize = messages.iter().map(|message| message.frame.len()).sum();
+        let keep = kib(bytes) as usize;
+        let surplus = self.0.num_permits().saturating_sub(keep);
+        if surplus > 0 {
+            drop(self.0.split(surplus));
+        }
+    }
+}
+
 /// How much one read may return.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HistoryBudget {
@@ -196,6 +267,25 @@ mod tests {
 
     fn ids(page: &BoundedPage) -> Vec<MessageId> {
         page.messages.iter().map(|message| message.id).collect()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replay_memory_is_reserved_whole_kept_as_weighed_and_waited_for() {
+        let memory = ReplayMemory::new(8 << 20, 4 << 20);
+        let mut first = memory.reserve(std::time::Duration::from_secs(1)).await.unwrap();
+        let _second = memory.reserve(std::time::Duration::from_secs(1)).await.unwrap();
+        assert_eq!(memory.available_kib(), 0);
+        assert!(memory.reserve(std::time::Duration::from_secs(1)).await.is_err(), "full");
+        let message = Arc::new(StoredMessage {
+            id: MessageId::new(1, 0),
+            prev: MessageId::ZERO,
+            frame: bytes::Bytes::from(vec![b'x'; 1500]),
+            trace: None,
+        });
+        first.keep_for(&[message]);
+        assert_eq!(memory.available_kib(), 4 * 1024 - 2, "1,500 bytes keep 2 KiB");
+        drop(first);
+        assert_eq!(memory.available_kib(), 4 * 1024);
     }
 
     #[tokio::test]

@@ -26,7 +26,9 @@ pub use client::{
 };
 pub use context::{SessionContext, SessionLimits};
 pub use event::{Encoding, Encodings, ErrorEvent, Event, RoomEvent, RoomEventKind};
-pub use history::{BoundedPage, HistoryBudget, read_backward, read_forward};
+pub use history::{
+    BoundedPage, HistoryBudget, ReplayMemory, ReplayMemoryBusy, ReplayReservation, read_backward, read_forward,
+};
 pub use hub::{BufferLimit, RoomHub, Subscription};
 pub use outbound::{
     ConnectionClosed, ConnectionHandle, ConnectionQueues, Direct, DirectWrite, LiveMessage, Outbound, ReplySender,
@@ -34,4 +36,7 @@ pub use outbound::{
 pub use presence::{PRESENCE_BATCH, PresenceTiming};
 pub use publisher::Publisher;
 pub use rate_limit::{ClientWriteLimiter, InvalidFrameBudget, KeyedPublishRateLimiter, PublishRateLimiter};
-pub use resume::{HistoryDecision, ResumeError, ResumeTarget, Resumed, read_requested_history, subscribe_and_resume};
+pub use resume::{
+    HistoryDecision, REPLAY_MEMORY_WAIT, ResumeError, ResumeTarget, Resumed, read_requested_history,
+    subscribe_and_resume,
+};

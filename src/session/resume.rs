@@ -19,7 +19,7 @@ use std::sync::Arc;
 use tokio::sync::oneshot;
 
 use super::event::{Event, RoomEvent};
-use super::history::{self, HistoryBudget};
+use super::history::{self, HistoryBudget, ReplayMemory, ReplayMemoryBusy};
 use super::hub::{RoomHub, Subscription, live_message};
 use super::outbound::{ConnectionHandle, LiveMessage, Outbound, ReplySender};
 use crate::broker::{Broker, BrokerError, PresenceEntry};
@@ -35,7 +35,14 @@ pub enum ResumeError {
     /// The connection went away during the resume.
     #[error("connection closed during resume")]
     ConnectionClosed,
+    /// The node's replay memory stayed full (see [`ReplayMemory`]).
+    #[error(transparent)]
+    Busy(#[from] ReplayMemoryBusy),
 }
+
+/// How long a resume waits for room in the node's replay memory before it
+/// is refused (`unavailable`, retry shortly).
+pub const REPLAY_MEMORY_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What history a resume found.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,6 +118,9 @@ pub struct ResumeTarget<'a> {
     pub req: Option<&'a RequestTag>,
     /// The connection's presence entry, when it asked for presence.
     pub presence: Option<PresenceEntry>,
+    /// The node's replay memory, which the replay is counted in until it
+    /// reaches the connection's writer.
+    pub memory: &'a ReplayMemory,
 }
 
 /// What a completed resume reports.
@@ -149,7 +159,14 @@ pub async fn subscribe_and_resume(
         None => None,
     };
     let broker = hub.broker().as_ref();
+    let mut reservation = match replay {
+        ReplayRequest::None | ReplayRequest::Last(0) => None,
+        ReplayRequest::Since(_) | ReplayRequest::Last(_) => Some(target.memory.reserve(REPLAY_MEMORY_WAIT).await?),
+    };
     let history = read_requested_history(broker, room, replay, budget).await?;
+    if let Some(reservation) = &mut reservation {
+        reservation.keep_for(&history.messages);
+    }
     let replayed = history.messages.len();
     send(
         target.replies,
@@ -178,6 +195,8 @@ pub async fn subscribe_and_resume(
         let (reached, barrier) = oneshot::channel();
         send(target.replies, Outbound::Barrier(reached)).await?;
         barrier.await.map_err(|_| ResumeError::ConnectionClosed)?;
+        // The replay is with the writer now.
+        drop(reservation.take());
         let Some(buffered) = subscription.take_buffered_or_go_live(last_sent) else {
             return Ok(Resumed { subscription, replayed });
         };

@@ -21,4 +21,4 @@ pub mod session;
 pub use destination::{AppRoutes, topic_room};
 pub use frame::{Command, Decoded, Decoder, Frame, FrameError, Version, encode, escape, unescape};
 pub use outgoing::{AckMode, Outgoing, OutgoingFrame, Shared};
-pub use session::{MAX_PRE_CONNECT_FRAME_BYTES, MAX_TRANSACTION_BYTES, StompContext, StompSession};
+pub use session::{MAX_PRE_CONNECT_FRAME_BYTES, StompContext, StompSession};

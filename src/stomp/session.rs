@@ -32,9 +32,6 @@ use crate::session::{
 const HEARTBEAT_IN_MS: u64 = 1000;
 /// Most transactions one connection may hold open.
 const MAX_TRANSACTIONS: usize = 16;
-/// Most bytes of SENDs (bodies, rooms and cmids) the open transactions of
-/// one connection may hold until COMMIT.
-pub const MAX_TRANSACTION_BYTES: usize = 1 << 20;
 /// Largest frame before CONNECT: a CONNECT with a long token fits; a
 /// client that has not authenticated cannot make the node buffer more.
 pub const MAX_PRE_CONNECT_FRAME_BYTES: usize = 16 * 1024;
@@ -69,12 +66,13 @@ struct Connected {
 }
 
 /// The open transactions of a connection: SENDs checked when they arrived
-/// (room, size, grant), held as what will be stored, within
-/// [`MAX_TRANSACTION_BYTES`] in all.
-#[derive(Default)]
+/// (room, size, grant), held as what will be stored, within the frame
+/// limit in all (a connection holds no more of what it sent in its open
+/// transactions than of a frame it is sending).
 struct Transactions {
     open: HashMap<String, Vec<PreparedSend>>,
     bytes: usize,
+    max_bytes: usize,
 }
 
 /// See the module docs.
@@ -333,7 +331,7 @@ impl StompSession {
         }
         self.phase = Phase::Connected(Box::new(Connected {
             session,
-            transactions: Transactions::default(),
+            transactions: Transactions::new(self.context.max_frame_bytes),
         }));
         Ok(SessionVerdict::Continue)
     }
@@ -444,7 +442,7 @@ async fn handle_connected(
             Ok(receipt_only(connected, receipt))
         }
         Command::Disconnect => {
-            connected.transactions = Transactions::default();
+            connected.transactions = Transactions::new(connected.transactions.max_bytes);
             if let Some(receipt) = receipt {
                 connected.session.receipt_after_publishes(receipt);
             }
@@ -596,6 +594,14 @@ fn stored_body(text: &str, limit: usize) -> Result<String, BodyRefusal> {
 }
 
 impl Transactions {
+    fn new(max_bytes: usize) -> Self {
+        Self {
+            open: HashMap::new(),
+            bytes: 0,
+            max_bytes,
+        }
+    }
+
     fn begin(&mut self, transaction: &str) -> Result<(), Refusal> {
         if self.open.contains_key(transaction) {
             return Err(Refusal::protocol(format!(
@@ -620,11 +626,12 @@ impl Transactions {
             )));
         };
         let bytes = send.held_bytes();
-        if self.bytes.saturating_add(bytes) > MAX_TRANSACTION_BYTES {
+        if self.bytes.saturating_add(bytes) > self.max_bytes {
             return Err(Refusal {
                 code: ErrorCode::TooLarge,
                 message: format!(
-                    "the open transactions of this connection would hold over {MAX_TRANSACTION_BYTES} bytes; COMMIT before sending more"
+                    "the open transactions of this connection would hold over {} bytes (RELAY_MAX_FRAME_BYTES); COMMIT before sending more",
+                    self.max_bytes
                 ),
             });
         }
