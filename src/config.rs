@@ -104,6 +104,10 @@ pub struct Cli {
     #[arg(long, env = "RELAY_MAX_REPLAY_BYTES")]
     pub max_replay_bytes: Option<usize>,
 
+    /// Bytes of history a node holds at once for replays and history pages between their read and the socket; past it a read waits, then is refused [default: 64 x max-replay-bytes]
+    #[arg(long, env = "RELAY_REPLAY_MEMORY_BYTES")]
+    pub replay_memory_bytes: Option<usize>,
+
     /// Subscriptions per connection, on every transport; past it a subscribe is refused with too_many_subscriptions
     #[arg(long, env = "RELAY_MAX_SUBSCRIPTIONS", default_value_t = 256)]
     pub max_subscriptions: usize,
@@ -201,6 +205,9 @@ pub struct Cli {
 /// (4 MiB), unless four messages of `RELAY_MAX_MESSAGE_BYTES` are more.
 const DEFAULT_QUEUE_BYTES: usize = 4 << 20;
 
+/// Full replays the default `RELAY_REPLAY_MEMORY_BYTES` holds (256 MiB).
+const DEFAULT_REPLAYS_IN_MEMORY: usize = 64;
+
 /// Which origins may connect.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum AllowedOrigins {
@@ -240,6 +247,7 @@ pub struct Settings {
     pub outbound_queue: usize,
     pub outbound_queue_bytes: usize,
     pub max_replay_bytes: usize,
+    pub replay_memory_bytes: usize,
     pub max_subscriptions: usize,
     pub client_publish_rate: u32,
     pub client_publish_bytes: u32,
@@ -375,6 +383,13 @@ impl Cli {
             one_message,
             "RELAY_MAX_REPLAY_BYTES",
             "max-replay-bytes",
+        )?;
+        let replay_memory_bytes = at_least(
+            self.replay_memory_bytes
+                .unwrap_or(max_replay_bytes.saturating_mul(DEFAULT_REPLAYS_IN_MEMORY)),
+            max_replay_bytes,
+            "RELAY_REPLAY_MEMORY_BYTES",
+            "replay-memory-bytes",
         )?;
         let max_subscriptions = at_least(
             self.max_subscriptions,
@@ -524,6 +539,7 @@ impl Cli {
             outbound_queue,
             outbound_queue_bytes,
             max_replay_bytes,
+            replay_memory_bytes,
             max_subscriptions,
             client_publish_rate,
             client_publish_bytes,

@@ -20,10 +20,6 @@ use crate::telemetry::Metrics;
 
 /// HTTP history reads one client may have under way at once.
 pub const HISTORY_READS_PER_CLIENT: usize = 4;
-/// Full replays (`RELAY_MAX_REPLAY_BYTES` each) a node's memory holds at
-/// once, for resumes and history pages together (see
-/// [`crate::session::ReplayMemory`]): 256 MiB by default.
-pub const REPLAYS_IN_MEMORY: usize = 64;
 
 /// The shared state of a node.
 pub struct Node {
@@ -104,10 +100,7 @@ impl Node {
                 max_replay_bytes: settings.max_replay_bytes,
             },
             client_writes: ClientWriteLimiter::new(settings.client_publish_rate, settings.client_publish_bytes),
-            replay_memory: ReplayMemory::new(
-                settings.max_replay_bytes.saturating_mul(REPLAYS_IN_MEMORY),
-                settings.max_replay_bytes,
-            ),
+            replay_memory: ReplayMemory::new(settings.replay_memory_bytes, settings.max_replay_bytes),
         });
         let http_publish_limiter = KeyedPublishRateLimiter::new(settings.publish_rate);
         let admission = Admission::new(settings.max_connections, settings.max_connections_per_client);

@@ -689,14 +689,23 @@ async fn write_socket(
             next = next_for_writer(queues, liveness) => match next {
                 Next::Item(item) => {
                     last_write = tokio::time::Instant::now();
-                    let mut step = feed(writer, item, framing);
+                    let mut barriers = Vec::new();
+                    let mut step = feed(writer, item, framing, &mut barriers);
                     let mut written = 1;
                     while matches!(step, Step::Continue) && written < WRITE_BATCH {
                         let Some(next) = queues.try_next() else { break };
-                        step = feed(writer, next, framing);
+                        step = feed(writer, next, framing, &mut barriers);
                         written += 1;
                     }
-                    match guarded(writer.flush(), queues, stall).await {
+                    let flushed = guarded(writer.flush(), queues, stall).await;
+                    // What came before a barrier is on the wire now (a
+                    // resume counts its replay until then).
+                    if flushed.is_ok() {
+                        for reached in barriers {
+                            let _ = reached.send(());
+                        }
+                    }
+                    match flushed {
                         Ok(()) if matches!(step, Step::Continue) => continue,
                         Ok(()) | Err(WriteStop::Stalled | WriteStop::Broken) => return,
                         Err(WriteStop::Slow) => return Box::pin(close_slow_consumer(node, writer, queues, framing)).await,
@@ -748,11 +757,17 @@ async fn send_own(
     guarded(writer.flush(), queues, stall).await
 }
 
-/// Queues one item's frames on the writer.
-fn feed(writer: &mut FrameWriter, item: Outbound, framing: &mut impl Framing) -> Step {
+/// Queues one item's frames on the writer; a barrier is kept to be
+/// answered once the batch is flushed.
+fn feed(
+    writer: &mut FrameWriter,
+    item: Outbound,
+    framing: &mut impl Framing,
+    barriers: &mut Vec<tokio::sync::oneshot::Sender<()>>,
+) -> Step {
     match item {
         Outbound::Barrier(reached) => {
-            let _ = reached.send(());
+            barriers.push(reached);
             Step::Continue
         }
         Outbound::Rest(rest) => {

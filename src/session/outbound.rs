@@ -87,8 +87,10 @@ pub enum Outbound {
     Event(Box<Event>),
     /// A control event shared with the room's other subscribers.
     Room(Arc<RoomEvent>),
-    /// Answered once every earlier item of the same queue reached the socket
-    /// writer; lets a replay finish before its room switches to live.
+    /// Answered once every earlier item of the same queue is written (a
+    /// WebSocket writer answers after the flush of its batch); lets a
+    /// replay finish before its room switches to live, and tells when its
+    /// bytes have left the node.
     Barrier(oneshot::Sender<()>),
     /// The unwritten end of a frame that a direct write began: it goes to
     /// the socket first, as it is.

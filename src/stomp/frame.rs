@@ -256,6 +256,9 @@ impl fmt::Display for FrameError {
 
 impl std::error::Error for FrameError {}
 
+/// What a decoder's buffer keeps between frames, at most.
+const IDLE_BUFFER_BYTES: usize = 4096;
+
 /// Reads frames out of a byte stream that arrives in pieces.
 #[derive(Debug)]
 pub struct Decoder {
@@ -421,6 +424,11 @@ impl Decoder {
                     let frame =
                         parse_head(&self.buffer[..body_start], self.version)?.with_body(&self.buffer[body_start..end]);
                     self.buffer.drain(..=end);
+                    // A large frame grew the buffer: an idle connection
+                    // keeps none of it.
+                    if self.buffer.is_empty() && self.buffer.capacity() > IDLE_BUFFER_BYTES {
+                        self.buffer = Vec::new();
+                    }
                     self.state = State::Head { scanned: 0 };
                     return Ok(Decoded::Frame(frame));
                 }

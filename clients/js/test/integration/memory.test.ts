@@ -116,7 +116,9 @@ test("a resume heavier than the relay's replay budget is refilled page by page: 
   await waitFor("the first message", () => early.length === 1);
   first.close();
   for (let n = 0; n < 30; n += 1) await httpPublish(relay.httpUrl, "heavy", { n, pad: "x".repeat(900) });
-  const page = await client(relay.wsUrl).history("heavy", { after: early[0]!.id, limit: 100 });
+  const reader = client(relay.wsUrl);
+  const page = await reader.history("heavy", { after: early[0]!.id, limit: 100 });
+  reader.close();
   assert.ok(page.more && page.messages.length < 10 && page.complete, `a page ends at the byte budget: ${page.messages.length}, more ${page.more}`);
   const second = client(relay.wsUrl, { cursors });
   const later: Message[] = [];
