@@ -17,6 +17,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use common::nodes::RelayProcess;
 use common::redis::TestRedis;
+use common::stomp::StompClient;
 use common::{WsClient, assert_exact_sequence, http_get_json};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -247,8 +248,9 @@ async fn stomp_transactions_check_sends_when_they_arrive_and_hold_what_is_stored
     // A token with a grant: 90 SENDs (within the burst of its rate) of
     // 110 KB frames of tiny headers in one transaction. What is held is the
     // bodies, not the headers.
-    let mut stomp = stomp_connect(&node, &token("bomber", &["bomb"], in_an_hour())).await;
-    stomp.send(Message::text("BEGIN\ntransaction:t\n\n\0")).await.unwrap();
+    let stomp_url = format!("ws://{}/v1/stomp", node.addr);
+    let mut stomp = StompClient::connect(&stomp_url, &[("passcode", &token("bomber", &["bomb"], in_an_hour()))]).await;
+    stomp.send("BEGIN\ntransaction:t\n\n\0").await;
     let headers: String = (0..14_000).fold(String::new(), |mut headers, n| {
         let _ = writeln!(headers, "h{n}:v");
         headers
@@ -256,13 +258,10 @@ async fn stomp_transactions_check_sends_when_they_arrive_and_hold_what_is_stored
     let frame = format!("SEND\ndestination:/topic/bomb\ntransaction:t\n{headers}\n{{\"n\":1}}\0");
     assert!(frame.len() > 100_000);
     for _ in 0..90 {
-        stomp.send(Message::text(frame.clone())).await.unwrap();
+        stomp.send(&frame).await;
     }
-    stomp
-        .send(Message::text("COMMIT\ntransaction:t\nreceipt:c\n\n\0"))
-        .await
-        .unwrap();
-    let receipt = stomp_frame(&mut stomp, "RECEIPT").await;
+    stomp.send("COMMIT\ntransaction:t\nreceipt:c\n\n\0").await;
+    let receipt = stomp.frame("RECEIPT").await;
     assert!(receipt.contains("receipt-id:c"), "{receipt}");
     let grown_mib = node.rss_kib().saturating_sub(before) / 1024;
     assert!(grown_mib < 32, "90 header bombs held {grown_mib} MiB");
@@ -271,57 +270,20 @@ async fn stomp_transactions_check_sends_when_they_arrive_and_hold_what_is_stored
 
     // A token without that grant: its first SEND in a transaction is
     // refused when it arrives, with its receipt id, and nothing is held.
-    let mut mallory = stomp_connect(&node, &token("mallory", &[], in_an_hour())).await;
-    mallory.send(Message::text("BEGIN\ntransaction:t\n\n\0")).await.unwrap();
+    let mut mallory = StompClient::connect(&stomp_url, &[("passcode", &token("mallory", &[], in_an_hour()))]).await;
+    mallory.send("BEGIN\ntransaction:t\n\n\0").await;
     mallory
-        .send(Message::text(format!(
+        .send(&format!(
             "SEND\ndestination:/topic/bomb\ntransaction:t\nreceipt:s1\n{headers}\n{{}}\0"
-        )))
-        .await
-        .unwrap();
-    let error = stomp_frame(&mut mallory, "ERROR").await;
+        ))
+        .await;
+    let error = mallory.frame("ERROR").await;
     assert!(
         error.contains("code:forbidden") && error.contains("receipt-id:s1"),
         "{error}"
     );
     assert!(node.is_running());
     bystander.check(&node).await;
-}
-
-async fn stomp_connect(
-    node: &RelayProcess,
-    token: &str,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
-    let url = format!("ws://{}/v1/stomp", node.addr);
-    let (mut stream, _) = tokio_tungstenite::connect_async(url).await.expect("STOMP upgrade");
-    stream
-        .send(Message::text(format!(
-            "CONNECT\naccept-version:1.2\nhost:relay\npasscode:{token}\n\n\0"
-        )))
-        .await
-        .unwrap();
-    let connected = stomp_frame(&mut stream, "CONNECTED").await;
-    assert!(connected.starts_with("CONNECTED"), "{connected}");
-    stream
-}
-
-/// The next STOMP frame of this command (heart-beats and others skipped).
-async fn stomp_frame(
-    stream: &mut tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>>,
-    command: &str,
-) -> String {
-    loop {
-        let message = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .unwrap_or_else(|_| panic!("a {command} within 10 s"))
-            .unwrap_or_else(|| panic!("the connection closed before a {command}"))
-            .unwrap_or_else(|error| panic!("read error before a {command}: {error}"));
-        if let Message::Text(text) = message
-            && text.starts_with(command)
-        {
-            return text.to_string();
-        }
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -405,20 +367,18 @@ async fn stomp_sockets_take_a_place_before_connect_and_must_connect_in_time() {
     assert_eq!(accepted.len(), 18, "upgrades before CONNECT take places");
     assert_eq!(refused, 22);
     // One sends more than a CONNECT can be before authenticating.
-    let mut big = accepted.pop().unwrap();
-    big.send(Message::text(format!(
-        "CONNECT\naccept-version:1.2\nx:{}",
-        "y".repeat(20_000)
-    )))
-    .await
-    .unwrap();
-    let error = stomp_frame(&mut big, "ERROR").await;
+    let mut big = StompClient {
+        stream: accepted.pop().unwrap(),
+    };
+    big.send(&format!("CONNECT\naccept-version:1.2\nx:{}", "y".repeat(20_000)))
+        .await;
+    let error = big.frame("ERROR").await;
     assert!(error.contains("code:too_large"), "{error}");
     // The others never CONNECT: an ERROR, then the close, within the
     // header timeout.
     let started = Instant::now();
-    for mut stream in accepted {
-        let error = stomp_frame(&mut stream, "ERROR").await;
+    for stream in accepted {
+        let error = StompClient { stream }.frame("ERROR").await;
         assert!(error.contains("no CONNECT within 2 s"), "{error}");
     }
     assert!(started.elapsed() < Duration::from_secs(5));
@@ -428,22 +388,9 @@ async fn stomp_sockets_take_a_place_before_connect_and_must_connect_in_time() {
         assert!(Instant::now() < deadline, "a place for a new STOMP client");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let _fresh = stomp_connect_anonymous(&node).await;
+    let _fresh = StompClient::connect(&url, &[]).await;
     assert!(node.is_running());
     bystander.check(&node).await;
-}
-
-async fn stomp_connect_anonymous(
-    node: &RelayProcess,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<TcpStream>> {
-    let url = format!("ws://{}/v1/stomp", node.addr);
-    let (mut stream, _) = tokio_tungstenite::connect_async(url).await.expect("STOMP upgrade");
-    stream
-        .send(Message::text("CONNECT\naccept-version:1.2\nhost:relay\n\n\0"))
-        .await
-        .unwrap();
-    stomp_frame(&mut stream, "CONNECTED").await;
-    stream
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -589,13 +536,13 @@ async fn subscriptions_are_capped_on_every_transport() {
     assert_eq!(watcher.reply_to("p").await["code"], "too_many_subscriptions");
     watcher.subscribe("p32", json!({})).await;
     // STOMP: the 257th SUBSCRIBE is an ERROR.
-    let mut stomp = stomp_connect_anonymous(&node).await;
+    let mut stomp = StompClient::connect(&format!("ws://{}/v1/stomp", node.addr), &[]).await;
     let mut frames = String::new();
     for n in 0..257 {
         let _ = write!(frames, "SUBSCRIBE\nid:{n}\ndestination:/topic/s{n}\n\n\0");
     }
-    stomp.send(Message::text(frames)).await.unwrap();
-    let error = stomp_frame(&mut stomp, "ERROR").await;
+    stomp.send(&frames).await;
+    let error = stomp.frame("ERROR").await;
     assert!(error.contains("code:too_many_subscriptions"), "{error}");
     assert!(node.is_running());
     bystander.check(&node).await;
@@ -700,23 +647,21 @@ async fn bodies_nested_32_deep_pass_and_33_are_too_large_on_every_transport() {
         assert_eq!(body["error"]["code"], "too_large");
     }
     // STOMP.
-    let mut stomp = stomp_connect_anonymous(&node).await;
+    let mut stomp = StompClient::connect(&format!("ws://{}/v1/stomp", node.addr), &[]).await;
     stomp
-        .send(Message::text(format!(
+        .send(&format!(
             "SEND\ndestination:/topic/deep\nreceipt:ok\n\n{}\0",
             nested(32)
-        )))
-        .await
-        .unwrap();
-    assert!(stomp_frame(&mut stomp, "RECEIPT").await.contains("receipt-id:ok"));
+        ))
+        .await;
+    assert!(stomp.frame("RECEIPT").await.contains("receipt-id:ok"));
     stomp
-        .send(Message::text(format!(
+        .send(&format!(
             "SEND\ndestination:/topic/deep\nreceipt:no\n\n{}\0",
             nested(33)
-        )))
-        .await
-        .unwrap();
-    let error = stomp_frame(&mut stomp, "ERROR").await;
+        ))
+        .await;
+    let error = stomp.frame("ERROR").await;
     assert!(
         error.contains("code:too_large") && error.contains("receipt-id:no"),
         "{error}"

@@ -260,7 +260,7 @@ async fn publish(setup: &Setup, n: usize) -> PublishOutcome {
         .broker
         .publish(PublishRequest {
             room: setup.room.clone(),
-            cmid: None,
+            idempotency_key: None,
             tail: MessageFrameTail::new(None, 1, None, &n.to_string()),
         })
         .await

@@ -171,7 +171,7 @@ impl MemoryBroker {
             history.last_id = MessageId::ZERO;
         }
         history.forget_expired_cmids(now);
-        if let Some(cmid) = &request.cmid {
+        if let Some(cmid) = &request.idempotency_key {
             if let Some((id, prev, _)) = history.committed_cmids.get(cmid) {
                 return Ok(PublishOutcome {
                     id: *id,
@@ -197,7 +197,7 @@ impl MemoryBroker {
             history.entries.pop_front();
         }
         history.expires_at = now + self.retention.history_ttl;
-        if let Some(cmid) = request.cmid {
+        if let Some(cmid) = request.idempotency_key {
             let expires_at = now + self.retention.idempotency_ttl;
             history.committed_cmids.insert(cmid.clone(), (id, prev, expires_at));
             history.cmid_expiry_order.push_back((expires_at, cmid));
@@ -376,7 +376,7 @@ mod tests {
     fn request(room: &str, cmid: Option<&str>) -> PublishRequest {
         PublishRequest {
             room: RoomName::parse(room).unwrap(),
-            cmid: cmid.map(str::to_owned),
+            idempotency_key: cmid.map(|cmid| crate::protocol::idempotency_key(None, cmid)),
             tail: crate::protocol::MessageFrameTail::new(None, 0, cmid, "1"),
         }
     }

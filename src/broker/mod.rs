@@ -53,8 +53,10 @@ pub struct StoredMessage {
 pub struct PublishRequest {
     /// Target room.
     pub room: RoomName,
-    /// Idempotency key, if the publisher gave one.
-    pub cmid: Option<String>,
+    /// The idempotency key when the publisher gave a `cmid`: the `cmid`
+    /// scoped to its sender ([`crate::protocol::idempotency_key`]), so that
+    /// one sender's key never answers for another's publish.
+    pub idempotency_key: Option<String>,
     /// The frame after `prev`; the broker composes the rest.
     pub tail: MessageFrameTail,
 }

@@ -354,6 +354,22 @@ fn decode_cmid(raw: &RawValue) -> Result<String, String> {
     Ok(cmid)
 }
 
+/// The key a `cmid` dedupes under within its room: the `cmid` scoped to its
+/// sender (the token's `sub`, or the `user` of an unauthenticated client),
+/// so that one sender's `cmid` never makes another's publish a
+/// "duplicate" answered with the first one's id. Publishers without a
+/// name share one scope: their retries after a reconnect must still find
+/// their first attempt, and nothing tells them apart across connections.
+/// The sender's length comes first, so no pair of sender and `cmid` reads
+/// as another.
+#[must_use]
+pub fn idempotency_key(from: Option<&str>, cmid: &str) -> String {
+    match from {
+        Some(from) => format!("u{}:{from}:{cmid}", from.len()),
+        None => format!("a:{cmid}"),
+    }
+}
+
 /// The rule of a `cmid` (an idempotency key), on every transport: 1 to
 /// [`MAX_CMID_BYTES`] bytes without control characters (a NUL or a line
 /// break would let it forge frames of line- or NUL-delimited protocols).

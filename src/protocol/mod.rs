@@ -14,7 +14,7 @@ pub mod server_frame;
 pub use body::{BodyRefusal, MAX_BODY_DEPTH, checked_body, compact_json};
 pub use client_frame::{
     ClientFrame, ClientRequest, DecodeLimits, FrameRejection, MAX_CMID_BYTES, MAX_REQ_BYTES, MAX_SIGNAL_BYTES,
-    ReplayRequest, RequestTag, check_cmid, decode_client_frame,
+    ReplayRequest, RequestTag, check_cmid, decode_client_frame, idempotency_key,
 };
 pub use message_frame::MessageFrameTail;
 pub use message_id::{InvalidMessageId, MessageId, wall_clock_ms};

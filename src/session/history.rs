@@ -257,7 +257,7 @@ mod tests {
         broker
             .publish(PublishRequest {
                 room: room.clone(),
-                cmid: None,
+                idempotency_key: None,
                 tail,
             })
             .await

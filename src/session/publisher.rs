@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tracing::Instrument;
 
 use crate::broker::{Broker, BrokerError, PublishOutcome, PublishRequest};
-use crate::protocol::{MessageFrameTail, RoomName, server_frame};
+use crate::protocol::{MessageFrameTail, RoomName, idempotency_key, server_frame};
 use crate::telemetry::{Metrics, trace_context};
 
 /// See the module docs.
@@ -57,7 +57,16 @@ impl Publisher {
         // While traces are exported, the publish span is the parent of the
         // broker's spans and its context travels with the message.
         let span = trace_context::publish_span(&room);
-        let pending = span.in_scope(|| self.broker.publish(PublishRequest { room, cmid, tail }));
+        // A cmid dedupes the sender's own publishes only: another's
+        // publish with the same cmid is stored (and not answered with theirs).
+        let idempotency_key = cmid.as_deref().map(|cmid| idempotency_key(from, cmid));
+        let pending = span.in_scope(|| {
+            self.broker.publish(PublishRequest {
+                room,
+                idempotency_key,
+                tail,
+            })
+        });
         let metrics = self.metrics.clone();
         let committed = async move {
             let outcome = pending.await?;

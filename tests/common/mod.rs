@@ -13,6 +13,7 @@ use chat_relay::RunningNode;
 pub mod cluster;
 pub mod nodes;
 pub mod redis;
+pub mod stomp;
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{Value, json};
 use tokio::net::TcpStream;

@@ -34,7 +34,7 @@ pub async fn publish(
     broker
         .publish(PublishRequest {
             room: room.clone(),
-            cmid: cmid.map(str::to_owned),
+            idempotency_key: cmid.map(|cmid| chat_relay::protocol::idempotency_key(Some("tester"), cmid)),
             tail: MessageFrameTail::new(Some("tester"), 1, cmid, body),
         })
         .await

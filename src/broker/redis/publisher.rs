@@ -316,9 +316,9 @@ async fn publish_batch(
                 .arg(script.get_hash())
                 .arg(3)
                 .arg(keys.stream(&request.room))
-                .arg(keys.idempotency(&request.room, request.cmid.as_deref()))
+                .arg(keys.idempotency(&request.room, request.idempotency_key.as_deref()))
                 .arg(keys.channel(&request.room))
-                .arg(if request.cmid.is_some() { "1" } else { "0" })
+                .arg(if request.idempotency_key.is_some() { "1" } else { "0" })
                 .arg(message_frame::head(&request.room))
                 .arg(request.tail.as_str())
                 .arg(job.trace_prefix.as_str());

@@ -1,0 +1,245 @@
+//! Answers that are true (issue 25): STOMP bodies reach JSON clients as the
+//! JSON the sender wrote, a COMMIT is stored whole or refused whole, no
+//! client can make a frame the node writes carry a NUL, one sender's `cmid`
+//! never answers for another's publish, and a configured issuer or
+//! audience is required in the token.
+
+#![allow(clippy::disallowed_methods, reason = "tests and benchmarks own the tasks they start")]
+
+mod common;
+
+use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use common::stomp::StompClient;
+use common::{TestRelay, WsClient, full_history, http_get_json};
+use serde_json::{Value, json};
+
+const SECRET: &str = "an-answers-test-secret-long-enough-0123456789";
+
+fn token(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
+fn in_an_hour() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() + 3600
+}
+
+fn stomp_url(relay: &TestRelay) -> String {
+    format!("ws://{}/v1/stomp", relay.addr)
+}
+
+#[tokio::test]
+async fn a_stomp_senders_json_reaches_json_clients_as_the_value_and_stomp_clients_byte_for_byte() {
+    let relay = TestRelay::start(&[]).await;
+    let mut json_client = WsClient::connect(&relay).await;
+    json_client.subscribe("chat.room.1", json!({})).await;
+    let mut reader = StompClient::connect(&stomp_url(&relay), &[]).await;
+    reader
+        .send("SUBSCRIBE\nid:0\ndestination:/topic/chat/room/1\nreceipt:s\n\n\0")
+        .await;
+    reader.frame("RECEIPT").await;
+    let mut sender = StompClient::connect(&stomp_url(&relay), &[]).await;
+    // What Python's json.dumps writes, what a pretty printer writes (lines
+    // and all), and JSON with a trailing newline.
+    let bodies = [
+        r#"{"text": "hi", "n": [1, 2]}"#,
+        "{\n  \"text\" : \"pretty\",\n  \"n\" : 2\n}",
+        "[1, 2, 3]\n",
+    ];
+    for (n, body) in bodies.iter().enumerate() {
+        sender
+            .send(&format!(
+                "SEND\ndestination:/topic/chat/room/1\nreceipt:r{n}\n\n{body}\0"
+            ))
+            .await;
+        sender.frame("RECEIPT").await;
+    }
+    for body in bodies {
+        let message = json_client
+            .wait_for("message", |frame| frame["type"] == "message")
+            .await;
+        let expected: Value = serde_json::from_str(body).unwrap();
+        assert_eq!(message["body"], expected, "a JSON client gets the value, not a string");
+        let frame = reader.frame("MESSAGE").await;
+        assert_eq!(StompClient::body(&frame), body, "a STOMP reader gets the bytes sent");
+        assert_eq!(StompClient::header(&frame, "content-type"), Some("application/json"));
+    }
+    // The history pages and SSE read the same values.
+    let history = full_history(&relay, "chat.room.1", 100).await;
+    let values: Vec<Value> = history.iter().map(|message| message["body"].clone()).collect();
+    let expected: Vec<Value> = bodies.iter().map(|body| serde_json::from_str(body).unwrap()).collect();
+    assert_eq!(values, expected);
+    let mut events = common::SseClient::open(&relay.url("/v1/rooms/chat.room.1/events?last=3"), &[]).await;
+    events.next_event().await;
+    events.next_named("subscribed").await;
+    for value in &expected {
+        assert_eq!(&events.next_named("message").await.json()["body"], value);
+    }
+}
+
+#[tokio::test]
+async fn a_commit_is_stored_whole_or_refused_whole_and_a_forbidden_send_is_refused_when_it_arrives() {
+    let relay = TestRelay::start(&["--auth", "jwt", "--jwt-secret", SECRET, "--publish-rate", "50"]).await;
+    let sender = token(&json!({"sub": "ann", "exp": in_an_hour(), "rooms": ["t", "u"], "read": ["r"]}));
+    // 300 SENDs in one transaction: more than the rate's burst (100), so
+    // the COMMIT is refused, and nothing of it is stored.
+    let mut stomp = StompClient::connect(&stomp_url(&relay), &[("passcode", &sender)]).await;
+    let mut frames = String::from("BEGIN\ntransaction:big\n\n\0");
+    for n in 0..300 {
+        let _ = write!(frames, "SEND\ndestination:/topic/t\ntransaction:big\n\n{{\"n\":{n}}}\0");
+    }
+    frames.push_str("COMMIT\ntransaction:big\nreceipt:c\n\n\0");
+    stomp.send(&frames).await;
+    let error = stomp.frame("ERROR").await;
+    assert_eq!(StompClient::header(&error, "code"), Some("rate_limited"), "{error}");
+    assert_eq!(StompClient::header(&error, "receipt-id"), Some("c"), "{error}");
+    assert!(error.contains("nothing of its 300 SENDs was stored"), "{error}");
+    let history_url = |room: &str| relay.url(&format!("/v1/rooms/{room}/messages?access_token={sender}"));
+    let (_, page) = http_get_json(&history_url("t")).await;
+    assert_eq!(page["messages"], json!([]), "nothing of the refused COMMIT was stored");
+
+    // 60 SENDs commit whole, in order.
+    let mut stomp = StompClient::connect(&stomp_url(&relay), &[("passcode", &sender)]).await;
+    let mut frames = String::from("BEGIN\ntransaction:ok\n\n\0");
+    for n in 0..60 {
+        let _ = write!(frames, "SEND\ndestination:/topic/u\ntransaction:ok\n\n{{\"n\":{n}}}\0");
+    }
+    frames.push_str("COMMIT\ntransaction:ok\nreceipt:c\n\n\0");
+    stomp.send(&frames).await;
+    stomp.frame("RECEIPT").await;
+    let (_, page) = http_get_json(&format!("{}&limit=100", history_url("u"))).await;
+    let stored: Vec<Value> = page["messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|message| message["body"]["n"].clone())
+        .collect();
+    assert_eq!(stored, (0..60).map(Value::from).collect::<Vec<_>>());
+
+    // A SEND the token may not make (a read-only room), inside a
+    // transaction: refused when it arrives, with its receipt id.
+    let mut stomp = StompClient::connect(&stomp_url(&relay), &[("passcode", &sender)]).await;
+    stomp
+        .send("BEGIN\ntransaction:x\n\n\0SEND\ndestination:/topic/u\ntransaction:x\n\n1\0SEND\ndestination:/topic/r\ntransaction:x\nreceipt:bad\n\n2\0COMMIT\ntransaction:x\nreceipt:c\n\n\0")
+        .await;
+    let error = stomp.frame("ERROR").await;
+    assert_eq!(StompClient::header(&error, "code"), Some("forbidden"), "{error}");
+    assert_eq!(StompClient::header(&error, "receipt-id"), Some("bad"), "{error}");
+    let (_, page) = http_get_json(&format!("{}&limit=100", history_url("u"))).await;
+    assert_eq!(
+        page["messages"].as_array().unwrap().len(),
+        60,
+        "the transaction's other SEND was not stored"
+    );
+}
+
+#[tokio::test]
+async fn no_client_can_make_a_frame_carry_a_nul_or_a_control_character() {
+    let relay = TestRelay::start(&[]).await;
+    // A cmid with a NUL or a line break: refused on every transport.
+    let mut client = WsClient::connect(&relay).await;
+    for cmid in ["a\u{0}ERROR", "a\nb", "a\u{7}"] {
+        client
+            .send_json(json!({"type": "publish", "room": "r", "body": 1, "cmid": cmid, "req": "p"}))
+            .await;
+        let reply = client.reply_to("p").await;
+        assert_eq!(reply["code"], "bad_request", "{cmid:?}: {reply}");
+    }
+    let raw_http = |key: &str| {
+        let request = format!(
+            "POST /v1/rooms/r/messages HTTP/1.1\r\nhost: relay\r\ncontent-type: application/json\r\nidempotency-key: {key}\r\ncontent-length: 10\r\nconnection: close\r\n\r\n{{\"body\":1}}"
+        );
+        let addr = relay.addr;
+        async move {
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            let mut socket = tokio::net::TcpStream::connect(addr).await.unwrap();
+            socket.write_all(request.as_bytes()).await.unwrap();
+            let mut answer = String::new();
+            let _ = socket.read_to_string(&mut answer).await;
+            answer
+        }
+    };
+    let answer = raw_http("a\u{1}b").await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    let mut stomp = StompClient::connect(&stomp_url(&relay), &[]).await;
+    stomp
+        .send("SEND\ndestination:/topic/r\ncmid:a\\nb\nreceipt:s\n\n1\0")
+        .await;
+    let error = stomp.frame("ERROR").await;
+    assert_eq!(StompClient::header(&error, "code"), Some("bad_request"), "{error}");
+    assert!(full_history(&relay, "r", 100).await.is_empty(), "nothing stored");
+    // A user name with a control character: refused on every transport.
+    let (status, _) = http_get_json(&relay.url("/v1/rooms/r/messages?user=a%00b")).await;
+    assert_eq!(status, 401);
+    let (status, _) = http_get_json(&relay.url("/v1/rooms/r/events?user=evil%0AERROR")).await;
+    assert_eq!(status, 401);
+    let refused = tokio_tungstenite::connect_async(relay.ws_url("?user=a%00b")).await;
+    assert!(matches!(refused, Err(tokio_tungstenite::tungstenite::Error::Http(response)) if response.status() == 401));
+    let mut login = StompClient::open(&stomp_url(&relay)).await;
+    login.send("CONNECT\naccept-version:1.2\nlogin:a\u{1}b\n\n\0").await;
+    let error = login.frame("ERROR").await;
+    assert_eq!(StompClient::header(&error, "code"), Some("unauthorized"), "{error}");
+    // A JWT whose sub holds a NUL is refused too.
+    let jwt = TestRelay::start(&["--auth", "jwt", "--jwt-secret", SECRET]).await;
+    let forged = token(&json!({"sub": "ann\u{0}MESSAGE", "exp": in_an_hour(), "rooms": ["*"]}));
+    let (status, body) = http_get_json(&jwt.url(&format!("/v1/rooms/r/messages?access_token={forged}"))).await;
+    assert_eq!(status, 401, "{body}");
+}
+
+#[tokio::test]
+async fn one_senders_cmid_never_answers_for_anothers_publish() {
+    let relay = TestRelay::start(&[]).await;
+    let mut alice = WsClient::connect_url(&relay.ws_url("?user=alice")).await;
+    let mut mallory = WsClient::connect_url(&relay.ws_url("?user=mallory")).await;
+    let first = mallory.publish("shop", json!("mallory's"), Some("order-1001")).await;
+    assert_eq!(first["duplicate"], false);
+    let second = alice.publish("shop", json!("alice's"), Some("order-1001")).await;
+    assert_eq!(
+        second["duplicate"], false,
+        "alice's publish is stored, not taken for mallory's: {second}"
+    );
+    assert_ne!(second["id"], first["id"]);
+    // Each one's retry still finds their own.
+    let again = alice.publish("shop", json!("alice's"), Some("order-1001")).await;
+    assert_eq!(
+        (again["duplicate"].clone(), again["id"].clone()),
+        (json!(true), second["id"].clone())
+    );
+    let history = full_history(&relay, "shop", 100).await;
+    let bodies: Vec<Value> = history.iter().map(|message| message["body"].clone()).collect();
+    assert_eq!(bodies, [json!("mallory's"), json!("alice's")]);
+}
+
+#[tokio::test]
+async fn a_configured_issuer_or_audience_is_required_in_the_token() {
+    let relay = TestRelay::start(&[
+        "--auth",
+        "jwt",
+        "--jwt-secret",
+        SECRET,
+        "--jwt-issuer",
+        "https://issuer.example",
+        "--jwt-audience",
+        "chat",
+    ])
+    .await;
+    let exp = in_an_hour();
+    let status = async |claims: Value| {
+        let url = relay.url(&format!("/v1/rooms/r/messages?access_token={}", token(&claims)));
+        http_get_json(&url).await.0
+    };
+    let full = json!({"sub": "ann", "exp": exp, "rooms": ["*"], "iss": "https://issuer.example", "aud": "chat"});
+    assert_eq!(status(full.clone()).await, 200);
+    let mut without_iss = full.clone();
+    without_iss.as_object_mut().unwrap().remove("iss");
+    assert_eq!(status(without_iss).await, 401, "a token without iss");
+    let mut without_aud = full.clone();
+    without_aud.as_object_mut().unwrap().remove("aud");
+    assert_eq!(status(without_aud).await, 401, "a token without aud");
+}
