@@ -267,6 +267,48 @@ pub struct Settings {
     pub stomp_endpoints: Vec<String>,
     pub stomp_app_routes: crate::stomp::AppRoutes,
     pub log_format: Option<LogFormat>,
+    /// `RELAY_*` variables of the environment that name no setting (each
+    /// with the setting it most likely meant), to be warned of at start.
+    pub unknown_variables: Vec<UnknownVariable>,
+}
+
+/// A `RELAY_*` variable that names no setting: most likely a misspelling,
+/// silently ignored unless said.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownVariable {
+    /// The variable as set.
+    pub name: String,
+    /// The setting it most likely meant.
+    pub nearest: Option<String>,
+}
+
+/// The `RELAY_*` variables among `names` that name no setting, each with
+/// the nearest real name (by edit distance, when close enough to be a
+/// slip). `RELAY_TEST_*` belongs to the test harness.
+#[must_use]
+pub fn unknown_variables(names: impl IntoIterator<Item = String>) -> Vec<UnknownVariable> {
+    let command = Cli::command();
+    let known: Vec<String> = command
+        .get_arguments()
+        .filter_map(|argument| argument.get_env())
+        .map(|env| env.to_string_lossy().into_owned())
+        .collect();
+    let mut unknown: Vec<UnknownVariable> = names
+        .into_iter()
+        .filter(|name| name.starts_with("RELAY_") && !name.starts_with("RELAY_TEST_"))
+        .filter(|name| !known.contains(name))
+        .map(|name| {
+            let nearest = known
+                .iter()
+                .map(|known| (strsim::levenshtein(&name, known), known))
+                .filter(|(distance, _)| *distance <= 4)
+                .min()
+                .map(|(_, known)| known.clone());
+            UnknownVariable { name, nearest }
+        })
+        .collect();
+    unknown.sort_by(|a, b| a.name.cmp(&b.name));
+    unknown
 }
 
 /// Where a JWT verifier gets its key; the file is read at start, not here.
@@ -559,6 +601,7 @@ impl Cli {
             stomp_endpoints,
             stomp_app_routes,
             log_format: self.log_format,
+            unknown_variables: Vec::new(),
         })
     }
 }
@@ -644,8 +687,11 @@ where
         }
         _ => SettingsFailure::Invalid(one_line_clap_error(&error)),
     })?;
-    cli.validate()
-        .map_err(|error| SettingsFailure::Invalid(error.to_string()))
+    let mut settings = cli
+        .validate()
+        .map_err(|error| SettingsFailure::Invalid(error.to_string()))?;
+    settings.unknown_variables = unknown_variables(std::env::vars_os().filter_map(|(name, _)| name.into_string().ok()));
+    Ok(settings)
 }
 
 /// Why settings could not be produced.
@@ -760,6 +806,33 @@ mod tests {
                 .unwrap()
                 .jwt
                 .is_none()
+        );
+    }
+
+    #[test]
+    fn a_misspelled_variable_is_named_with_the_setting_it_meant() {
+        let unknown = unknown_variables(
+            [
+                "RELAY_MAX_CONECTIONS",
+                "RELAY_PUBLISH_RATE",
+                "RELAY_SOMETHING_ELSE_ENTIRELY",
+                "RELAY_TEST_BINARY",
+                "HOME",
+            ]
+            .map(str::to_owned),
+        );
+        assert_eq!(
+            unknown,
+            [
+                UnknownVariable {
+                    name: "RELAY_MAX_CONECTIONS".to_owned(),
+                    nearest: Some("RELAY_MAX_CONNECTIONS".to_owned()),
+                },
+                UnknownVariable {
+                    name: "RELAY_SOMETHING_ELSE_ENTIRELY".to_owned(),
+                    nearest: None,
+                },
+            ]
         );
     }
 

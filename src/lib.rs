@@ -113,6 +113,41 @@ fn build_authenticator(settings: &Settings) -> Result<Authenticator, StartError>
     Ok(Authenticator::Jwt(Box::new(verifier)))
 }
 
+/// Says at start what is likely a mistake (see [`risky_settings`]).
+fn warn_of_risky_settings(settings: &Settings, listening: SocketAddr) {
+    for line in risky_settings(settings, listening) {
+        tracing::warn!("{line}");
+    }
+}
+
+/// What is likely a mistake in the settings of a node listening at
+/// `listening`: a `RELAY_*` variable that names no setting (silently
+/// ignored otherwise), and no authentication on an address others can
+/// reach.
+#[must_use]
+pub fn risky_settings(settings: &Settings, listening: SocketAddr) -> Vec<String> {
+    let mut lines: Vec<String> = settings
+        .unknown_variables
+        .iter()
+        .map(|unknown| match &unknown.nearest {
+            Some(nearest) => format!(
+                "{} is not a setting and is ignored; did you mean {nearest}? (chat-relay --help lists them all)",
+                unknown.name
+            ),
+            None => format!(
+                "{} is not a setting and is ignored (chat-relay --help lists them all)",
+                unknown.name
+            ),
+        })
+        .collect();
+    if settings.auth == config::AuthMode::None && !listening.ip().is_loopback() {
+        lines.push(format!(
+            "RELAY_AUTH=none on {listening}, an address others can reach: anyone who connects reads and writes every room under any name; set RELAY_AUTH=jwt, or listen on 127.0.0.1"
+        ));
+    }
+    lines
+}
+
 /// Raises the soft descriptor limit to the hard one (each socket is one)
 /// and returns it, when the platform tells.
 fn raise_descriptor_limit() -> Option<u64> {
@@ -150,6 +185,7 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
         version = env!("CARGO_PKG_VERSION"),
         "chat-relay listening"
     );
+    warn_of_risky_settings(&node.settings, local_addr);
     let stop_server = CancellationToken::new();
     let descriptors = raise_descriptor_limit();
     let caps = http::listener::SocketCaps::new(
@@ -185,4 +221,23 @@ pub async fn start(settings: Settings) -> Result<RunningNode, StartError> {
         }
     });
     Ok(RunningNode::new(local_addr, node, stop_server, server))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_authentication_beyond_loopback_is_warned_of() {
+        let settings = config::settings_from(["chat-relay"]).expect("defaults are valid");
+        let warned = |address: &str| {
+            risky_settings(&settings, address.parse().unwrap())
+                .iter()
+                .any(|line| line.starts_with("RELAY_AUTH=none on"))
+        };
+        assert!(warned("0.0.0.0:8080"));
+        assert!(warned("10.0.0.5:8080"));
+        assert!(!warned("127.0.0.1:8080"));
+        assert!(!warned("[::1]:8080"));
+    }
 }

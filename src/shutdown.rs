@@ -17,8 +17,10 @@ use crate::node::Node;
 
 /// Extra time after the drain window for the last close frames.
 pub const DRAIN_MARGIN: Duration = Duration::from_secs(1);
-/// How long the HTTP server and the background tasks get to end after the
-/// connections are gone.
+/// How long the HTTP server and the background tasks, together, get to end
+/// after the connections are gone. With [`DRAIN_MARGIN`], a drained node
+/// exits within the drain window plus 2 s whatever hangs (docs/deploy.md
+/// counts on it: Cloud Run kills 10 s after SIGTERM, the window is 8 s).
 const TASKS_GRACE: Duration = Duration::from_secs(1);
 /// Longest wait for the broker to remove the node's presence at a drain.
 const PRESENCE_LEAVE_GRACE: Duration = Duration::from_secs(3);
@@ -50,22 +52,34 @@ impl RunningNode {
 
     /// Drains (clients told to reconnect, the node's presence removed at
     /// once), waits for connections at most the drain window plus
-    /// [`DRAIN_MARGIN`], then stops the server and every background task.
+    /// [`DRAIN_MARGIN`], then stops the server and every background task
+    /// within [`TASKS_GRACE`]: at most the window plus 2 s in all.
     pub async fn drain(self) {
+        let started = tokio::time::Instant::now();
         self.node.draining.cancel();
         self.node.connections.close();
-        // Each broker call is bounded; this bounds them all together.
-        let _ = tokio::time::timeout(PRESENCE_LEAVE_GRACE, self.node.hub.leave_all_presence()).await;
-        let deadline = self.node.settings.drain + DRAIN_MARGIN;
-        if tokio::time::timeout(deadline, self.node.connections.wait())
-            .await
-            .is_err()
-        {
-            tracing::warn!("drain window over with connections still open; closing them");
-        }
+        // Presence leaves while the connections go (each broker call is
+        // bounded; this bounds them all), within the same deadline.
+        let deadline = started + self.node.settings.drain + DRAIN_MARGIN;
+        let presence = tokio::time::timeout(PRESENCE_LEAVE_GRACE, self.node.hub.leave_all_presence());
+        let connections = async {
+            if tokio::time::timeout_at(deadline, self.node.connections.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!("drain window over with connections still open; closing them");
+            }
+        };
+        let _ = tokio::time::timeout_at(deadline, futures_util::future::join(presence, connections)).await;
+        // The server and the tasks share one grace.
+        let grace_over = tokio::time::Instant::now() + TASKS_GRACE;
         self.stop_server.cancel();
-        let _ = tokio::time::timeout(TASKS_GRACE, self.server).await;
-        let left = self.node.tasks.stop(TASKS_GRACE).await;
+        let _ = tokio::time::timeout_at(grace_over, self.server).await;
+        let left = self
+            .node
+            .tasks
+            .stop(grace_over.saturating_duration_since(tokio::time::Instant::now()))
+            .await;
         if left > 0 {
             tracing::warn!(tasks = left, "background tasks still running at exit");
         }

@@ -243,3 +243,29 @@ async fn a_configured_issuer_or_audience_is_required_in_the_token() {
     without_aud.as_object_mut().unwrap().remove("aud");
     assert_eq!(status(without_aud).await, 401, "a token without aud");
 }
+
+#[tokio::test]
+async fn http_errors_and_stomp_protocol_closes_are_counted_by_code() {
+    let relay = TestRelay::start(&[]).await;
+    let base = relay.url("");
+    let (status, _) = http_get_json(&relay.url("/v1/nowhere")).await;
+    assert_eq!(status, 404);
+    let (status, _) = http_get_json(&relay.url("/v1/rooms/bad%20room/messages")).await;
+    assert_eq!(status, 400);
+    assert!((common::metric_at(&base, "relay_errors_total{code=\"not_found\"}").await - 1.0).abs() < f64::EPSILON);
+    assert!((common::metric_at(&base, "relay_errors_total{code=\"invalid_room\"}").await - 1.0).abs() < f64::EPSILON);
+    // A STOMP protocol error: an ERROR, then close 1002, counted as such.
+    let mut stomp = StompClient::connect(&stomp_url(&relay), &[]).await;
+    stomp.send("SUBSCRIBE\n\n\0").await;
+    stomp.frame("ERROR").await;
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+    while common::metric_at(&base, "relay_closes_total{code=\"1002\"}").await < 1.0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the 1002 close is counted under its code"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let (_, metrics) = common::http_get_text(&relay.url("/metrics")).await;
+    assert!(!metrics.contains("relay_closes_total{code=\"other\"}"), "{metrics}");
+}

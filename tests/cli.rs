@@ -254,3 +254,63 @@ fn cluster_mode_on_a_single_redis_exits_1_with_one_line_saying_what_to_change() 
     let stderr = start_up_failure(&[("REDIS_URL", &format!("{},127.0.0.1:1", single.seed_url()))]);
     assert!(stderr.contains("RELAY_REDIS_CLUSTER=true"), "{stderr}");
 }
+
+#[test]
+fn operators_are_warned_of_a_misspelled_variable_and_trace_logs_keep_what_clients_send() {
+    let mut command = relay_command();
+    command
+        .env("RELAY_LISTEN", "127.0.0.1:0")
+        .env("RELAY_LOG_FORMAT", "json")
+        .env("RELAY_MAX_CONECTIONS", "5")
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null());
+    let mut child = command.spawn().unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let running = Running(child);
+    let (lines_tx, lines_rx) = std::sync::mpsc::channel::<String>();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = lines_tx.send(line);
+        }
+    });
+    let mut seen = Vec::new();
+    let address = loop {
+        let line = lines_rx.recv_timeout(Duration::from_secs(10)).expect("a start-up line");
+        seen.push(line.clone());
+        if let Ok(entry) = serde_json::from_str::<Value>(&line)
+            && let Some(listen) = entry["listen"].as_str()
+        {
+            break listen.to_owned();
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let secret = "do-not-log-me-0123456789";
+    runtime.block_on(async {
+        let mut client = WsClient::connect_url(&format!("ws://{address}/v1/ws?access_token={secret}")).await;
+        client
+            .send_json(serde_json::json!({"type": "publish", "room": "r", "body": secret, "req": "p"}))
+            .await;
+        assert_eq!(client.reply_to("p").await["type"], "ack");
+        let _ = reqwest::Client::new()
+            .get(format!("http://{address}/v1/rooms/r/messages"))
+            .header("authorization", format!("Bearer {secret}"))
+            .send()
+            .await
+            .unwrap();
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    seen.extend(lines_rx.try_iter());
+    drop(running);
+    assert!(
+        seen.iter().any(|line| line.contains("\"WARN\"")
+            && line
+                .contains("RELAY_MAX_CONECTIONS is not a setting and is ignored; did you mean RELAY_MAX_CONNECTIONS?")),
+        "{seen:#?}"
+    );
+    let leaks: Vec<&String> = seen.iter().filter(|line| line.contains(secret)).collect();
+    assert!(leaks.is_empty(), "RUST_LOG=trace logged what a client sent: {leaks:#?}");
+}

@@ -110,6 +110,8 @@ impl IntoResponse for ApiError {
             body["stored"] = stored.to_json();
         }
         let mut response = (self.status, axum::Json(body)).into_response();
+        // For the router's counting layer (`relay_errors_total`).
+        response.extensions_mut().insert(self.code);
         if let Some(wait) = self.retry_after {
             let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
             if let Ok(value) = HeaderValue::from_str(&seconds.max(1).to_string()) {

@@ -33,14 +33,14 @@ pub fn router(node: Arc<Node>) -> Router {
     // CORS is the outermost layer so that preflight requests are answered
     // before routing (a route has no OPTIONS handler of its own).
     let cors = cors(&node.settings.allowed_origins);
-    // STOMP's paths answer CORS as SockJS clients need (below), so they
-    // stay outside the other endpoints' layer.
+    // STOMP's paths stay outside the other endpoints' layer: SockJS's
+    // `info` answers CORS as SockJS clients need (below).
+    let info_cors = sockjs_cors(&node.settings.allowed_origins);
     let mut stomp_routes = Router::new();
-    stomp_routes = stomp::add_routes(stomp_routes, "/v1/stomp", "/v1/stomp/sockjs");
+    stomp_routes = stomp::add_routes(stomp_routes, "/v1/stomp", "/v1/stomp/sockjs", &info_cors);
     for endpoint in &node.settings.stomp_endpoints {
-        stomp_routes = stomp::add_routes(stomp_routes, endpoint, endpoint);
+        stomp_routes = stomp::add_routes(stomp_routes, endpoint, endpoint, &info_cors);
     }
-    let stomp_routes = stomp_routes.layer(sockjs_cors(&node.settings.allowed_origins));
     Router::new()
         .route("/v1/ws", get(ws::upgrade))
         .route("/v1/rooms/{room}/events", get(sse::events))
@@ -54,12 +54,29 @@ pub fn router(node: Arc<Node>) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .layer(cors)
         .merge(stomp_routes)
+        .layer(axum::middleware::map_response_with_state(
+            node.clone(),
+            count_http_error,
+        ))
         .with_state(node)
 }
 
+/// Counts every HTTP error answered (`relay_errors_total`, by code): an
+/// [`ApiError`] leaves its code on the response.
+async fn count_http_error(State(node): State<Arc<Node>>, response: Response) -> Response {
+    if let Some(code) = response.extensions().get::<ErrorCode>() {
+        node.metrics.count_error(*code);
+    }
+    response
+}
+
 /// SockJS clients fetch `info` with credentials, which a wildcard CORS
-/// answer does not allow: the allowed origin is mirrored, with
-/// `Access-Control-Allow-Credentials` (as SockJS servers answer).
+/// answer does not allow: an allowed origin is mirrored, with
+/// `Access-Control-Allow-Credentials` (as SockJS servers answer). Under
+/// `RELAY_ALLOWED_ORIGINS=*` that is any origin: `info` says only that the
+/// WebSocket transport is there (no session, no cookie, nothing of the
+/// user), so a credentialed read of it gives a page nothing. Nothing else
+/// answers with credentials.
 fn sockjs_cors(origins: &AllowedOrigins) -> CorsLayer {
     let origins = origins.clone();
     CorsLayer::new()

@@ -34,11 +34,18 @@ const MAX_HEARTBEAT_OUT: Duration = Duration::from_secs(10);
 /// The paths one STOMP endpoint serves: `base` (a raw WebSocket), and the
 /// SockJS layout under `sockjs` (`{sockjs}/info`,
 /// `{sockjs}/{server}/{session}/websocket`, and the raw `{sockjs}/websocket`).
-pub(crate) fn add_routes(router: axum::Router<Arc<Node>>, base: &str, sockjs: &str) -> axum::Router<Arc<Node>> {
+pub(crate) fn add_routes(
+    router: axum::Router<Arc<Node>>,
+    base: &str,
+    sockjs: &str,
+    info_cors: &tower_http::cors::CorsLayer,
+) -> axum::Router<Arc<Node>> {
     use axum::routing::get;
     let mut router = router
         .route(base, get(upgrade::<false>))
-        .route(&format!("{sockjs}/info"), get(info))
+        // Only `info` is fetched by a page (with credentials); the
+        // upgrades are not subject to CORS and check the Origin themselves.
+        .route(&format!("{sockjs}/info"), get(info).layer(info_cors.clone()))
         .route(
             &format!("{sockjs}/{{server}}/{{session}}/websocket"),
             get(upgrade::<true>),

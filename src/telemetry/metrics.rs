@@ -276,6 +276,7 @@ impl Metrics {
     pub fn count_close(&self, code: u16) {
         let code = match code {
             1000 => "1000",
+            1002 => "1002",
             1003 => "1003",
             1007 => "1007",
             1008 => "1008",

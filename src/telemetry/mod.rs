@@ -37,6 +37,29 @@ impl Drop for TelemetryGuard {
     }
 }
 
+/// Libraries whose trace-level logs carry what clients send, tokens and
+/// passwords included (frames, headers, commands). `RUST_LOG=trace` does
+/// not reach them: they log at most at debug unless named in `RUST_LOG`
+/// themselves (`RUST_LOG=trace,tungstenite=trace`), a choice made on
+/// purpose.
+const SECRET_BEARING_TARGETS: [&str; 5] = ["tungstenite", "tokio_tungstenite", "hyper", "h2", "redis"];
+
+/// The log filter of `RUST_LOG` (default `info`), with the libraries of
+/// [`SECRET_BEARING_TARGETS`] capped at debug unless it names them.
+fn log_filter(rust_log: Option<&str>) -> EnvFilter {
+    let text = rust_log.filter(|text| !text.trim().is_empty()).unwrap_or("info");
+    let mut filter = EnvFilter::try_new(text).unwrap_or_else(|_| EnvFilter::new("info"));
+    for target in SECRET_BEARING_TARGETS {
+        let named = text
+            .split(',')
+            .any(|directive| directive.trim().split(['=', '[', ':']).next() == Some(target));
+        if !named && let Ok(directive) = format!("{target}=debug").parse() {
+            filter = filter.add_directive(directive);
+        }
+    }
+    filter
+}
+
 /// Installs the global subscriber: log lines (`pretty` on a terminal, else
 /// JSON lines naming the node and trace, unless `format` says otherwise;
 /// level from `RUST_LOG`, default `info`) and, when the `OTEL_*` variables
@@ -51,7 +74,7 @@ pub fn init(format: Option<LogFormat>, node_id: &str) -> Result<TelemetryGuard, 
         LogFormat::Json
     });
     let provider = otel::tracer_provider(node_id)?;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let filter = log_filter(std::env::var("RUST_LOG").ok().as_deref());
     let log_layer = match format {
         LogFormat::Pretty => tracing_subscriber::fmt::layer().with_writer(std::io::stdout).boxed(),
         LogFormat::Json => {
@@ -84,4 +107,29 @@ pub fn init(format: Option<LogFormat>, node_id: &str) -> Result<TelemetryGuard, 
         trace_context::set_exporting();
     }
     Ok(TelemetryGuard { provider })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn trace_does_not_reach_the_libraries_that_log_secrets_unless_they_are_named() {
+        let directives = |rust_log: &str| -> Vec<String> {
+            log_filter(Some(rust_log))
+                .to_string()
+                .split(',')
+                .map(str::to_owned)
+                .collect()
+        };
+        let capped = directives("trace");
+        for target in SECRET_BEARING_TARGETS {
+            assert!(capped.contains(&format!("{target}=debug")), "{capped:?}");
+        }
+        let named = directives("trace,tungstenite=trace");
+        assert!(named.contains(&"tungstenite=trace".to_owned()), "{named:?}");
+        assert!(!named.contains(&"tungstenite=debug".to_owned()), "{named:?}");
+        assert!(named.contains(&"tokio_tungstenite=debug".to_owned()), "{named:?}");
+        assert!(log_filter(None).to_string().contains("info"));
+    }
 }

@@ -3,7 +3,7 @@
 //! traces-only form).
 
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::SpanExporter;
+use opentelemetry_otlp::{Protocol, SpanExporter, WithExportConfig as _};
 use opentelemetry_sdk::Resource;
 use opentelemetry_sdk::trace::SdkTracerProvider;
 
@@ -15,8 +15,11 @@ const DEFAULT_SERVICE_NAME: &str = "chat-relay";
 enum ExportRequest {
     /// No export: no endpoint, `OTEL_SDK_DISABLED=true` or `OTEL_TRACES_EXPORTER=none`.
     Off,
-    /// OTLP over HTTP (protobuf unless the protocol variable says `http/json`).
-    OtlpHttp,
+    /// OTLP over HTTP, in this encoding: protobuf unless the protocol
+    /// variable says `http/json`. Always set on the exporter: left to the
+    /// SDK, the default would follow its cargo features (JSON here, since
+    /// both encodings are built), not the standard's protobuf.
+    OtlpHttp(Protocol),
 }
 
 /// Reads the `OTEL_*` variables that decide whether and how to export.
@@ -51,7 +54,8 @@ fn export_request(var: impl Fn(&str) -> Option<String>) -> Result<ExportRequest,
     }
     let protocol = var("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL").or_else(|| var("OTEL_EXPORTER_OTLP_PROTOCOL"));
     match protocol.as_deref().map(str::trim) {
-        None | Some("" | "http/protobuf" | "http/json") => Ok(ExportRequest::OtlpHttp),
+        None | Some("" | "http/protobuf") => Ok(ExportRequest::OtlpHttp(Protocol::HttpBinary)),
+        Some("http/json") => Ok(ExportRequest::OtlpHttp(Protocol::HttpJson)),
         Some("grpc") => Err("OTEL_EXPORTER_OTLP_PROTOCOL=grpc is not supported; use http/protobuf \
                              (the default) and the collector's OTLP/HTTP port, usually 4318"
             .to_owned()),
@@ -67,11 +71,12 @@ fn export_request(var: impl Fn(&str) -> Option<String>) -> Result<ExportRequest,
 /// # Errors
 /// One line naming the `OTEL_*` variable that cannot be honoured.
 pub fn tracer_provider(node_id: &str) -> Result<Option<SdkTracerProvider>, String> {
-    if export_request(|name| std::env::var(name).ok())? == ExportRequest::Off {
+    let ExportRequest::OtlpHttp(protocol) = export_request(|name| std::env::var(name).ok())? else {
         return Ok(None);
-    }
+    };
     let exporter = SpanExporter::builder()
         .with_http()
+        .with_protocol(protocol)
         .build()
         .map_err(|error| format!("OTEL_EXPORTER_OTLP_ENDPOINT: cannot build the OTLP exporter: {error}"))?;
     // The SDK's resource reads OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES.
@@ -105,10 +110,14 @@ mod tests {
     fn export_is_on_only_with_an_endpoint_and_off_when_disabled() {
         assert_eq!(request(&[]), Ok(ExportRequest::Off));
         let endpoint = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318");
-        assert_eq!(request(&[endpoint]), Ok(ExportRequest::OtlpHttp));
+        assert_eq!(
+            request(&[endpoint]),
+            Ok(ExportRequest::OtlpHttp(Protocol::HttpBinary)),
+            "protobuf, the standard's default"
+        );
         assert_eq!(
             request(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "http://127.0.0.1:4318/v1/traces")]),
-            Ok(ExportRequest::OtlpHttp)
+            Ok(ExportRequest::OtlpHttp(Protocol::HttpBinary))
         );
         assert_eq!(
             request(&[endpoint, ("OTEL_SDK_DISABLED", "true")]),
@@ -120,7 +129,7 @@ mod tests {
         );
         assert_eq!(
             request(&[endpoint, ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")]),
-            Ok(ExportRequest::OtlpHttp)
+            Ok(ExportRequest::OtlpHttp(Protocol::HttpJson))
         );
     }
 
