@@ -41,7 +41,13 @@ export async function serveChat(port = 0, example = "chat"): Promise<ChatServer>
       response.writeHead(404, { "content-type": "text/plain" }).end("not found\n");
     }
   });
-  await new Promise<void>((resolve) => server.listen(port, "127.0.0.1", resolve));
+  await new Promise<void>((resolve, reject) => {
+    server.once("error", reject);
+    server.listen(port, "127.0.0.1", () => {
+      server.off("error", reject);
+      resolve();
+    });
+  });
   const { port: chosen } = server.address() as AddressInfo;
   return {
     url: `http://127.0.0.1:${chosen}/`,

@@ -49,6 +49,14 @@ export async function startRelay(env: Record<string, string> = {}, nodeId = "sdk
     stdio: ["ignore", "pipe", "inherit"],
   });
   const exited = new Promise<number | null>((resolve) => child.once("exit", (code) => resolve(code)));
+  // Stopped with the rest even when it never comes up.
+  const kill = (signal: NodeJS.Signals): void => {
+    if (child.exitCode === null && child.signalCode === null) child.kill(signal);
+  };
+  started.push(async () => {
+    kill("SIGKILL");
+    await exited;
+  });
   const log: string[] = [];
   const lines = createInterface({ input: child.stdout! });
   const addr = await new Promise<string>((resolve, reject) => {
@@ -74,14 +82,8 @@ export async function startRelay(env: Record<string, string> = {}, nodeId = "sdk
     process: child,
     exited,
     log,
-    kill(signal) {
-      if (child.exitCode === null && child.signalCode === null) child.kill(signal);
-    },
+    kill,
   };
-  started.push(async () => {
-    relay.kill("SIGKILL");
-    await exited;
-  });
   return relay;
 }
 
@@ -105,7 +107,16 @@ export async function startRedis(): Promise<Redis> {
   const child = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--protected-mode", "no"], {
     stdio: ["ignore", "pipe", "inherit"],
   });
-  const exited = new Promise<void>((resolve) => child.once("exit", () => resolve()));
+  const exited = new Promise<void>((resolve) => {
+    child.once("exit", () => resolve());
+    // A binary that never started has nothing to wait for.
+    child.once("error", () => resolve());
+  });
+  // Stopped with the rest even when it never comes up.
+  started.push(async () => {
+    if (child.exitCode === null && child.signalCode === null) child.kill("SIGKILL");
+    await exited;
+  });
   await new Promise<void>((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error("redis-server did not start in 10 s (is Debian's redis-server installed?)")), 10_000);
     child.once("error", (error) => reject(new Error(`cannot start redis-server: ${error.message}; install Debian's redis-server`)));
@@ -115,10 +126,6 @@ export async function startRedis(): Promise<Redis> {
         resolve();
       }
     });
-  });
-  started.push(async () => {
-    child.kill("SIGKILL");
-    await exited;
   });
   return { url: `redis://127.0.0.1:${port}` };
 }
