@@ -52,6 +52,10 @@ pub struct Cli {
     #[arg(long, env = "RELAY_REDIS_CLUSTER", default_value_t = false, action = ArgAction::Set, num_args = 0..=1, default_missing_value = "true")]
     pub redis_cluster: bool,
 
+    /// Acknowledge a publish only after WAIT saw this many replicas take it (a Redis with replicas, or a Cluster); not met within a second: unavailable with stored unknown
+    #[arg(long, env = "RELAY_REDIS_MIN_REPLICAS_ACKED", default_value_t = 0)]
+    pub redis_min_replicas_acked: u32,
+
     /// PEM file of the CA that signed the Redis server certificate, for rediss:// with a private CA [default: the public web roots]
     #[arg(long, env = "RELAY_REDIS_CA_FILE")]
     pub redis_ca_file: Option<std::path::PathBuf>,
@@ -234,6 +238,7 @@ pub struct Settings {
     pub listen: SocketAddr,
     pub redis_url: Option<String>,
     pub redis_cluster: bool,
+    pub redis_min_replicas_acked: u32,
     pub redis_ca_file: Option<std::path::PathBuf>,
     pub node_id: String,
     pub key_prefix: String,
@@ -568,6 +573,7 @@ impl Cli {
             listen: self.listen,
             redis_url: self.redis_url,
             redis_cluster: self.redis_cluster,
+            redis_min_replicas_acked: self.redis_min_replicas_acked,
             redis_ca_file: self.redis_ca_file,
             node_id,
             key_prefix: self.key_prefix,

@@ -66,6 +66,7 @@ async fn build_broker(settings: &Settings, tasks: &Arc<NodeTasks>) -> Result<Arc
         history_maxlen: settings.history_maxlen,
         history_ttl: settings.history_ttl,
         idempotency_ttl: settings.idempotency_ttl,
+        replicas_acked: settings.redis_min_replicas_acked,
     };
     match &settings.redis_url {
         None => Ok(MemoryBroker::new(retention, tasks)),

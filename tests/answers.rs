@@ -269,3 +269,112 @@ async fn http_errors_and_stomp_protocol_closes_are_counted_by_code() {
     let (_, metrics) = common::http_get_text(&relay.url("/metrics")).await;
     assert!(!metrics.contains("relay_closes_total{code=\"other\"}"), "{metrics}");
 }
+
+/// Opens a WebSocket on a raw socket (so the test can keep sending while
+/// it reads), returning the socket after the 101.
+async fn raw_websocket(relay: &TestRelay, path: &str) -> tokio::net::TcpStream {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(relay.addr).await.unwrap();
+    let request = format!(
+        "GET {path} HTTP/1.1\r\nhost: relay\r\nupgrade: websocket\r\nconnection: upgrade\r\nsec-websocket-key: dGhlIHNhbXBsZSBub25jZQ==\r\nsec-websocket-version: 13\r\n\r\n"
+    );
+    socket.write_all(request.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(socket.read(&mut byte).await.unwrap(), 1, "the upgrade's answer");
+        head.push(byte[0]);
+    }
+    assert!(head.starts_with(b"HTTP/1.1 101"), "{}", String::from_utf8_lossy(&head));
+    socket
+}
+
+/// Reads server frames until a close frame and returns its code; `None`
+/// when the connection ends (or is reset) first.
+async fn close_code(socket: &mut tokio::net::TcpStream) -> Option<u16> {
+    use tokio::io::AsyncReadExt;
+    let mut buffer = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // Server frames are unmasked: opcode, length (7, 16 or 64 bits), payload.
+        if buffer.len() >= 2 {
+            let opcode = buffer[0] & 0x0f;
+            let (length, start) = match buffer[1] & 0x7f {
+                126 if buffer.len() >= 4 => (usize::from(u16::from_be_bytes([buffer[2], buffer[3]])), 4),
+                127 if buffer.len() >= 10 => {
+                    let length = u64::from_be_bytes(buffer[2..10].try_into().unwrap());
+                    (usize::try_from(length).unwrap(), 10)
+                }
+                126 | 127 => (usize::MAX, 0),
+                length => (usize::from(length), 2),
+            };
+            if length != usize::MAX && buffer.len() >= start + length {
+                if opcode == 8 {
+                    return (length >= 2).then(|| u16::from_be_bytes([buffer[start], buffer[start + 1]]));
+                }
+                buffer.drain(..start + length);
+                continue;
+            }
+        }
+        match tokio::time::timeout(std::time::Duration::from_secs(10), socket.read(&mut chunk)).await {
+            Ok(Ok(read)) if read > 0 => buffer.extend_from_slice(&chunk[..read]),
+            _ => return None,
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_frame_over_the_limit_gets_its_1009_every_time_while_the_client_keeps_sending() {
+    use tokio::io::AsyncWriteExt;
+    let relay = TestRelay::start(&[]).await;
+    for run in 0..50 {
+        let socket = raw_websocket(&relay, "/v1/ws").await;
+        let (reading, mut writing) = socket.into_split();
+        // A 4 MiB text frame, masked (with a zero mask), sent in pieces
+        // while the node has long refused it.
+        let sender = tokio::spawn(async move {
+            let length: u64 = 4 << 20;
+            let mut header = vec![0x81, 0x80 | 127];
+            header.extend_from_slice(&length.to_be_bytes());
+            header.extend_from_slice(&[0, 0, 0, 0]);
+            let _ = writing.write_all(&header).await;
+            let piece = vec![b'x'; 64 * 1024];
+            for _ in 0..64 {
+                if writing.write_all(&piece).await.is_err() {
+                    break;
+                }
+            }
+            writing
+        });
+        let mut reader = reading.reunite(sender.await.unwrap()).unwrap();
+        let code = close_code(&mut reader).await;
+        assert_eq!(code, Some(1009), "run {run}: the close frame arrived, not a reset");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_past_the_http_limit_on_kept_alive_connections_are_answered_never_reset() {
+    let relay = TestRelay::start(&["--publish-rate", "5", "--auth", "jwt", "--jwt-secret", SECRET]).await;
+    let writer = token(&json!({"sub": "ann", "exp": in_an_hour(), "rooms": ["r"]}));
+    let reader = token(&json!({"sub": "bob", "exp": in_an_hour(), "read": ["r"]}));
+    // Two clients on kept-alive connections: one past its rate (429), one
+    // forbidden (403, refused before its body is read).
+    let http = reqwest::Client::builder().pool_max_idle_per_host(4).build().unwrap();
+    let (mut statuses, mut resets) = (std::collections::BTreeMap::new(), 0);
+    for n in 0..400 {
+        let token = if n % 2 == 0 { &writer } else { &reader };
+        let sent = http
+            .post(relay.url("/v1/rooms/r/messages"))
+            .bearer_auth(token)
+            .json(&json!({"body": {"n": n, "pad": "x".repeat(60_000)}}))
+            .send()
+            .await;
+        match sent {
+            Ok(response) => *statuses.entry(response.status().as_u16()).or_insert(0) += 1,
+            Err(_) => resets += 1,
+        }
+    }
+    assert_eq!(resets, 0, "no request reset; answers: {statuses:?}");
+    assert_eq!(statuses.get(&403), Some(&200));
+    assert!(statuses.get(&429).is_some_and(|count| *count > 150), "{statuses:?}");
+}

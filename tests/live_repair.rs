@@ -172,6 +172,7 @@ fn setup(maxlen: u64, dropped: impl IntoIterator<Item = usize>) -> Setup {
             history_maxlen: maxlen,
             history_ttl: Duration::from_secs(3600),
             idempotency_ttl: Duration::from_secs(60),
+            replicas_acked: 0,
         },
         &tasks,
     );
@@ -262,6 +263,7 @@ async fn publish(setup: &Setup, n: usize) -> PublishOutcome {
             room: setup.room.clone(),
             idempotency_key: None,
             tail: MessageFrameTail::new(None, 1, None, &n.to_string()),
+            connection: None,
         })
         .await
         .unwrap()

@@ -159,3 +159,110 @@ async fn what_a_publisher_is_told_during_a_freeze_matches_what_the_history_holds
         "{failures_unknown} {failures_false}"
     );
 }
+
+/// Redis stopped cleanly (`SHUTDOWN`): the node learns its connections are
+/// gone, and a publish after that is answered "not stored", never
+/// "unknown": nothing was sent.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_publish_after_redis_was_stopped_cleanly_is_told_not_stored() {
+    let redis = TestRedis::start().await;
+    let node = RelayProcess::spawn(&redis.url(), "stopped", &[]);
+    let mut client = WsClient::connect_url(&node.ws_url()).await;
+    assert_eq!(client.publish(ROOM, json!(0), Some("c-0")).await["type"], "ack");
+    let mut admin = redis.command_connection().await;
+    let _: redis::RedisResult<()> = redis::cmd("SHUTDOWN").arg("NOSAVE").query_async(&mut admin).await;
+    // The node's live feed sees the connection end.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for n in 1..=3 {
+        let started = std::time::Instant::now();
+        let reply = client.publish(ROOM, json!(n), Some(&format!("c-{n}"))).await;
+        assert_eq!(told_of_ws(&reply), Told::NotStored, "publish {n}: {reply}");
+        assert!(started.elapsed() < Duration::from_secs(2), "told at once");
+    }
+    let (status, body) = http_publish_to(&node.url(&format!("/v1/rooms/{ROOM}/messages")), json!(9), Some("h-9")).await;
+    assert_eq!(told_of_http(status, &body), Told::NotStored, "{body}");
+}
+
+/// A client that behaves as the SDK does: every publish has a cmid, up to
+/// 32 wait for their answer at once, and what failed is sent again, in
+/// order, before anything after it. Returns once all are acknowledged.
+async fn publish_all_in_order(client: &mut WsClient, messages: &[(String, String)]) -> usize {
+    let mut unacked: Vec<usize> = (0..messages.len()).collect();
+    let mut failures = 0;
+    while !unacked.is_empty() {
+        let mut still = Vec::new();
+        for chunk in unacked.chunks(32) {
+            for &index in chunk {
+                let (room, cmid) = &messages[index];
+                client
+                    .send_json(
+                        json!({"type": "publish", "room": room, "body": {"i": index}, "cmid": cmid, "req": cmid}),
+                    )
+                    .await;
+            }
+            for &index in chunk {
+                let (_, cmid) = &messages[index];
+                let reply = client.wait_for("reply", |frame| frame["req"] == cmid.as_str()).await;
+                if reply["type"] != "ack" {
+                    assert_eq!(reply["code"], "unavailable", "{reply}");
+                    failures += 1;
+                    still.push(index);
+                }
+            }
+            // A client sends again what failed before what came after it.
+            if !still.is_empty() {
+                still.extend(unacked.iter().copied().filter(|index| index > chunk.last().unwrap()));
+                break;
+            }
+            // Paced, so that the restart falls amid the stream.
+            tokio::time::sleep(Duration::from_millis(40)).await;
+        }
+        if !still.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        unacked = still;
+    }
+    failures
+}
+
+/// A connection pipelines publishes to three rooms while Redis is killed
+/// (`kill -9`) and started again (its append-only file kept): each room's
+/// messages are committed in the order the connection sent them, each
+/// once (issue 25: 12 publishes had been committed before ones sent earlier
+/// on the same connection, around such a restart).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connections_publishes_to_each_room_commit_in_send_order_across_a_redis_restart() {
+    const COUNT: usize = 900;
+    let redis = TestRedis::start_persistent().await;
+    let node = RelayProcess::spawn(&redis.url(), "ordered", &[]);
+    let rooms = ["order.a", "order.b", "order.c"];
+    let messages: Vec<(String, String)> = (0..COUNT)
+        .map(|index| (rooms[index % 3].to_owned(), format!("m-{index}")))
+        .collect();
+    let url = node.ws_url();
+    let publisher = tokio::spawn(async move {
+        let mut client = WsClient::connect_url(&url).await;
+        publish_all_in_order(&mut client, &messages).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    redis.kill_and_restart(Duration::from_millis(300)).await;
+    let failures = tokio::time::timeout(Duration::from_secs(120), publisher)
+        .await
+        .expect("everything acknowledged in time")
+        .unwrap();
+    assert!(
+        failures > 0,
+        "the restart refused some publishes (else this tried nothing)"
+    );
+    for (offset, room) in rooms.iter().enumerate() {
+        let (_, page) = common::http_get_json(&node.url(&format!("/v1/rooms/{room}/messages?limit=1000"))).await;
+        let order: Vec<u64> = page["messages"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|message| message["body"]["i"].as_u64().unwrap())
+            .collect();
+        let sent: Vec<u64> = (0..COUNT as u64).filter(|index| index % 3 == offset as u64).collect();
+        assert_eq!(order, sent, "{room}: committed once each, in send order");
+    }
+}

@@ -38,6 +38,7 @@ fn fixture() -> &'static Fixture {
                         history_maxlen: 100,
                         history_ttl: std::time::Duration::from_secs(60),
                         idempotency_ttl: std::time::Duration::from_secs(60),
+                        replicas_acked: 0,
                     },
                     &tasks,
                 );

@@ -370,6 +370,7 @@ mod tests {
             history_maxlen: maxlen,
             history_ttl: Duration::from_secs(60),
             idempotency_ttl: Duration::from_secs(10),
+            replicas_acked: 0,
         }
     }
 
@@ -378,6 +379,7 @@ mod tests {
             room: RoomName::parse(room).unwrap(),
             idempotency_key: cmid.map(|cmid| crate::protocol::idempotency_key(None, cmid)),
             tail: crate::protocol::MessageFrameTail::new(None, 0, cmid, "1"),
+            connection: None,
         }
     }
 

@@ -32,6 +32,10 @@ pub struct RetentionSettings {
     pub history_ttl: std::time::Duration,
     /// How long a `cmid` is remembered per room.
     pub idempotency_ttl: std::time::Duration,
+    /// Replicas that must confirm a publish's write before it is
+    /// acknowledged (`RELAY_REDIS_MIN_REPLICAS_ACKED`, Redis `WAIT`); 0: the
+    /// primary's answer is enough. The memory broker has no replicas.
+    pub replicas_acked: u32,
 }
 
 /// One message as stored in a room's history and sent on its live feed.
@@ -59,6 +63,11 @@ pub struct PublishRequest {
     pub idempotency_key: Option<String>,
     /// The frame after `prev`; the broker composes the rest.
     pub tail: MessageFrameTail,
+    /// The client connection that submitted it, if any: after one of its
+    /// publishes to a room fails, the broker sends none of its later ones
+    /// to that room until that one is sent again (see the Redis
+    /// publisher), so that a retry keeps its place.
+    pub connection: Option<u64>,
 }
 
 /// What a publish did.

@@ -70,7 +70,7 @@ pub async fn publish(
     let outcome = node
         .session
         .publisher
-        .publish(room, identity.subject(), cmid, &body)
+        .publish(room, identity.subject(), cmid, &body, None)
         .await
         .map_err(|error| {
             node.metrics.count_publish_failure(error.publish_stored());

@@ -209,6 +209,28 @@ pub(crate) struct ReadSide {
     tcp: Arc<TcpStream>,
 }
 
+impl ReadSide {
+    /// Reads and discards what the client still sends, until it closes
+    /// (or its socket fails): after a frame tungstenite refused, its parser
+    /// cannot read on, but unread bytes left in the socket would make the
+    /// kernel answer the close with a reset that destroys the close frame.
+    pub(crate) async fn discard_until_closed(&self) {
+        let mut sink = vec![0u8; 16 * 1024];
+        loop {
+            if self.tcp.readable().await.is_err() {
+                return;
+            }
+            match self.tcp.try_read(&mut sink) {
+                // The client closed, or its socket failed.
+                Ok(0) => return,
+                Err(error) if error.kind() != io::ErrorKind::WouldBlock => return,
+                // Discarded, or nothing yet.
+                Ok(_) | Err(_) => {}
+            }
+        }
+    }
+}
+
 impl AsyncRead for ReadSide {
     fn poll_read(self: Pin<&mut Self>, context: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         loop {

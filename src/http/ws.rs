@@ -437,15 +437,23 @@ fn close_message(code: u16, reason: &str) -> Message {
 }
 
 /// After the node's close frame, reads (and discards) what the client still
-/// sends until its close, the end of the stream or [`LINGER`]. Dropping a
-/// socket with unread data makes the kernel answer with a reset, which can
-/// destroy the close frame still in flight to the client (it would see no
-/// close code at all); reading first lets the close arrive.
+/// sends until its close, the end of the stream or [`LINGER`], for every
+/// protocol and every close of the node's (after a frame tungstenite
+/// refused, on the raw socket). Dropping a socket with unread data makes
+/// the kernel answer with a reset, which can destroy the close frame still
+/// in flight to the client (it would see no close code at all); reading
+/// first lets the close arrive.
 async fn linger_until_the_peer_closes(reader: &mut FrameReader) {
     let _ = tokio::time::timeout(LINGER, async {
-        while let Some(Ok(message)) = reader.next().await {
-            if matches!(message, Message::Close(_)) {
-                return;
+        loop {
+            match reader.next().await {
+                Some(Ok(Message::Close(_))) => return,
+                Some(Ok(_)) => {}
+                // tungstenite refused what the client sends (a frame over
+                // the limit, a protocol error) and reads no more, or saw
+                // the end: drain the socket itself until the client closes
+                // (at once if it has).
+                Some(Err(_)) | None => return reader.get_ref().discard_until_closed().await,
             }
         }
     })

@@ -82,7 +82,12 @@ pub struct ClientSession {
     publishes_in_flight: Option<FuturesOrdered<PendingReply>>,
     /// Bumped when a refresh replaces the identity (and so its expiry).
     identity_version: u64,
+    /// This connection among the node's, for the order of its publishes.
+    connection_id: u64,
 }
+
+/// Ids of the node's client connections.
+static NEXT_CONNECTION_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 struct Refusal<'a> {
     req: Option<&'a RequestTag>,
@@ -120,6 +125,7 @@ impl ClientSession {
             refreshes: InvalidFrameBudget::new(REFRESHES_PER_MINUTE),
             publishes_in_flight: None,
             identity_version: 0,
+            connection_id: NEXT_CONNECTION_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
         }
     }
 
@@ -649,10 +655,13 @@ impl ClientSession {
     pub fn submit_publish(&mut self, req: Option<&RequestTag>, room: RoomName, body: &str, cmid: Option<String>) {
         // Submitted now, in frame order; only the wait for the outcome is
         // deferred.
-        let pending = self
-            .context
-            .publisher
-            .publish(room.clone(), self.identity.subject(), cmid, body);
+        let pending = self.context.publisher.publish(
+            room.clone(),
+            self.identity.subject(),
+            cmid,
+            body,
+            Some(self.connection_id),
+        );
         let metrics = self.context.metrics.clone();
         let req = req.cloned();
         let in_flight = self.publishes_in_flight.get_or_insert_with(FuturesOrdered::new);

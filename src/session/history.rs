@@ -246,6 +246,7 @@ mod tests {
                 history_maxlen: 100_000,
                 history_ttl: std::time::Duration::from_secs(600),
                 idempotency_ttl: std::time::Duration::from_secs(600),
+                replicas_acked: 0,
             },
             &NodeTasks::new(),
         )
@@ -259,6 +260,7 @@ mod tests {
                 room: room.clone(),
                 idempotency_key: None,
                 tail,
+                connection: None,
             })
             .await
             .unwrap()

@@ -45,12 +45,16 @@ impl Publisher {
     ///
     /// The future fails with [`BrokerError`] when the broker did not commit;
     /// its kind says whether the publish may yet be stored.
+    /// `connection` is the submitting client connection's id (none over
+    /// HTTP), which keeps its publishes to a room in order across a store
+    /// failure (see [`PublishRequest::connection`]).
     pub fn publish(
         &self,
         room: RoomName,
         from: Option<&str>,
         cmid: Option<String>,
         body: &str,
+        connection: Option<u64>,
     ) -> impl Future<Output = Result<PublishOutcome, BrokerError>> + Send + 'static {
         let started = std::time::Instant::now();
         let tail = MessageFrameTail::new(from, self.message_ts_ms(), cmid.as_deref(), body);
@@ -65,6 +69,7 @@ impl Publisher {
                 room,
                 idempotency_key,
                 tail,
+                connection,
             })
         });
         let metrics = self.metrics.clone();

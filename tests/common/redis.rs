@@ -32,6 +32,40 @@ impl TestRedis {
         Self::start_with(port, &["--port", &port.to_string()], None).await
     }
 
+    /// Redis that writes every command to its append-only file before it
+    /// answers, so that a `kill -9` and a start ([`Self::kill_and_restart`])
+    /// keep everything it acknowledged.
+    pub async fn start_persistent() -> Self {
+        let port = free_loopback_port();
+        let args = [
+            "--port",
+            &port.to_string(),
+            "--appendonly",
+            "yes",
+            "--appendfsync",
+            "always",
+        ];
+        Self::start_with(port, &args, None).await
+    }
+
+    /// SIGKILL, then the same server started again (its files kept).
+    pub async fn kill_and_restart(&self, down: Duration) {
+        self.container.stop_with_timeout(Some(0)).await.expect("kill Redis");
+        tokio::time::sleep(down).await;
+        self.container.start().await.expect("start Redis again");
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(client) = redis::Client::open(self.url())
+                && let Ok(mut connection) = client.get_multiplexed_async_connection().await
+                && redis::cmd("PING").query_async::<String>(&mut connection).await.is_ok()
+            {
+                return;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "Redis came back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// Redis with TLS only, on a port it returns, using `server.pem`,
     /// `server.key` and `ca.pem` from `cert_dir`.
     pub async fn start_tls(cert_dir: &std::path::Path) -> Self {
@@ -56,8 +90,8 @@ impl TestRedis {
     async fn start_with(port: u16, args: &[&str], cert_dir: Option<&std::path::Path>) -> Self {
         let image = std::env::var("RELAY_TEST_REDIS_IMAGE").unwrap_or_else(|_| DEFAULT_REDIS_IMAGE.to_owned());
         let (name, tag) = image.rsplit_once(':').unwrap_or((image.as_str(), "latest"));
+        // The defaults first: a test's own arguments come later and win.
         let mut command = vec!["redis-server".to_owned()];
-        command.extend(args.iter().map(|arg| (*arg).to_owned()));
         command.extend(
             [
                 "--bind",
@@ -71,6 +105,7 @@ impl TestRedis {
             ]
             .map(str::to_owned),
         );
+        command.extend(args.iter().map(|arg| (*arg).to_owned()));
         let mut request = GenericImage::new(name, tag)
             .with_wait_for(WaitFor::message_on_stdout("Ready to accept connections"))
             .with_network("host")

@@ -18,6 +18,7 @@ pub fn retention(maxlen: u64) -> RetentionSettings {
         history_maxlen: maxlen,
         history_ttl: Duration::from_secs(3600),
         idempotency_ttl: Duration::from_secs(600),
+        replicas_acked: 0,
     }
 }
 
@@ -36,6 +37,7 @@ pub async fn publish(
             room: room.clone(),
             idempotency_key: cmid.map(|cmid| chat_relay::protocol::idempotency_key(Some("tester"), cmid)),
             tail: MessageFrameTail::new(Some("tester"), 1, cmid, body),
+            connection: None,
         })
         .await
         .expect("publish succeeds")

@@ -61,6 +61,7 @@ pub async fn hub_with_live_subscribers(room: &RoomName, count: usize) -> (Arc<Ro
             history_maxlen: 1000,
             history_ttl: std::time::Duration::from_secs(3600),
             idempotency_ttl: std::time::Duration::from_secs(600),
+            replicas_acked: 0,
         },
         &tasks,
     );

@@ -39,6 +39,9 @@ pub(super) struct LiveFeed {
     pub(super) hub: Mutex<Option<Weak<dyn LiveSink>>>,
     /// Whether the connection is up (readiness).
     pub(super) connected: AtomicBool,
+    /// Bumped each time the connection is lost: the publisher of the same
+    /// Redis takes it as news that its own connection may be gone too.
+    pub(super) losses: Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl LiveFeed {
@@ -50,6 +53,7 @@ impl LiveFeed {
             sink: Mutex::new(None),
             hub: Mutex::new(None),
             connected: AtomicBool::new(false),
+            losses: Arc::default(),
         }
     }
 
@@ -154,6 +158,7 @@ impl LiveFeed {
             };
             let Some(live) = feed.upgrade() else { return };
             live.connected.store(false, Ordering::Release);
+            live.losses.fetch_add(1, Ordering::AcqRel);
             *lock(&live.sink) = None;
             tracing::warn!(%reason, "live feed connection to Redis lost; reconnecting");
         }

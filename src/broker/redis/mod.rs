@@ -284,8 +284,22 @@ impl RedisBroker {
                 reason: error.to_string(),
             })?;
         let keys = KeyScheme::new(prefix);
+        // WAIT blocks the connection it is sent on: the publisher then has
+        // one of its own, so reads never wait behind it.
+        let publishing = if retention.replicas_acked > 0 {
+            open_commands(&client).await?
+        } else {
+            commands.clone()
+        };
         let live = Arc::new(LiveFeed::new(client, keys.clone()));
-        let publisher = Publisher::start(commands.clone(), &retention, keys.clone(), "PUBLISH", tasks);
+        let publisher = Publisher::start(
+            publishing,
+            &retention,
+            keys.clone(),
+            "PUBLISH",
+            live.losses.clone(),
+            tasks,
+        );
         let broker = Arc::new(Self {
             keys: keys.clone(),
             presence: RedisPresence::new(keys.clone(), "PUBLISH"),

@@ -14,19 +14,41 @@
 //! Redis recovers, so its caller says "unknown". After a pipeline went
 //! unanswered the task sends nothing more until Redis answers a PING:
 //! publishes that wait meanwhile are abandoned unsent rather than piled
-//! onto a connection that does not answer.
+//! onto a connection that does not answer. When the node knows its
+//! connection is gone (a pipeline failed with the connection, or the live
+//! feed's connection to the same Redis dropped), the next pipeline goes
+//! only after a PING came back; if none does, its publishes are answered
+//! at once, unsent: "nothing was stored", not "unknown".
+//!
+//! **Order across a failure**: a connection's publishes to a room are
+//! committed in the order it sent them, even when one of them fails. After
+//! a publish fails, later ones of the same connection and room are answered
+//! unsent (a *fence*) until the failed one comes again (its retry, by its
+//! `cmid`), or for [`FENCE_LIFETIME`]: they cannot overtake it, and a
+//! client that retries what failed, in order, gets them all committed in
+//! order. A publish without a `cmid` cannot be told again and sets no
+//! fence.
+//!
+//! **Replicas** (`RELAY_REDIS_MIN_REPLICAS_ACKED`): a pipeline ends with
+//! `WAIT n`, one round trip for every publish in it; publishes written but
+//! not confirmed by n replicas within [`REPLICA_WAIT`] are answered
+//! "unknown" (a failover may lose them), never acknowledged. The publisher
+//! then has a connection of its own, since `WAIT` blocks it.
 
+use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU8, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU8, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use redis::aio::ConnectionManager;
 use tokio::sync::{mpsc, oneshot};
 
 use super::keys::KeyScheme;
+use redis::Value;
+
 use super::{COMMAND_TIMEOUT, bounded, failure};
 use crate::broker::{BrokerError, PendingPublish, PublishOutcome, PublishRequest, RetentionSettings};
-use crate::protocol::{MessageId, message_frame};
+use crate::protocol::{MessageId, RoomName, message_frame};
 use crate::tasks::NodeTasks;
 use crate::telemetry::TraceParent;
 
@@ -38,6 +60,11 @@ const MAX_PUBLISH_BATCH: usize = 256;
 const CALLER_WAIT: Duration = COMMAND_TIMEOUT.saturating_add(Duration::from_millis(250));
 /// Longest wait for the PING that clears a connection after a silence.
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// How long a fence holds a connection's later publishes to a room when
+/// the failed one is never sent again.
+pub(super) const FENCE_LIFETIME: Duration = Duration::from_secs(30);
+/// How long a pipeline's `WAIT` waits for replicas.
+pub(super) const REPLICA_WAIT: Duration = Duration::from_secs(1);
 
 const QUEUED: u8 = 0;
 const CLAIMED: u8 = 1;
@@ -74,20 +101,37 @@ pub(super) struct Publisher {
     jobs: mpsc::UnboundedSender<PublishJob>,
 }
 
+/// What a publisher's task works with besides its connection.
+struct Task {
+    script: redis::Script,
+    keys: KeyScheme,
+    /// `RELAY_REDIS_MIN_REPLICAS_ACKED`.
+    replicas: u32,
+    /// Bumped by whoever learns that the node's connection to this Redis
+    /// was lost (the live feed).
+    losses: Arc<AtomicU64>,
+}
+
 impl Publisher {
-    /// Starts the task on `connection`, with the script for these settings.
+    /// Starts the task on `connection`, with the script for these settings;
+    /// `losses` is bumped whenever the node learns its connection to this
+    /// Redis was lost.
     pub(super) fn start(
         connection: ConnectionManager,
         retention: &RetentionSettings,
         keys: KeyScheme,
         publish_command: &str,
+        losses: Arc<AtomicU64>,
         tasks: &Arc<NodeTasks>,
     ) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
-        tasks.spawn(
-            "redis publisher",
-            run(queue, connection, publish_script(retention, publish_command), keys),
-        );
+        let task = Task {
+            script: publish_script(retention, publish_command),
+            keys,
+            replicas: retention.replicas_acked,
+            losses,
+        };
+        tasks.spawn("redis publisher", run(queue, connection, task));
         Self { jobs }
     }
 
@@ -165,12 +209,18 @@ impl ShardPublishers {
         super::lock(&self.by_primary).get(address).cloned()
     }
 
-    /// The publisher of the primary at `address`, started if need be.
+    /// The publisher of the primary at `address`, started if need be (on
+    /// a connection of its own when replicas must confirm: `WAIT` blocks
+    /// it).
     async fn publisher(&self, address: &str) -> Result<Arc<Publisher>, BrokerError> {
         if let Some(publisher) = self.running(address) {
             return Ok(publisher);
         }
-        let connection = self.shards.connection(address).await?;
+        let connection = if self.retention.replicas_acked > 0 {
+            self.shards.new_connection(address).await?
+        } else {
+            self.shards.connection(address).await?
+        };
         let tasks = &self.tasks;
         let mut by_primary = super::lock(&self.by_primary);
         Ok(by_primary
@@ -181,6 +231,8 @@ impl ShardPublishers {
                     &self.retention,
                     self.keys.clone(),
                     "SPUBLISH",
+                    // Its own failures tell it of a lost connection.
+                    Arc::default(),
                     tasks,
                 ))
             })
@@ -238,17 +290,83 @@ impl ShardPublishers {
     }
 }
 
-async fn run(
-    mut jobs: mpsc::UnboundedReceiver<PublishJob>,
-    mut connection: ConnectionManager,
-    script: redis::Script,
-    keys: KeyScheme,
-) {
+/// The fences of a publisher: per connection and room, the key of the
+/// publish that failed first, and since when (see the module docs).
+#[derive(Default)]
+struct Fences(HashMap<(u64, RoomName), (String, Instant)>);
+
+impl Fences {
+    /// Whether `job` may be sent: no fence on its connection and room, or
+    /// it is the failed publish again (which lifts the fence), or the fence
+    /// is old.
+    fn allow(&mut self, job: &PublishJob) -> bool {
+        if self.0.is_empty() {
+            return true;
+        }
+        let Some(connection) = job.request.connection else {
+            return true;
+        };
+        let key = (connection, job.request.room.clone());
+        let Some((first_failed, since)) = self.0.get(&key) else {
+            return true;
+        };
+        if job.request.idempotency_key.as_ref() == Some(first_failed) || since.elapsed() >= FENCE_LIFETIME {
+            self.0.remove(&key);
+            return true;
+        }
+        false
+    }
+
+    /// Records a failed publish: the first failure of its connection and
+    /// room sets the fence.
+    fn failed(&mut self, job: &PublishJob) {
+        if let (Some(connection), Some(key)) = (job.request.connection, &job.request.idempotency_key) {
+            self.0
+                .entry((connection, job.request.room.clone()))
+                .or_insert_with(|| (key.clone(), Instant::now()));
+        }
+    }
+
+    /// Forgets fences past their lifetime (bounds memory when clients
+    /// that were fenced leave).
+    fn forget_old(&mut self) {
+        if !self.0.is_empty() {
+            self.0.retain(|_, (_, since)| since.elapsed() < FENCE_LIFETIME);
+        }
+    }
+
+    /// Answers `job` with `error` and records the failure.
+    fn fail(&mut self, job: PublishJob, error: BrokerError) {
+        self.failed(&job);
+        let _ = job.reply.send(Err(error));
+    }
+}
+
+/// How a pipeline ended, for what the task does next.
+enum BatchEnd {
+    /// Redis answered.
+    Answered,
+    /// No answer in time: the connection is silent.
+    Silent,
+    /// The connection failed under it.
+    Dropped,
+}
+
+async fn run(mut jobs: mpsc::UnboundedReceiver<PublishJob>, mut connection: ConnectionManager, task: Task) {
     let mut silent = false;
+    let mut suspect = false;
+    let mut losses_seen = task.losses.load(Ordering::Acquire);
+    let mut fences = Fences::default();
     while let Some(first) = jobs.recv().await {
         if silent {
             wait_for_an_answer(&mut connection).await;
             silent = false;
+            suspect = false;
+        }
+        let losses = task.losses.load(Ordering::Acquire);
+        if losses != losses_seen {
+            losses_seen = losses;
+            suspect = true;
         }
         let mut batch = Vec::with_capacity(16);
         batch.push(first);
@@ -258,13 +376,62 @@ async fn run(
                 Err(_) => break,
             }
         }
+        fences.forget_old();
         // A job whose caller gave up (or left) is not sent: its caller said
-        // "not stored", or is gone.
-        batch.retain(|job| !job.reply.is_closed() && job.fate.settle(CLAIMED));
-        if !batch.is_empty() {
-            silent = publish_batch(&mut connection, &script, &keys, batch).await;
+        // "not stored", or is gone. One behind a failed one of its
+        // connection and room is answered unsent.
+        let mut claimed = Vec::with_capacity(batch.len());
+        for job in batch {
+            if job.reply.is_closed() || !job.fate.settle(CLAIMED) {
+                // Its caller gave up on it ("not stored"): what comes
+                // behind it may not overtake it either.
+                fences.failed(&job);
+                continue;
+            }
+            if fences.allow(&job) {
+                claimed.push(job);
+            } else {
+                fences.fail(
+                    job,
+                    BrokerError::Unavailable(
+                        "an earlier publish of this connection to this room failed; this one was not sent, so that it cannot overtake that one: send that one again first (with its cmid), then this one".to_owned(),
+                    ),
+                );
+            }
+        }
+        if claimed.is_empty() {
+            continue;
+        }
+        if suspect {
+            if probe(&mut connection).await {
+                suspect = false;
+            } else {
+                for job in claimed {
+                    fences.fail(
+                        job,
+                        BrokerError::Unavailable(
+                            "the connection to Redis is lost (it does not answer a PING): the publish was not sent"
+                                .to_owned(),
+                        ),
+                    );
+                }
+                continue;
+            }
+        }
+        match publish_batch(&mut connection, &task, claimed, &mut fences).await {
+            BatchEnd::Answered => {}
+            BatchEnd::Silent => silent = true,
+            BatchEnd::Dropped => suspect = true,
         }
     }
+}
+
+/// One PING within [`PROBE_TIMEOUT`]: whether the connection answers now.
+async fn probe(connection: &mut ConnectionManager) -> bool {
+    matches!(
+        tokio::time::timeout(PROBE_TIMEOUT, redis::cmd("PING").query_async::<String>(connection)).await,
+        Ok(Ok(_))
+    )
 }
 
 /// Holds the queue until Redis answers a PING. Callers whose wait runs out
@@ -297,69 +464,110 @@ fn parse_outcome(reply: (i64, String, String)) -> Result<PublishOutcome, BrokerE
     })
 }
 
-/// One pipeline of publishes; on NOSCRIPT (Redis restarted or flushed its
-/// script cache) the script is loaded and the refused ones, which Redis did
-/// not run, are sent again in their order. Returns whether the pipeline
-/// went unanswered (the connection is suspect).
+/// One pipeline of publishes (ending with `WAIT` when replicas must
+/// confirm); on NOSCRIPT (Redis restarted or flushed its script cache) the
+/// script is loaded and the refused ones, which Redis did not run, are sent
+/// again in their order. Every failed publish is recorded in `fences`.
 async fn publish_batch(
     connection: &mut ConnectionManager,
-    script: &redis::Script,
-    keys: &KeyScheme,
+    task: &Task,
     mut batch: Vec<PublishJob>,
-) -> bool {
+    fences: &mut Fences,
+) -> BatchEnd {
     for attempt in 0..2 {
         let mut pipe = redis::pipe();
         pipe.ignore_errors();
         for job in &batch {
             let request = &job.request;
             pipe.cmd("EVALSHA")
-                .arg(script.get_hash())
+                .arg(task.script.get_hash())
                 .arg(3)
-                .arg(keys.stream(&request.room))
-                .arg(keys.idempotency(&request.room, request.idempotency_key.as_deref()))
-                .arg(keys.channel(&request.room))
+                .arg(task.keys.stream(&request.room))
+                .arg(task.keys.idempotency(&request.room, request.idempotency_key.as_deref()))
+                .arg(task.keys.channel(&request.room))
                 .arg(if request.idempotency_key.is_some() { "1" } else { "0" })
                 .arg(message_frame::head(&request.room))
                 .arg(request.tail.as_str())
                 .arg(job.trace_prefix.as_str());
         }
-        let results: Vec<redis::RedisResult<(i64, String, String)>> = match bounded(pipe.query_async(connection)).await
-        {
-            Ok(results) => results,
-            Err(error) => {
-                let silent = matches!(error, BrokerError::NoAnswer(_));
+        if task.replicas > 0 {
+            pipe.cmd("WAIT")
+                .arg(task.replicas)
+                .arg(u64::try_from(REPLICA_WAIT.as_millis()).unwrap_or(u64::MAX));
+        }
+        let answer = tokio::time::timeout(
+            COMMAND_TIMEOUT,
+            pipe.query_async::<Vec<redis::RedisResult<Value>>>(connection),
+        )
+        .await;
+        let mut results = match answer {
+            Ok(Ok(results)) => results,
+            Ok(Err(error)) => {
+                let failed = failure(&error);
                 for job in batch {
-                    let _ = job.reply.send(Err(error.clone()));
+                    fences.fail(job, failed.clone());
                 }
-                return silent;
+                return if error.is_connection_dropped() || error.is_io_error() || error.is_connection_refusal() {
+                    BatchEnd::Dropped
+                } else {
+                    BatchEnd::Answered
+                };
             }
+            Err(_) => {
+                let silent = BrokerError::NoAnswer(format!("no answer from Redis within {COMMAND_TIMEOUT:?}"));
+                for job in batch {
+                    fences.fail(job, silent.clone());
+                }
+                return BatchEnd::Silent;
+            }
+        };
+        // The replicas' confirmation, when asked for: every write before
+        // it in the pipeline is confirmed, or none is.
+        let unconfirmed = if task.replicas > 0 {
+            match results.pop() {
+                Some(Ok(Value::Int(confirmed))) if confirmed >= i64::from(task.replicas) => None,
+                Some(Ok(Value::Int(confirmed))) => Some(format!(
+                    "stored on the primary, but {confirmed} of {} replicas confirmed it within {REPLICA_WAIT:?} (RELAY_REDIS_MIN_REPLICAS_ACKED): a failover may lose it; retry with the same cmid",
+                    task.replicas
+                )),
+                other => Some(format!(
+                    "stored on the primary, but the replicas' confirmation failed ({other:?}); retry with the same cmid"
+                )),
+            }
+        } else {
+            None
         };
         let mut refused = Vec::new();
         for (job, result) in batch.into_iter().zip(results) {
-            match result {
-                Ok(reply) => {
-                    let _ = job.reply.send(parse_outcome(reply));
+            match result.and_then(|value| Ok(redis::from_redis_value::<(i64, String, String)>(value)?)) {
+                Ok(_) if unconfirmed.is_some() => {
+                    let reason = unconfirmed.clone().unwrap_or_default();
+                    fences.fail(job, BrokerError::NoAnswer(reason));
                 }
+                Ok(reply) => match parse_outcome(reply) {
+                    Ok(outcome) => {
+                        let _ = job.reply.send(Ok(outcome));
+                    }
+                    Err(error) => fences.fail(job, error),
+                },
                 Err(error) if error.code() == Some("NOSCRIPT") && attempt == 0 => refused.push(job),
-                Err(error) => {
-                    let _ = job.reply.send(Err(failure(&error)));
-                }
+                Err(error) => fences.fail(job, failure(&error)),
             }
         }
         if refused.is_empty() {
-            return false;
+            return BatchEnd::Answered;
         }
-        if let Err(error) = bounded(script.load_async(connection)).await {
+        if let Err(error) = bounded(task.script.load_async(connection)).await {
             // Redis did not run the refused ones.
             let error = BrokerError::Unavailable(format!("the publish script could not be loaded: {error}"));
             for job in refused {
-                let _ = job.reply.send(Err(error.clone()));
+                fences.fail(job, error.clone());
             }
-            return false;
+            return BatchEnd::Answered;
         }
         batch = refused;
     }
-    false
+    BatchEnd::Answered
 }
 
 /// The publish script with this node's settings and the message frame's
@@ -404,6 +612,7 @@ mod tests {
             history_maxlen: 7,
             history_ttl: Duration::from_secs(1),
             idempotency_ttl: Duration::from_secs(2),
+            replicas_acked: 0,
         };
         let source = publish_script_source(&retention, "SPUBLISH");
         assert!(!source.contains('@'), "every placeholder is filled: {source}");

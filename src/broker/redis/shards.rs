@@ -161,6 +161,16 @@ impl Shards {
         if let Some(connection) = lock(&self.connections).get(address) {
             return Ok(connection.clone());
         }
+        let connection = self.new_connection(address).await?;
+        Ok(lock(&self.connections)
+            .entry(address.to_owned())
+            .or_insert(connection)
+            .clone())
+    }
+
+    /// A connection of its own to the primary at `address` (a publisher
+    /// that blocks it with `WAIT`).
+    pub(super) async fn new_connection(&self, address: &str) -> Result<ConnectionManager, BrokerError> {
         let client = self.client(address)?;
         let connection = tokio::time::timeout(
             CONNECT_TIMEOUT * 2,
@@ -171,10 +181,7 @@ impl Shards {
         .map_err(|error| {
             BrokerError::Unavailable(format!("{REFUSED}cannot reach the Redis primary {address}: {error}"))
         })?;
-        Ok(lock(&self.connections)
-            .entry(address.to_owned())
-            .or_insert(connection)
-            .clone())
+        Ok(connection)
     }
 
     /// The slot map as last read.
