@@ -438,3 +438,40 @@ async fn a_replay_that_the_live_feed_does_not_continue_is_told_as_a_gap() {
     all.push(next);
     assert_unbroken(&wait_for_messages(&early, 4).await, &all);
 }
+
+/// A subscriber that has just gone live after its replay, when the live
+/// feed then breaks in a way history cannot repair, gets the one `gap`,
+/// not two (one from the room's repair and one from its own check that the
+/// live feed continues its replay).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_just_past_its_replay_is_told_of_a_break_once() {
+    // History keeps 3 messages; live drops publishes 3 to 6, so when 7
+    // arrives, 3 and 4 are gone from history as well.
+    let setup = setup(3, 3..7);
+    let early = subscriber(&setup, ReplayRequest::None).await;
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(publish(&setup, n).await.id);
+    }
+    wait_for_messages(&early, 3).await;
+    // Live now, its replay empty: it must next see what follows ids[2].
+    let resumed = subscriber(&setup, ReplayRequest::Since(ids[2])).await;
+    for n in 3..8 {
+        ids.push(publish(&setup, n).await.id);
+    }
+    wait_for_messages(&resumed, 3).await;
+    // Anything more (a second gap) would come at once.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let frames = resumed.frames.lock().unwrap().clone();
+    let gaps: Vec<&Value> = frames.iter().filter(|frame| frame["type"] == "gap").collect();
+    assert_eq!(gaps.len(), 1, "{frames:?}");
+    assert_eq!(gaps[0]["after"], ids[2].to_string().as_str());
+    assert_eq!(gaps[0]["next"], ids[5].to_string().as_str());
+    let delivered: Vec<&str> = frames
+        .iter()
+        .filter(|frame| frame["type"] == "message")
+        .map(|frame| frame["id"].as_str().unwrap())
+        .collect();
+    let held: Vec<String> = ids[5..].iter().map(ToString::to_string).collect();
+    assert_eq!(delivered, held.iter().map(String::as_str).collect::<Vec<_>>());
+}

@@ -577,8 +577,10 @@ impl RoomHub {
         tracing::warn!(%room, after = ?state.last_delivered, %next, "live feed lost messages that history no longer holds");
         let gap = RoomEvent::gap(room, state.last_delivered, Some(next));
         for subscriber in &state.subscribers {
-            // A buffering subscriber finds the break itself from the chain.
-            if matches!(subscriber.mode, Mode::Live { .. }) {
+            // A buffering subscriber finds the break itself from the chain,
+            // and so does one just past its replay (the fan-out checks that
+            // the next message continues it): each is told once.
+            if matches!(subscriber.mode, Mode::Live { skip_through: None }) {
                 subscriber.connection.offer(Outbound::Room(gap.clone()));
             }
         }

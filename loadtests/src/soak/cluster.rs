@@ -59,6 +59,14 @@ const NODE_SETTINGS: &[(&str, &str)] = &[
     ("RELAY_PING_SECS", "5"),
 ];
 
+/// The Redis of a run, and what the nodes ask of it.
+pub struct Store {
+    pub persistence: Persistence,
+    pub kind: RedisKind,
+    /// The nodes' RELAY_REDIS_MIN_REPLICAS_ACKED.
+    pub replicas_acked: u32,
+}
+
 pub struct Cluster {
     pub redis_kind: RedisKind,
     /// The single Redis's port, or the first cluster node's.
@@ -79,6 +87,8 @@ pub struct Cluster {
     pub redis: Mutex<Option<ServerProcess>>,
     pub nodes: Vec<Mutex<Option<ServerProcess>>>,
     incarnations: AtomicU32,
+    /// The nodes' RELAY_REDIS_MIN_REPLICAS_ACKED.
+    replicas_acked: u32,
 }
 
 impl Cluster {
@@ -86,11 +96,15 @@ impl Cluster {
         relay_binary: PathBuf,
         redis_server: String,
         work: &Path,
-        persistence: Persistence,
-        redis_kind: RedisKind,
+        store: Store,
         nodes: usize,
         network: Option<Namespaces>,
     ) -> anyhow::Result<Self> {
+        let Store {
+            persistence,
+            kind: redis_kind,
+            replicas_acked,
+        } = store;
         std::fs::create_dir_all(work.join("redis"))?;
         let cluster_ports: Vec<u16> = match redis_kind {
             RedisKind::Single => Vec::new(),
@@ -125,6 +139,7 @@ impl Cluster {
             redis: Mutex::new(None),
             nodes: (0..nodes).map(|_| Mutex::new(None)).collect(),
             incarnations: AtomicU32::new(0),
+            replicas_acked,
         };
         match redis_kind {
             RedisKind::Single => {
@@ -352,6 +367,7 @@ impl Cluster {
         for (name, value) in NODE_SETTINGS {
             command.env(name, value);
         }
+        command.env("RELAY_REDIS_MIN_REPLICAS_ACKED", self.replicas_acked.to_string());
         let name = format!("relay-{index}");
         let log = self.log(&name);
         tokio::task::spawn_blocking(move || ServerProcess::start_at(&name, command, address, &log))

@@ -22,7 +22,7 @@ use serde::Serialize;
 use tokio::sync::{broadcast, watch};
 
 use checker::{Evidence, Findings, StoredEntry, StreamId, Window};
-use cluster::{Cluster, Persistence, RedisKind};
+use cluster::{Cluster, Persistence, RedisKind, Store};
 use faults::{FaultKind, Inflicted};
 use workload::Shared;
 
@@ -60,6 +60,10 @@ pub struct Options {
     /// must report the loss
     #[arg(long)]
     broken_resume: bool,
+    /// The nodes' RELAY_REDIS_MIN_REPLICAS_ACKED: with 1 or more, no acked
+    /// message may be lost, even by a failover
+    #[arg(long, default_value_t = 0)]
+    min_replicas_acked: u32,
     /// Folder for the nodes' and Redis's logs and soak.json
     #[arg(long, default_value = "target/soak")]
     out: PathBuf,
@@ -76,6 +80,7 @@ struct Report {
     persistence: Persistence,
     redis: RedisKind,
     broken_resume: bool,
+    min_replicas_acked: u32,
     rooms: usize,
     publishers: usize,
     subscribers: usize,
@@ -143,8 +148,11 @@ async fn soak(options: Options) -> anyhow::Result<()> {
             options.locations.relay_binary()?,
             options.locations.redis_server.clone(),
             &work,
-            options.persistence,
-            options.redis,
+            Store {
+                persistence: options.persistence,
+                kind: options.redis,
+                replicas_acked: options.min_replicas_acked,
+            },
             NODES,
             network,
         )
@@ -332,8 +340,12 @@ async fn soak(options: Options) -> anyhow::Result<()> {
         .collect();
     // A cluster's failovers may lose acked writes (Redis replicates
     // asynchronously): there too, every loss must be told and explained.
+    // With replicas confirming every acked write, a failover loses none.
     let sound = match (options.persistence, options.redis) {
         (Persistence::Always, RedisKind::Single) => findings.totals.is_clean(),
+        _ if options.min_replicas_acked > 0 => {
+            findings.totals.every_loss_surfaced() && findings.totals.acked_missing == 0
+        }
         _ => findings.totals.every_loss_surfaced(),
     };
     let passed = sound
@@ -347,6 +359,7 @@ async fn soak(options: Options) -> anyhow::Result<()> {
         persistence: options.persistence,
         redis: options.redis,
         broken_resume: options.broken_resume,
+        min_replicas_acked: options.min_replicas_acked,
         rooms: options.rooms,
         publishers: options.rooms * options.publishers_per_room,
         subscribers,

@@ -178,14 +178,19 @@ impl Publisher {
 /// submission order of a room's publishes. One that Redis refused (it never
 /// ran: `MOVED` after a failover or a migration, `TRYAGAIN`, the primary
 /// down) is sent again where the room now lives, up to three times.
-/// Publishes of one room that were in flight together while its slot moved
-/// can commit in another order than submitted; each still commits once.
+/// While one of a room's publishes is sent again, the room is *held*: its
+/// later publishes wait behind it (in submission order) instead of going
+/// straight to where the room now lives, so a slot's move cannot reorder
+/// them.
 pub(super) struct ShardPublishers {
     shards: Arc<super::shards::Shards>,
     retention: RetentionSettings,
     keys: KeyScheme,
     tasks: Arc<NodeTasks>,
     by_primary: std::sync::Mutex<std::collections::HashMap<String, Arc<Publisher>>>,
+    /// Rooms held by a publish being sent again: the gate its later
+    /// publishes queue on (a fair lock: first come, first through).
+    held_rooms: std::sync::Mutex<HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl ShardPublishers {
@@ -201,7 +206,34 @@ impl ShardPublishers {
             keys,
             tasks: tasks.clone(),
             by_primary: std::sync::Mutex::new(std::collections::HashMap::new()),
+            held_rooms: std::sync::Mutex::new(HashMap::new()),
         })
+    }
+
+    /// The gate of `room` if a publish of it is being sent again.
+    fn gate_of(&self, room: &RoomName) -> Option<Arc<tokio::sync::Mutex<()>>> {
+        super::lock(&self.held_rooms).get(room).cloned()
+    }
+
+    /// Holds `room` for a publish about to be sent again: its gate, made
+    /// if need be, and the place in it.
+    async fn hold(&self, room: &RoomName) -> (Arc<tokio::sync::Mutex<()>>, tokio::sync::OwnedMutexGuard<()>) {
+        let gate = super::lock(&self.held_rooms)
+            .entry(room.clone())
+            .or_insert_with(|| Arc::new(tokio::sync::Mutex::new(())))
+            .clone();
+        let place = gate.clone().lock_owned().await;
+        (gate, place)
+    }
+
+    /// Lets the room's next publish through, and forgets the gate once no
+    /// publish holds or waits for it.
+    fn release(&self, room: &RoomName, gate: Arc<tokio::sync::Mutex<()>>, place: tokio::sync::OwnedMutexGuard<()>) {
+        drop(place);
+        let mut held = super::lock(&self.held_rooms);
+        if held.get(room).is_some_and(|known| Arc::ptr_eq(known, &gate)) && Arc::strong_count(&gate) == 2 {
+            held.remove(room);
+        }
     }
 
     /// The publisher of the primary at `address`, if it is running.
@@ -241,52 +273,84 @@ impl ShardPublishers {
 
     /// Queues a publish with its room's primary; see the type's docs.
     pub(super) fn submit(self: &Arc<Self>, request: PublishRequest) -> PendingPublish {
-        // The common case queues now, in the caller's order.
-        let map = self.shards.map();
-        let first = map.owner(&request.room).and_then(|owner| {
-            let publisher = self.running(owner)?;
-            Some((owner.to_owned(), publisher.submit(request.clone())))
-        });
+        // The common case queues now, in the caller's order; behind a held
+        // room, it waits its turn first.
+        let gate = self.gate_of(&request.room);
+        let first = if gate.is_none() {
+            let map = self.shards.map();
+            map.owner(&request.room).and_then(|owner| {
+                let publisher = self.running(owner)?;
+                Some((owner.to_owned(), publisher.submit(request.clone())))
+            })
+        } else {
+            None
+        };
         let this = self.clone();
+        let room = request.room.clone();
         Box::pin(async move {
-            let mut pending = first;
-            let mut pause = Duration::from_millis(50);
-            for attempt in 0..4 {
-                let started = std::time::Instant::now();
-                let (owner, outcome) = match pending.take() {
-                    Some((owner, pending)) => (Some(owner), pending.await),
-                    None => match this.shards.owner(&request.room).await {
-                        Ok(owner) => match this.publisher(&owner).await {
-                            Ok(publisher) => (Some(owner), publisher.submit(request.clone()).await),
-                            Err(error) => (Some(owner), Err(error)),
-                        },
-                        Err(error) => (None, Err(error)),
-                    },
-                };
-                if let Some(owner) = owner {
-                    this.shards
-                        .metrics
-                        .publish_seconds
-                        .get_or_create(&super::shards::ShardMetrics::label(&owner))
-                        .observe(started.elapsed().as_secs_f64());
+            let mut held = match gate {
+                Some(gate) => {
+                    let place = gate.clone().lock_owned().await;
+                    Some((gate, place))
                 }
-                match outcome {
-                    // It never ran: the map is behind, or the primary is
-                    // down and a replica may be taking over.
-                    Err(error) if attempt < 3 && super::is_refusal(&error) => {
-                        tracing::debug!(room = %request.room, %error, "publish refused by the cluster; sending it where the room now lives");
-                        let _ = this.shards.refresh().await;
-                        tokio::time::sleep(pause).await;
-                        pause *= 3;
-                    }
-                    outcome => return outcome,
-                }
+                None => None,
+            };
+            let outcome = this.send(request, first, &mut held).await;
+            if let Some((gate, place)) = held {
+                this.release(&room, gate, place);
             }
-            Err(BrokerError::Unavailable(format!(
-                "no Redis primary took the publish to room {}",
-                request.room
-            )))
+            outcome
         })
+    }
+
+    /// Sends a publish (its first attempt already queued, or not) to where
+    /// its room lives, again after a refusal, holding the room meanwhile.
+    async fn send(
+        self: &Arc<Self>,
+        request: PublishRequest,
+        first: Option<(String, PendingPublish)>,
+        held: &mut Option<(Arc<tokio::sync::Mutex<()>>, tokio::sync::OwnedMutexGuard<()>)>,
+    ) -> Result<PublishOutcome, BrokerError> {
+        let mut pending = first;
+        let mut pause = Duration::from_millis(50);
+        for attempt in 0..4 {
+            let started = std::time::Instant::now();
+            let (owner, outcome) = match pending.take() {
+                Some((owner, pending)) => (Some(owner), pending.await),
+                None => match self.shards.owner(&request.room).await {
+                    Ok(owner) => match self.publisher(&owner).await {
+                        Ok(publisher) => (Some(owner), publisher.submit(request.clone()).await),
+                        Err(error) => (Some(owner), Err(error)),
+                    },
+                    Err(error) => (None, Err(error)),
+                },
+            };
+            if let Some(owner) = owner {
+                self.shards
+                    .metrics
+                    .publish_seconds
+                    .get_or_create(&super::shards::ShardMetrics::label(&owner))
+                    .observe(started.elapsed().as_secs_f64());
+            }
+            match outcome {
+                // It never ran: the map is behind, or the primary is
+                // down and a replica may be taking over.
+                Err(error) if attempt < 3 && super::is_refusal(&error) => {
+                    tracing::debug!(room = %request.room, %error, "publish refused by the cluster; sending it where the room now lives");
+                    if held.is_none() {
+                        *held = Some(self.hold(&request.room).await);
+                    }
+                    let _ = self.shards.refresh().await;
+                    tokio::time::sleep(pause).await;
+                    pause *= 3;
+                }
+                outcome => return outcome,
+            }
+        }
+        Err(BrokerError::Unavailable(format!(
+            "no Redis primary took the publish to room {}",
+            request.room
+        )))
     }
 }
 
