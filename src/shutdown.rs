@@ -53,7 +53,7 @@ impl RunningNode {
     /// Drains (clients told to reconnect, the node's presence removed at
     /// once), waits for connections at most the drain window plus
     /// [`DRAIN_MARGIN`], then stops the server and every background task
-    /// within [`TASKS_GRACE`]: at most the window plus 2 s in all.
+    /// within `TASKS_GRACE` (1 s): at most the window plus 2 s in all.
     pub async fn drain(self) {
         let started = tokio::time::Instant::now();
         self.node.draining.cancel();

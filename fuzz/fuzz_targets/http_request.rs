@@ -22,6 +22,7 @@ fn fixture() -> &'static (tokio::runtime::Runtime, axum::Router) {
                 history_maxlen: 100,
                 history_ttl: std::time::Duration::from_secs(60),
                 idempotency_ttl: std::time::Duration::from_secs(60),
+                replicas_acked: 0,
             };
             let key = JwtKey::Secret("0123456789abcdef0123456789abcdef");
             let verifier = JwtVerifier::new(key, None, None, std::time::Duration::ZERO).expect("verifier");

@@ -26,6 +26,9 @@ locals {
       # The load balancer's few addresses carry every client's sockets: a
       # per-address cap would refuse the fleet's clients, not an attacker.
       { name = "RELAY_MAX_SOCKETS_PER_ADDRESS", value = "0" },
+      # Every shard has a replica: acknowledge a message once it holds it,
+      # so a failover loses no acknowledged message (docs/cluster.md).
+      { name = "RELAY_REDIS_MIN_REPLICAS_ACKED", value = tostring(var.min_replicas_acked) },
     ],
     var.jwt_issuer == "" ? [] : [{ name = "RELAY_JWT_ISSUER", value = var.jwt_issuer }],
     var.jwt_audience == "" ? [] : [{ name = "RELAY_JWT_AUDIENCE", value = var.jwt_audience }],

@@ -199,3 +199,14 @@ variable "deletion_protection" {
   type        = bool
   default     = true
 }
+
+variable "min_replicas_acked" {
+  description = "RELAY_REDIS_MIN_REPLICAS_ACKED: replicas that must confirm a message before it is acknowledged, so that a failover loses no acknowledged message (1: the replica every shard has; 0: the primary's answer is enough, a little faster)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.min_replicas_acked >= 0 && var.min_replicas_acked <= 5
+    error_message = "Use 0 to 5, and no more than the replicas each shard has."
+  }
+}

@@ -89,6 +89,13 @@ resource "google_cloud_run_v2_service" "relay" {
         name  = "RELAY_MAX_SOCKETS_PER_ADDRESS"
         value = "0"
       }
+      # The Standard tier and every cluster shard have a replica: acknowledge
+      # a message once it holds it (docs/cluster.md). The relay refuses to
+      # start, with one line, if the service blocks WAIT.
+      env {
+        name  = "RELAY_REDIS_MIN_REPLICAS_ACKED"
+        value = tostring(var.min_replicas_acked)
+      }
       env {
         name  = "RELAY_REDIS_CA_FILE"
         value = "/secrets/redis-ca/ca.pem"

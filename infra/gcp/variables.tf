@@ -124,3 +124,14 @@ variable "cache_replicas_per_shard" {
   type        = number
   default     = 1
 }
+
+variable "min_replicas_acked" {
+  description = "RELAY_REDIS_MIN_REPLICAS_ACKED: replicas that must confirm a message before it is acknowledged, so that a failover loses no acknowledged message (1: the replica every shard has; 0: the primary's answer is enough, a little faster)."
+  type        = number
+  default     = 1
+
+  validation {
+    condition     = var.min_replicas_acked >= 0 && var.min_replicas_acked <= 5
+    error_message = "Use 0 to 5, and no more than the replicas the instance or each shard has."
+  }
+}

@@ -256,12 +256,52 @@ pub struct Inflicted {
     pub acked: Vec<super::checker::Acked>,
 }
 
+/// The node a drain planned for `planned` should take: `planned` when it
+/// holds clients now, else the free node (no fault acting on it) that
+/// holds the most; `None` when no node answers. Asks each node's
+/// `/metrics` for its open WebSockets.
+async fn node_to_drain(cluster: &Cluster, planned: usize) -> Option<usize> {
+    let mut counts = Vec::new();
+    for (index, address) in cluster.node_addresses.iter().enumerate() {
+        let free = index == planned || cluster.nodes[index].try_lock().is_ok();
+        counts.push((index, if free { open_websockets(*address).await } else { None }));
+    }
+    if counts
+        .get(planned)
+        .and_then(|(_, count)| *count)
+        .is_some_and(|count| count > 0)
+    {
+        return Some(planned);
+    }
+    counts
+        .into_iter()
+        .filter_map(|(index, count)| Some((index, count?)))
+        .filter(|(_, count)| *count > 0)
+        .max_by_key(|(_, count)| *count)
+        .map(|(index, _)| index)
+}
+
+/// The node's `relay_connections{transport="ws"}`, if it answers.
+async fn open_websockets(address: std::net::SocketAddr) -> Option<u64> {
+    let metrics = tokio::time::timeout(Duration::from_secs(2), async {
+        reqwest::get(format!("http://{address}/metrics")).await?.text().await
+    })
+    .await
+    .ok()?
+    .ok()?;
+    metrics
+        .lines()
+        .find_map(|line| line.strip_prefix("relay_connections{transport=\"ws\"} "))
+        .and_then(|value| value.trim().parse::<f64>().ok())
+        .map(|value| value.max(0.0) as u64)
+}
+
 /// Waits for the fault's time and inflicts it. Faults on one target wait
 /// for each other (each holds its target's lock while it acts).
 pub async fn inflict(
     cluster: Arc<Cluster>,
     shared: Arc<Shared>,
-    fault: Planned,
+    mut fault: Planned,
     burst_publisher: u32,
     room: usize,
 ) -> Inflicted {
@@ -281,6 +321,18 @@ pub async fn inflict(
                 *node = Some(cluster.start_node(fault.target).await?);
             }
             FaultKind::DrainNode => {
+                // A drain is for clients: when the planned node holds none
+                // now (a storm or a partition moved them), drain one that
+                // does and is not held by another fault.
+                if let Some(instead) = node_to_drain(&cluster, fault.target).await
+                    && instead != fault.target
+                {
+                    println!(
+                        "soak: at {:6.1} s: node {} holds no clients; draining node {instead} instead",
+                        fault.at, fault.target
+                    );
+                    fault.target = instead;
+                }
                 let mut node = cluster.nodes[fault.target].lock().await;
                 if let Some(mut process) = node.take() {
                     process.signal(libc::SIGTERM);

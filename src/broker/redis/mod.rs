@@ -164,6 +164,19 @@ pub enum RedisStartError {
         /// Host and port (never the password).
         address: String,
     },
+    /// `RELAY_REDIS_MIN_REPLICAS_ACKED` is set and Redis refuses `WAIT`
+    /// (a managed service may block it): every publish would fail.
+    #[error(
+        "RELAY_REDIS_MIN_REPLICAS_ACKED is {replicas} but the Redis at {address} refuses WAIT ({reason}): set RELAY_REDIS_MIN_REPLICAS_ACKED=0, or use a Redis that allows WAIT"
+    )]
+    NoWait {
+        /// Host and port (never the password).
+        address: String,
+        /// What was asked.
+        replicas: u32,
+        /// Redis's refusal.
+        reason: String,
+    },
     /// `RELAY_REDIS_CLUSTER=true` and `REDIS_URL` names a Redis without
     /// cluster mode.
     #[error(
@@ -207,6 +220,23 @@ async fn is_cluster_node(commands: &ConnectionManager) -> bool {
     let info: Result<String, BrokerError> =
         bounded(redis::cmd("INFO").arg("cluster").query_async(&mut connection)).await;
     info.is_ok_and(|info| info.lines().any(|line| line.trim() == "cluster_enabled:1"))
+}
+
+/// With `RELAY_REDIS_MIN_REPLICAS_ACKED` set, checks at start that Redis
+/// takes `WAIT` (an immediate `WAIT 0 0`).
+async fn check_wait(commands: &ConnectionManager, address: &str, replicas: u32) -> Result<(), RedisStartError> {
+    if replicas == 0 {
+        return Ok(());
+    }
+    let mut connection = commands.clone();
+    bounded(redis::cmd("WAIT").arg(0).arg(0).query_async::<i64>(&mut connection))
+        .await
+        .map(drop)
+        .map_err(|error| RedisStartError::NoWait {
+            address: address.to_owned(),
+            replicas,
+            reason: error.to_string(),
+        })
 }
 
 /// A client for `url`, with the private CA if one is given.
@@ -273,6 +303,7 @@ impl RedisBroker {
         if is_cluster_node(&commands).await {
             return Err(RedisStartError::ClusterNode { address });
         }
+        check_wait(&commands, &address, retention.replicas_acked).await?;
         let pubsub = tokio::time::timeout(CONNECT_TIMEOUT, client.get_async_pubsub())
             .await
             .map_err(|_| RedisStartError::Unreachable {
@@ -353,6 +384,7 @@ impl RedisBroker {
         if !is_cluster_node(&commands).await {
             return Err(RedisStartError::NotClusterNode { address });
         }
+        check_wait(&commands, &address, retention.replicas_acked).await?;
         let shards = Arc::new(Shards::new(client, addresses));
         shards.refresh().await.map_err(|error| RedisStartError::Unreachable {
             address: address.clone(),
