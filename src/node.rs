@@ -127,4 +127,15 @@ impl Node {
     pub fn is_draining(&self) -> bool {
         self.draining.is_cancelled()
     }
+
+    /// How long a client told to reconnect by the drain waits first: its
+    /// own moment in the drain window, so that the clients of a drained
+    /// node do not all land on the others at once.
+    #[must_use]
+    pub fn reconnect_delay(&self) -> std::time::Duration {
+        let window_ms = u64::try_from(self.settings.drain.as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1);
+        std::time::Duration::from_millis(fastrand::u64(0..window_ms))
+    }
 }

@@ -14,6 +14,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::node::Node;
+use crate::session::HANDOVER_MARGIN;
 
 /// Extra time after the drain window for the last close frames.
 pub const DRAIN_MARGIN: Duration = Duration::from_secs(1);
@@ -22,8 +23,10 @@ pub const DRAIN_MARGIN: Duration = Duration::from_secs(1);
 /// exits within the drain window plus 2 s whatever hangs (docs/deploy.md
 /// counts on it: Cloud Run kills 10 s after SIGTERM, the window is 8 s).
 const TASKS_GRACE: Duration = Duration::from_secs(1);
-/// Longest wait for the broker to remove the node's presence at a drain.
-const PRESENCE_LEAVE_GRACE: Duration = Duration::from_secs(3);
+
+// The hand-over ends before the drain's deadline, leaving time to remove
+// what is left.
+const _: () = assert!(HANDOVER_MARGIN.as_millis() < DRAIN_MARGIN.as_millis());
 
 /// A node that serves on its listener until drained.
 pub struct RunningNode {
@@ -50,18 +53,22 @@ impl RunningNode {
         }
     }
 
-    /// Drains (clients told to reconnect, the node's presence removed at
-    /// once), waits for connections at most the drain window plus
+    /// Drains (clients told to reconnect, each one's presence handed over
+    /// until it had time to join elsewhere: see `session::handover`), waits
+    /// for connections and the hand-over at most the drain window plus
     /// [`DRAIN_MARGIN`], then stops the server and every background task
     /// within `TASKS_GRACE` (1 s): at most the window plus 2 s in all.
     pub async fn drain(self) {
         let started = tokio::time::Instant::now();
         self.node.draining.cancel();
         self.node.connections.close();
-        // Presence leaves while the connections go (each broker call is
-        // bounded; this bounds them all), within the same deadline.
+        // Presence is handed over while the connections go: each drained
+        // client's entries leave once it had time to join elsewhere, and
+        // all are gone by the window's end plus the hand-over margin (each
+        // broker call is bounded; the deadline bounds them all).
         let deadline = started + self.node.settings.drain + DRAIN_MARGIN;
-        let presence = tokio::time::timeout(PRESENCE_LEAVE_GRACE, self.node.hub.leave_all_presence());
+        let handover_ends = started.into_std() + self.node.settings.drain + HANDOVER_MARGIN;
+        let presence = self.node.hub.hand_over_presence(handover_ends);
         let connections = async {
             if tokio::time::timeout_at(deadline, self.node.connections.wait())
                 .await

@@ -255,6 +255,24 @@ fn cluster_mode_on_a_single_redis_exits_1_with_one_line_saying_what_to_change() 
     assert!(stderr.contains("RELAY_REDIS_CLUSTER=true"), "{stderr}");
 }
 
+/// A Redis that refuses `WAIT` (managed services may rename it) with
+/// `RELAY_REDIS_MIN_REPLICAS_ACKED` set would fail every publish: the node
+/// says so at start instead. Without the setting it starts.
+#[test]
+fn min_replicas_acked_on_a_redis_that_refuses_wait_exits_1_with_one_line() {
+    let single = common::cluster::TestCluster::single_server_with(&["--rename-command", "WAIT", ""]);
+    let stderr = start_up_failure(&[
+        ("REDIS_URL", &single.seed_url()),
+        ("RELAY_REDIS_MIN_REPLICAS_ACKED", "1"),
+    ]);
+    assert!(
+        stderr.contains("refuses WAIT") && stderr.contains("RELAY_REDIS_MIN_REPLICAS_ACKED=0"),
+        "{stderr}"
+    );
+    let (_running, _, start) = start_relay(&[("REDIS_URL", &single.seed_url()), ("RELAY_AUTH", "none")]);
+    assert_eq!(start["broker"], "redis", "{start}");
+}
+
 #[test]
 fn operators_are_warned_of_a_misspelled_variable_and_trace_logs_keep_what_clients_send() {
     let mut command = relay_command();

@@ -526,35 +526,105 @@ mod redis {
         assert_eq!(frames.last().unwrap()["count"], 11, "{frames:?}");
     }
 
-    /// A drain removes the node's members at once, long before the TTL.
+    /// A drain hands presence over (session::handover): users who come
+    /// back on another node when their `reconnect` says show neither a
+    /// leave nor a join; one who does not come back leaves within the drain
+    /// window plus the hand-over margin, long before the TTL. On the old
+    /// build every mover showed as leaving at the drain's start, then
+    /// joining again.
     #[tokio::test]
-    async fn a_draining_nodes_members_leave_at_once() {
+    async fn a_drained_user_who_reconnects_elsewhere_shows_neither_leave_nor_join() {
+        const WINDOW: Duration = Duration::from_secs(2);
+        // Six, so that on a build without the hand-over some mover's leave
+        // and rejoin fall in different batches whatever the delays.
+        const MOVERS: usize = 6;
         let deployment = Deployment::redis(&[("RELAY_DRAIN_SECS", "2")]).await;
         let room = room("drained");
         let mut watcher = deployment.client(0, "watcher").await;
         watch(&mut watcher, &room).await;
-        let mut leaving = Vec::new();
-        for n in 0..3 {
-            let mut client = deployment.client(1, &format!("leaving-{n}")).await;
+        let mut movers = Vec::new();
+        for n in 0..MOVERS {
+            let mut client = deployment.client(1, &format!("mover-{n}")).await;
             watch(&mut client, &room).await;
-            leaving.push(client);
+            movers.push(client);
         }
+        let mut gone = deployment.client(1, "gone").await;
+        watch(&mut gone, &room).await;
         presence_until(&mut watcher, &room, Duration::from_secs(3), |joined, _| {
-            joined.len() == 3
+            joined.len() == MOVERS + 1
         })
         .await;
+
         let status = std::process::Command::new("kill")
             .args(["-TERM", &deployment.nodes[1].pid().to_string()])
             .status()
             .expect("kill -TERM");
         assert!(status.success());
         let drained = Instant::now();
-        presence_until(&mut watcher, &room, Duration::from_secs(3), |_, left| left.len() == 3).await;
+        // Each mover does what `reconnect` says: waits its delay, then
+        // joins on the other node.
+        let bases = deployment.bases.clone();
+        let room_name = room.clone();
+        let moved = tokio::spawn(async move {
+            let mut rejoined = Vec::new();
+            let moves = movers.into_iter().enumerate().map(|(n, mut client)| {
+                let base = bases[0].clone();
+                let room = room_name.clone();
+                async move {
+                    let notice = client.wait_type("reconnect").await;
+                    let delay = notice["delay_ms"].as_u64().expect("delay_ms");
+                    assert!(delay < 2000, "{notice}");
+                    drop(client);
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(drained) + Duration::from_millis(delay))
+                        .await;
+                    let mut client = WsClient::connect_url(&format!("ws://{base}/v1/ws?user=mover-{n}")).await;
+                    watch(&mut client, &room).await;
+                    client
+                }
+            });
+            rejoined.extend(futures_util::future::join_all(moves).await);
+            rejoined
+        });
+        // "gone" never comes back.
+        let left = presence_until(&mut watcher, &room, WINDOW + Duration::from_secs(4), |_, left| {
+            left.contains("gone")
+        })
+        .await;
+        let gone_after = drained.elapsed();
+        let _movers = moved.await.expect("the movers rejoined");
+        // Watch a while longer: the movers' old entries are removed by now.
+        let settle = tokio::time::Instant::now() + Duration::from_millis(2500);
+        let mut frames = left;
+        while let Ok(frame) = tokio::time::timeout_at(
+            settle,
+            watcher.wait_for("presence", |frame| frame["type"] == "presence" && frame["room"] == room),
+        )
+        .await
+        {
+            frames.push(frame);
+        }
+        for frame in &frames {
+            for list in ["joined", "left"] {
+                assert!(
+                    !names(&frame[list]).iter().any(|name| name.starts_with("mover-")),
+                    "a mover showed in {list}: {frames:?}"
+                );
+            }
+        }
+        // Window, hand-over margin (0.8 s), one batch (1 s), and slack for
+        // the machine.
         assert!(
-            drained.elapsed() < Duration::from_millis(2500),
-            "left after {:?}",
-            drained.elapsed()
+            gone_after < WINDOW + Duration::from_secs(3),
+            "gone left after {gone_after:?}"
         );
+        let (status, members) = http_get_json(&deployment.url(0, &format!("/v1/rooms/{room}/presence"))).await;
+        assert_eq!(status, 200, "{members}");
+        let listed = names(&members["members"]);
+        assert!(!listed.contains("gone"), "{members}");
+        for n in 0..MOVERS {
+            assert!(listed.contains(&format!("mover-{n}")), "{members}");
+        }
+        drop(gone);
     }
 }
 

@@ -18,7 +18,9 @@ use std::sync::Arc;
 use super::{ApiError, AuthQuery, GaugeGuard, admit, bad_query, identify, room_from_path, until_expiry};
 use crate::node::Node;
 use crate::protocol::{ErrorCode, MessageId, ReplayRequest, server_frame};
-use crate::session::{ClientSession, ConnectionHandle, ConnectionQueues, Encoding, Event, LiveMessage, Outbound};
+use crate::session::{
+    ClientSession, ConnectionHandle, ConnectionQueues, Encoding, Event, HANDOVER_MARGIN, LiveMessage, Outbound,
+};
 use crate::telemetry::TransportLabel;
 
 /// Query of the events endpoint.
@@ -100,12 +102,22 @@ fn open_stream(
     let (connection, replies, queues) =
         ConnectionHandle::with_limits(node.settings.outbound_queue, node.settings.outbound_queue_bytes);
     let mut session = ClientSession::new(node.session.clone(), identity, client, connection, replies.clone());
+    // Chosen now: the session hands its presence over for as long as the
+    // stream tells the client to wait (session::handover).
+    let drain_delay = node.reconnect_delay();
+    let draining = node.draining.clone();
     node.connections.spawn(async move {
         // A subscribe the broker refused queues an `error` event, which
         // ends the stream; the browser reconnects with Last-Event-ID.
         let _ = session.subscribe(None, room, replay, presence).await;
         // Stay subscribed until the stream is dropped.
-        replies.closed().await;
+        tokio::select! {
+            () = replies.closed() => {}
+            () = draining.cancelled() => {
+                session.hand_over_presence(std::time::Instant::now() + drain_delay + HANDOVER_MARGIN);
+                replies.closed().await;
+            }
+        }
         drop(session);
     });
 
@@ -125,6 +137,7 @@ fn open_stream(
         keepalive: tokio::time::interval_at(tokio::time::Instant::now() + keepalive, keepalive),
         started: false,
         done: false,
+        drain_delay,
     };
     let body = Body::from_stream(stream::unfold(state, next_chunk));
     let mut response = (StatusCode::OK, body).into_response();
@@ -143,6 +156,8 @@ struct StreamState {
     keepalive: tokio::time::Interval,
     started: bool,
     done: bool,
+    /// What `reconnect` says when the node drains.
+    drain_delay: std::time::Duration,
     #[allow(dead_code, reason = "held for its Drop: the connection gauge")]
     guard: GaugeGuard,
 }
@@ -202,8 +217,8 @@ async fn next_chunk(mut state: StreamState) -> Option<(Chunk, StreamState)> {
             }
             () = state.node.draining.cancelled() => {
                 state.done = true;
-                let window_ms = u64::try_from(state.node.settings.drain.as_millis()).unwrap_or(u64::MAX).max(1);
-                let event = control_event("reconnect", &server_frame::reconnect("draining", fastrand::u64(0..window_ms)));
+                let delay_ms = u64::try_from(state.drain_delay.as_millis()).unwrap_or(u64::MAX);
+                let event = control_event("reconnect", &server_frame::reconnect("draining", delay_ms));
                 return Some((Ok(event), state));
             }
             () = async { if let Some(expiry) = state.expiry.as_mut() { expiry.await } else { std::future::pending().await } } => return None,

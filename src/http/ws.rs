@@ -34,8 +34,8 @@ use super::{ApiError, AuthQuery, FAR_FUTURE, GaugeGuard, admit, bad_query, ident
 use crate::node::Node;
 use crate::protocol::{ErrorCode, close_code};
 use crate::session::{
-    ClientSession, ConnectionHandle, ConnectionQueues, ConnectionSlot, Encoding, Event, MAX_PUBLISHES_IN_FLIGHT,
-    Outbound, ReplySender, SessionVerdict,
+    ClientSession, ConnectionHandle, ConnectionQueues, ConnectionSlot, Encoding, Event, HANDOVER_MARGIN,
+    MAX_PUBLISHES_IN_FLIGHT, Outbound, ReplySender, SessionVerdict,
 };
 use crate::telemetry::TransportLabel;
 
@@ -261,8 +261,11 @@ enum ReadEnd {
         code: u16,
         reason: &'static str,
     },
-    /// The node is draining: tell the client to reconnect elsewhere.
-    Draining,
+    /// The node is draining: tell the client to reconnect elsewhere after
+    /// `delay`.
+    Draining {
+        delay: Duration,
+    },
 }
 
 /// Everything one WebSocket connection holds, built before its task starts.
@@ -367,7 +370,14 @@ pub(crate) fn serve_connection<I: Inbound, F: Framing>(mut connection: Connectio
             end = read_socket(&connection.node, &mut connection.reader, &mut connection.inbound, &liveness, &connection.replies) => Some(end),
             () = &mut writer => None,
         };
-        // Leave every room before the socket goes.
+        // A drained client's presence is handed over until it had time to
+        // join elsewhere (session::handover); then every room is left
+        // before the socket goes.
+        if let Some(ReadEnd::Draining { delay }) = &end
+            && let Some(session) = connection.inbound.session()
+        {
+            session.hand_over_presence(std::time::Instant::now() + *delay + HANDOVER_MARGIN);
+        }
         drop(connection.inbound);
         match end {
             // Boxed: this runs once, at the end; no idle task carries its state.
@@ -407,9 +417,9 @@ async fn close_after_reading(
             let _ = replies.send(Outbound::Close { code, reason }).await;
         }
         // After the acks of the publishes that were in flight.
-        ReadEnd::Draining => {
+        ReadEnd::Draining { delay } => {
             node.metrics.count_close(close_code::RESTARTING);
-            let _ = replies.send(drain_notice(node)).await;
+            let _ = replies.send(drain_notice(delay)).await;
             let _ = replies
                 .send(Outbound::Close {
                     code: close_code::RESTARTING,
@@ -525,7 +535,7 @@ async fn read_socket(
                 }
                 continue;
             }
-            () = node.draining.cancelled() => break ReadEnd::Draining,
+            () = node.draining.cancelled() => break ReadEnd::Draining { delay: node.reconnect_delay() },
             Some(reply) = async {
                 match inbound.session() {
                     Some(session) => session.next_publish_reply().await,
@@ -838,12 +848,9 @@ async fn close_slow_consumer(
 
 /// Draining: `reconnect` with a delay jittered over the drain window, so
 /// that the node's clients do not all arrive elsewhere at once.
-fn drain_notice(node: &Node) -> Outbound {
-    let window_ms = u64::try_from(node.settings.drain.as_millis())
-        .unwrap_or(u64::MAX)
-        .max(1);
+fn drain_notice(delay: Duration) -> Outbound {
     Outbound::event(Event::Reconnect {
         reason: "draining",
-        delay_ms: fastrand::u64(0..window_ms),
+        delay_ms: u64::try_from(delay.as_millis()).unwrap_or(u64::MAX),
     })
 }

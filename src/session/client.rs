@@ -129,6 +129,15 @@ impl ClientSession {
         }
     }
 
+    /// The node drains and told this client to reconnect: its presence
+    /// entries stay until `until` (its reconnect delay plus the time to
+    /// join elsewhere) instead of leaving with the connection.
+    pub fn hand_over_presence(&mut self, until: std::time::Instant) {
+        for (subscription, _) in self.subscriptions.values_mut().filter(|(_, presence)| *presence) {
+            subscription.hand_over(until);
+        }
+    }
+
     /// Who the client is now.
     #[must_use]
     pub fn identity(&self) -> &Identity {

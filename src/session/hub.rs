@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use rayon::prelude::*;
 
 use super::event::RoomEvent;
+use super::handover::Handover;
 use super::outbound::{ConnectionHandle, LiveMessage, Outbound};
 use super::presence::{PRESENCE_BATCH, PresenceTiming, Watcher};
 use crate::broker::{Broker, BrokerError, LiveSink, PresenceChange, PresenceEntry, PresenceState, StoredMessage};
@@ -158,8 +159,11 @@ pub struct RoomHub {
     tasks: Arc<NodeTasks>,
     /// Presence entry lifetime and upkeep.
     presence: PresenceTiming,
-    /// Set when the node drained its presence: no more refreshes.
+    /// Set when the node drains: no more refreshes, and joins only read.
     presence_closed: std::sync::atomic::AtomicBool,
+    /// During a drain, the entries of drained connections waiting for
+    /// their users to join elsewhere; `None` otherwise.
+    handover: Mutex<Option<Handover>>,
     /// Unique to this process, so entries of a restarted node never collide.
     incarnation: u64,
 }
@@ -169,6 +173,8 @@ pub struct Subscription {
     hub: Arc<RoomHub>,
     room: Arc<LocalRoom>,
     key: u64,
+    /// Set by a drain: the presence entry stays until then.
+    handover: Option<Instant>,
 }
 
 impl RoomHub {
@@ -196,6 +202,7 @@ impl RoomHub {
             tasks: tasks.clone(),
             presence,
             presence_closed: std::sync::atomic::AtomicBool::new(false),
+            handover: Mutex::new(None),
             incarnation: fastrand::u64(..),
         });
         let sink: Arc<dyn LiveSink> = hub.clone();
@@ -299,11 +306,39 @@ impl RoomHub {
             .collect()
     }
 
-    /// Removes every entry of this node at once and stops refreshing them
-    /// (a drain: the node's users reconnect elsewhere and join there).
-    pub async fn leave_all_presence(&self) {
+    /// The drain's presence (see [`super::handover`]): stops refreshing
+    /// the node's entries, removes each handed-over entry when it is due,
+    /// and at `ends` (or once no entry is left, here or waiting) removes
+    /// every entry the node still has. Each broker call is bounded.
+    pub async fn hand_over_presence(&self, ends: Instant) {
+        /// How often the end of the hand-over is looked for.
+        const CHECK: Duration = Duration::from_millis(100);
         self.presence_closed.store(true, std::sync::atomic::Ordering::Release);
-        let leaves = self.presence_entries().into_iter().map(|(room, entries)| async move {
+        lock(&self.handover).get_or_insert_with(Handover::default);
+        loop {
+            let now = Instant::now();
+            let (due, next, waiting) = {
+                let mut handover = lock(&self.handover);
+                let pending = handover.get_or_insert_with(Handover::default);
+                (pending.take_due(now), pending.next_due(), !pending.is_empty())
+            };
+            self.leave_presence(due).await;
+            if now >= ends || (!waiting && self.presence_entries().is_empty()) {
+                break;
+            }
+            let wake = next.unwrap_or(ends).min(ends).min(now + CHECK);
+            tokio::time::sleep_until(tokio::time::Instant::from_std(wake)).await;
+        }
+        let rest = lock(&self.handover)
+            .take()
+            .map(|mut pending| pending.take_all())
+            .unwrap_or_default();
+        self.leave_presence(rest).await;
+        self.leave_presence(self.presence_entries()).await;
+    }
+
+    async fn leave_presence(&self, rooms: Vec<(RoomName, Vec<PresenceEntry>)>) {
+        let leaves = rooms.into_iter().map(|(room, entries)| async move {
             if let Err(error) = self.broker.presence_leave(&room, &entries).await {
                 tracing::warn!(%room, %error, "could not remove presence at drain; it expires within the TTL");
             }
@@ -355,6 +390,7 @@ impl RoomHub {
             hub: self.clone(),
             room: local.clone(),
             key,
+            handover: None,
         };
         {
             let _serialized = local.broker_subscription.lock().await;
@@ -367,7 +403,7 @@ impl RoomHub {
         Ok(subscription)
     }
 
-    fn detach(self: &Arc<Self>, local: &Arc<LocalRoom>, key: u64) {
+    fn detach(self: &Arc<Self>, local: &Arc<LocalRoom>, key: u64, handover: Option<Instant>) {
         let (now_empty, watcher) = {
             let mut state = lock(&local.state);
             let position = state.subscribers.iter().position(|subscriber| subscriber.key == key);
@@ -380,6 +416,15 @@ impl RoomHub {
             (state.subscribers.is_empty(), watcher)
         };
         self.metrics.subscriptions.dec();
+        // A drained connection's entry waits for its user to join
+        // elsewhere; when the drain's hand-over is over, it leaves now.
+        let watcher = watcher.and_then(|watcher| match (handover, lock(&self.handover).as_mut()) {
+            (Some(until), Some(pending)) => {
+                pending.keep(local.name.clone(), watcher.entry, until);
+                None
+            }
+            _ => Some(watcher),
+        });
         if let Some(watcher) = watcher {
             let broker = self.broker.clone();
             let room = local.name.clone();
@@ -865,6 +910,12 @@ impl LiveSink for RoomHub {
 }
 
 impl Subscription {
+    /// Keeps the subscription's presence entry, once it is dropped, until
+    /// `until` (see [`super::handover`]); only while the node drains.
+    pub fn hand_over(&mut self, until: Instant) {
+        self.handover = Some(until);
+    }
+
     /// The room subscribed to.
     #[must_use]
     pub fn room(&self) -> &RoomName {
@@ -942,6 +993,6 @@ impl Subscription {
 
 impl Drop for Subscription {
     fn drop(&mut self) {
-        self.hub.detach(&self.room, self.key);
+        self.hub.detach(&self.room, self.key, self.handover);
     }
 }

@@ -11,6 +11,7 @@ mod admission;
 mod client;
 mod context;
 mod event;
+mod handover;
 mod history;
 mod hub;
 mod outbound;
@@ -26,6 +27,7 @@ pub use client::{
 };
 pub use context::{SessionContext, SessionLimits};
 pub use event::{Encoding, Encodings, ErrorEvent, Event, RoomEvent, RoomEventKind};
+pub use handover::HANDOVER_MARGIN;
 pub use history::{
     BoundedPage, HistoryBudget, ReplayMemory, ReplayMemoryBusy, ReplayReservation, read_backward, read_forward,
 };

@@ -33,6 +33,11 @@ impl TestCluster {
     /// One `redis-server` with cluster mode disabled, on a free port (for
     /// the start-up checks).
     pub fn single_server() -> Self {
+        Self::single_server_with(&[])
+    }
+
+    /// [`Self::single_server`] with more `redis-server` arguments.
+    pub fn single_server_with(extra: &[&str]) -> Self {
         let folder = std::env::temp_dir().join(format!("relay-single-{}-{}", std::process::id(), free_loopback_port()));
         std::fs::create_dir_all(&folder).unwrap();
         let port = free_loopback_port();
@@ -49,6 +54,7 @@ impl TestCluster {
             ])
             .arg("--dir")
             .arg(&folder)
+            .args(extra)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
