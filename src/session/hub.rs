@@ -306,7 +306,7 @@ impl RoomHub {
             .collect()
     }
 
-    /// The drain's presence (see [`super::handover`]): stops refreshing
+    /// The drain's presence (see `session::handover`): stops refreshing
     /// the node's entries, removes each handed-over entry when it is due,
     /// and at `ends` (or once no entry is left, here or waiting) removes
     /// every entry the node still has. Each broker call is bounded.
@@ -911,7 +911,7 @@ impl LiveSink for RoomHub {
 
 impl Subscription {
     /// Keeps the subscription's presence entry, once it is dropped, until
-    /// `until` (see [`super::handover`]); only while the node drains.
+    /// `until` (see `session::handover`); only while the node drains.
     pub fn hand_over(&mut self, until: Instant) {
         self.handover = Some(until);
     }
