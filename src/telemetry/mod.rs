@@ -45,10 +45,24 @@ impl Drop for TelemetryGuard {
 const SECRET_BEARING_TARGETS: [&str; 5] = ["tungstenite", "tokio_tungstenite", "hyper", "h2", "redis"];
 
 /// The log filter of `RUST_LOG` (default `info`), with the libraries of
-/// [`SECRET_BEARING_TARGETS`] capped at debug unless it names them.
+/// [`SECRET_BEARING_TARGETS`] capped at debug unless it names them. The cap
+/// is added only when the default level is trace: a cap under a quieter
+/// default would raise those libraries to debug, and with them the `log`
+/// crate's global level, so every `trace!` of the WebSocket library would
+/// be formatted again.
 fn log_filter(rust_log: Option<&str>) -> EnvFilter {
     let text = rust_log.filter(|text| !text.trim().is_empty()).unwrap_or("info");
-    let mut filter = EnvFilter::try_new(text).unwrap_or_else(|_| EnvFilter::new("info"));
+    let Ok(mut filter) = EnvFilter::try_new(text) else {
+        return EnvFilter::new("info");
+    };
+    // The last directive naming no target sets the default level.
+    let default_is_trace = text
+        .rsplit(',')
+        .find_map(|directive| directive.trim().parse::<tracing::level_filters::LevelFilter>().ok())
+        .is_some_and(|level| level == tracing::level_filters::LevelFilter::TRACE);
+    if !default_is_trace {
+        return filter;
+    }
     for target in SECRET_BEARING_TARGETS {
         let named = text
             .split(',')
@@ -131,5 +145,14 @@ mod tests {
         assert!(!named.contains(&"tungstenite=debug".to_owned()), "{named:?}");
         assert!(named.contains(&"tokio_tungstenite=debug".to_owned()), "{named:?}");
         assert!(log_filter(None).to_string().contains("info"));
+        // A quieter default is not raised to debug for those libraries.
+        for quiet in ["warn", "info", "debug,chat_relay=trace", "trace,warn"] {
+            let filter = log_filter(Some(quiet));
+            assert!(!filter.to_string().contains("tungstenite=debug"), "{quiet}: {filter}");
+        }
+        assert_eq!(
+            log_filter(Some("warn")).max_level_hint(),
+            Some(tracing::level_filters::LevelFilter::WARN)
+        );
     }
 }
