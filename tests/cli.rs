@@ -273,6 +273,36 @@ fn min_replicas_acked_on_a_redis_that_refuses_wait_exits_1_with_one_line() {
     assert_eq!(start["broker"], "redis", "{start}");
 }
 
+/// On a cluster the check asks a primary: a replica refuses `WAIT`
+/// whatever the service allows, and a seed may be a replica (a former
+/// primary back after a failover; the soak's seed 134616114 restarted a
+/// node so, and the node exited). Publishes are then acked by a replica.
+#[test]
+fn min_replicas_acked_on_a_cluster_whose_seed_is_a_replica_starts_and_acks() {
+    let cluster = common::cluster::TestCluster::start();
+    let replica = common::cluster::TestCluster::replica_of(cluster.primary_of_slot(0));
+    let (_running, address, start) = start_relay(&[
+        ("REDIS_URL", &format!("redis://127.0.0.1:{replica}")),
+        ("RELAY_REDIS_CLUSTER", "true"),
+        ("RELAY_REDIS_MIN_REPLICAS_ACKED", "1"),
+        ("RELAY_AUTH", "none"),
+    ]);
+    assert_eq!(start["message"], "chat-relay listening", "{start}");
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    for room in ["alpha", "beta", "gamma"] {
+        let (status, answer) = runtime.block_on(common::http_publish_to(
+            &format!("http://{address}/v1/rooms/{room}/messages"),
+            serde_json::json!({"n": 1}),
+            None,
+        ));
+        assert_eq!(status, 201, "{room}: {answer}");
+        assert!(answer["id"].is_string(), "{room}: {answer}");
+    }
+}
+
 #[test]
 fn operators_are_warned_of_a_misspelled_variable_and_trace_logs_keep_what_clients_send() {
     let mut command = relay_command();

@@ -212,6 +212,7 @@ async fn history_pages_to_readers_that_never_read_are_bounded_in_bytes_and_in_nu
     tokio::time::sleep(Duration::from_millis(500)).await;
     let grown_mib = node.rss_kib().saturating_sub(before) / 1024;
     // Four pages of at most 4 MiB, and the sockets' buffers.
+    println!("measured: 60 readers that never read: {pages} pages, {refused} told 429, RSS +{grown_mib} MiB");
     assert!(
         grown_mib < 48,
         "the node grew by {grown_mib} MiB for 60 readers that never read"
@@ -265,6 +266,7 @@ async fn stomp_transactions_check_sends_when_they_arrive_and_hold_what_is_stored
     assert!(receipt.contains("receipt-id:c"), "{receipt}");
     let grown_mib = node.rss_kib().saturating_sub(before) / 1024;
     assert!(grown_mib < 32, "90 header bombs held {grown_mib} MiB");
+    println!("measured: a STOMP transaction of 90 header bombs: RSS +{grown_mib} MiB");
     let bomber = format!("?access_token={}", token("bomber", &["bomb"], in_an_hour()));
     assert_eq!(history(&node, "bomb", &bomber).await.len(), 90);
 
@@ -316,6 +318,7 @@ async fn sockets_that_never_finish_a_request_are_counted_and_timed_out() {
     // Sockets past the cap are answered 503 and closed within a second.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let held = node.descriptors().saturating_sub(before);
+    println!("measured: 150 half-open sockets against a cap of 20: {held} descriptors held");
     // 20 connections and a headroom of 64 sockets (the bystander holds 2).
     assert!(
         held <= 82 + 2,
@@ -423,6 +426,7 @@ async fn subscribers_that_never_read_hold_a_bounded_replay_and_queue() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let grown_mib = node.rss_kib().saturating_sub(before) / 1024;
     // Each holds at most its replay (4 MiB) while it does not read.
+    println!("measured: 20 non-reading subscribers: replay cut at {replay} messages, RSS +{grown_mib} MiB");
     assert!(grown_mib < 20 * 6, "20 non-reading subscribers took {grown_mib} MiB");
     // Live messages past 4 MiB queued for one of them: a slow consumer.
     fill_room(&node, "big", 100, 60_000).await;
@@ -476,6 +480,7 @@ async fn the_node_holds_at_most_its_replay_memory_however_many_readers_stop_read
     }
     tokio::time::sleep(Duration::from_secs(2)).await;
     let grown_mib = node.rss_kib().saturating_sub(before) / 1024;
+    println!("measured: 20 non-reading readers of 8 MiB replays, 32 MiB of replay memory: RSS +{grown_mib} MiB");
     assert!(
         grown_mib < 32 + 40,
         "20 non-reading readers of 8 MiB replays took {grown_mib} MiB"
@@ -596,6 +601,9 @@ async fn one_client_writing_from_a_hundred_connections_shares_one_budget() {
     let seconds = started.elapsed().as_secs_f64();
     // 1.6 MB/s with a burst of 3.2 MB, at 60 KB a message: 27 a second + 54.
     let most = 27.0 * seconds + 55.0;
+    println!(
+        "measured: one client from 100 connections: {acked} messages of 60 KB stored in {seconds:.1} s (bound {most:.0})"
+    );
     assert!(
         f64::from(acked) <= most,
         "{acked} messages of 60 KB stored in {seconds:.1} s; at most {most:.0}"

@@ -78,37 +78,7 @@ impl TestCluster {
         };
         for _ in 0..3 * (1 + replicas) {
             let port = free_cluster_port();
-            let server = Command::new("redis-server")
-                .args([
-                    "--port",
-                    &port.to_string(),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                ])
-                .args(["--cluster-enabled", "yes", "--cluster-require-full-coverage", "no"])
-                // Fail over quickly, and let any replica take over.
-                .args([
-                    "--cluster-node-timeout",
-                    "2000",
-                    "--cluster-replica-validity-factor",
-                    "0",
-                ])
-                // A replica syncs at once, not after the default 5 s wait
-                // for more replicas: a primary killed in those seconds
-                // would take everything with it.
-                .args(["--repl-diskless-sync-delay", "0"])
-                .arg("--cluster-config-file")
-                .arg(cluster.folder.join(format!("nodes-{port}.conf")))
-                .arg("--dir")
-                .arg(&cluster.folder)
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start redis-server (apt-get install redis-server)");
+            let server = cluster.spawn_cluster_server(port);
             cluster.ports.push(port);
             cluster.servers.push(server);
         }
@@ -150,6 +120,52 @@ impl TestCluster {
         cluster
     }
 
+    /// Starts a cluster-mode `redis-server` on `port`, its node file in
+    /// the cluster's folder (so a restarted node rejoins as itself).
+    fn spawn_cluster_server(&self, port: u16) -> Child {
+        Command::new("redis-server")
+            .args([
+                "--port",
+                &port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .args(["--cluster-enabled", "yes", "--cluster-require-full-coverage", "no"])
+            // Fail over quickly, and let any replica take over.
+            .args([
+                "--cluster-node-timeout",
+                "2000",
+                "--cluster-replica-validity-factor",
+                "0",
+            ])
+            // A replica syncs at once, not after the default 5 s wait for
+            // more replicas: a primary killed in those seconds would take
+            // everything with it.
+            .args(["--repl-diskless-sync-delay", "0"])
+            .arg("--cluster-config-file")
+            .arg(self.folder.join(format!("nodes-{port}.conf")))
+            .arg("--dir")
+            .arg(&self.folder)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start redis-server (apt-get install redis-server)")
+    }
+
+    /// Starts the killed server on `port` again: it rejoins the cluster
+    /// (as a replica, once another node took its slots) and syncs.
+    pub fn restart(&mut self, port: u16) {
+        let index = self.ports.iter().position(|&known| known == port).unwrap();
+        let _ = self.servers[index].kill();
+        let _ = self.servers[index].wait();
+        self.servers[index] = self.spawn_cluster_server(port);
+        Self::wait_until(port, "PING", "PONG");
+    }
+
     /// `redis://127.0.0.1:<port>` of the first node (a seed).
     pub fn seed_url(&self) -> String {
         format!("redis://127.0.0.1:{}", self.ports[0])
@@ -168,6 +184,13 @@ impl TestCluster {
     /// The port of the primary that serves `slot` now, asked of any node
     /// that answers.
     pub fn primary_of_slot(&self, slot: u16) -> u16 {
+        self.try_primary_of_slot(slot)
+            .unwrap_or_else(|| panic!("no primary serves slot {slot}"))
+    }
+
+    /// [`Self::primary_of_slot`], or `None` while none does (between a
+    /// primary's death and its replica's promotion).
+    pub fn try_primary_of_slot(&self, slot: u16) -> Option<u16> {
         for &port in &self.ports {
             for line in Self::cli(port, &["CLUSTER", "NODES"]).lines() {
                 let fields: Vec<&str> = line.split(' ').collect();
@@ -180,12 +203,12 @@ impl TestCluster {
                         && (start..=end).contains(&slot)
                     {
                         let address = fields[1].split('@').next().unwrap();
-                        return address.rsplit_once(':').unwrap().1.parse().unwrap();
+                        return address.rsplit_once(':').unwrap().1.parse().ok();
                     }
                 }
             }
         }
-        panic!("no primary serves slot {slot}");
+        None
     }
 
     /// The slot of a key, as the cluster computes it.
@@ -233,17 +256,23 @@ impl TestCluster {
         }
     }
 
-    /// The port of a replica of the primary on `primary`.
+    /// The port of a replica of the primary on `primary`, waiting (at most
+    /// 15 s) until gossip has told the primary of one: just after the
+    /// cluster forms, a replica may not be listed yet.
     pub fn replica_of(primary: u16) -> u16 {
         let id = Self::node_id(primary);
-        for line in Self::cli(primary, &["CLUSTER", "NODES"]).lines() {
-            let fields: Vec<&str> = line.split(' ').collect();
-            if fields.len() > 3 && fields[2].contains("slave") && fields[3] == id {
-                let address = fields[1].split('@').next().unwrap();
-                return address.rsplit_once(':').unwrap().1.parse().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            for line in Self::cli(primary, &["CLUSTER", "NODES"]).lines() {
+                let fields: Vec<&str> = line.split(' ').collect();
+                if fields.len() > 3 && fields[2].contains("slave") && fields[3] == id {
+                    let address = fields[1].split('@').next().unwrap();
+                    return address.rsplit_once(':').unwrap().1.parse().unwrap();
+                }
             }
+            assert!(Instant::now() < deadline, "the primary on {primary} has no replica");
+            std::thread::sleep(Duration::from_millis(100));
         }
-        panic!("the primary on {primary} has no replica");
     }
 
     /// The server process listening on `port`.

@@ -222,21 +222,70 @@ async fn is_cluster_node(commands: &ConnectionManager) -> bool {
     info.is_ok_and(|info| info.lines().any(|line| line.trim() == "cluster_enabled:1"))
 }
 
+/// What a `WAIT 0 0` at start found.
+enum WaitCheck {
+    /// Redis answered it.
+    Taken,
+    /// Redis answered with an error reply: it refuses `WAIT`.
+    Refused(String),
+    /// No answer (the server went away or timed out): nothing learned.
+    Unknown,
+}
+
+/// Asks `commands`' server for an immediate `WAIT 0 0`.
+async fn try_wait(commands: &ConnectionManager) -> WaitCheck {
+    let mut connection = commands.clone();
+    let mut wait = redis::cmd("WAIT");
+    wait.arg(0).arg(0);
+    match tokio::time::timeout(COMMAND_TIMEOUT, wait.query_async::<i64>(&mut connection)).await {
+        Ok(Ok(_)) => WaitCheck::Taken,
+        Ok(Err(error)) if error.code().is_some() => WaitCheck::Refused(failure(&error).to_string()),
+        Ok(Err(_)) | Err(_) => WaitCheck::Unknown,
+    }
+}
+
 /// With `RELAY_REDIS_MIN_REPLICAS_ACKED` set, checks at start that Redis
-/// takes `WAIT` (an immediate `WAIT 0 0`).
+/// takes `WAIT`: a refusal is an error naming the setting; no answer is
+/// not (publishes will say what they meet).
 async fn check_wait(commands: &ConnectionManager, address: &str, replicas: u32) -> Result<(), RedisStartError> {
     if replicas == 0 {
         return Ok(());
     }
-    let mut connection = commands.clone();
-    bounded(redis::cmd("WAIT").arg(0).arg(0).query_async::<i64>(&mut connection))
-        .await
-        .map(drop)
-        .map_err(|error| RedisStartError::NoWait {
+    match try_wait(commands).await {
+        WaitCheck::Refused(reason) => Err(RedisStartError::NoWait {
             address: address.to_owned(),
             replicas,
-            reason: error.to_string(),
-        })
+            reason,
+        }),
+        WaitCheck::Taken | WaitCheck::Unknown => Ok(()),
+    }
+}
+
+/// [`check_wait`] on a cluster, asked of a primary: a replica refuses
+/// `WAIT` whatever the service allows, and a seed may be a replica (a
+/// former primary back after a failover). The first primary that answers
+/// decides.
+async fn check_wait_on_primaries(shards: &Shards, replicas: u32) -> Result<(), RedisStartError> {
+    if replicas == 0 {
+        return Ok(());
+    }
+    for primary in shards.map().primaries() {
+        let Ok(commands) = shards.connection(&primary).await else {
+            continue;
+        };
+        match try_wait(&commands).await {
+            WaitCheck::Taken => return Ok(()),
+            WaitCheck::Refused(reason) => {
+                return Err(RedisStartError::NoWait {
+                    address: primary,
+                    replicas,
+                    reason,
+                });
+            }
+            WaitCheck::Unknown => {}
+        }
+    }
+    Ok(())
 }
 
 /// A client for `url`, with the private CA if one is given.
@@ -384,12 +433,12 @@ impl RedisBroker {
         if !is_cluster_node(&commands).await {
             return Err(RedisStartError::NotClusterNode { address });
         }
-        check_wait(&commands, &address, retention.replicas_acked).await?;
         let shards = Arc::new(Shards::new(client, addresses));
         shards.refresh().await.map_err(|error| RedisStartError::Unreachable {
             address: address.clone(),
             reason: error.to_string(),
         })?;
+        check_wait_on_primaries(&shards, retention.replicas_acked).await?;
         let keys = KeyScheme::new(prefix);
         let live = ShardedFeed::start(shards.clone(), keys.clone(), tasks);
         let publishers = ShardPublishers::new(shards.clone(), retention, keys.clone(), tasks);
