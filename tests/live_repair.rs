@@ -363,6 +363,80 @@ async fn a_room_that_only_replayed_history_is_caught_up_after_a_reconnect() {
     }
 }
 
+/// A live-only subscription is positioned at the room's head (protocol.md,
+/// "Positions"): when the feed drops before anything was delivered live
+/// here, the resync repairs it from history like a resumed one. Before
+/// positions it had no place to repair from, and missed the outage untold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_live_only_subscriber_is_repaired_after_a_feed_loss_from_its_position() {
+    let setup = setup(10_000, []);
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        ids.push(publish(&setup, n).await.id);
+    }
+    let collected = subscriber(&setup, ReplayRequest::None).await;
+    let subscribed = collected.frames.lock().unwrap()[0].clone();
+    assert_eq!(subscribed["type"], "subscribed", "{subscribed}");
+    assert_eq!(
+        subscribed["position"],
+        ids[2].to_string(),
+        "the room's head: {subscribed}"
+    );
+    assert!(subscribed.get("recovered").is_none(), "{subscribed}");
+    *setup.state.offline.lock().unwrap() = true;
+    let mut missed = Vec::new();
+    for n in 3..13 {
+        missed.push(publish(&setup, n).await.id);
+    }
+    *setup.state.offline.lock().unwrap() = false;
+    // No new message: only the resync can deliver the missed ones.
+    setup.hub.resync_all();
+    let frames = wait_for_messages(&collected, 10).await;
+    assert!(frames.iter().all(|frame| frame["type"] != "gap"), "{frames:?}");
+    let got: Vec<&str> = frames
+        .iter()
+        .filter(|frame| frame["type"] == "message")
+        .map(|message| message["id"].as_str().unwrap())
+        .collect();
+    let want: Vec<String> = missed.iter().map(ToString::to_string).collect();
+    assert_eq!(got, want, "every message after the position once, in order");
+    assert_eq!(frames[1]["prev"], ids[2].to_string(), "{frames:?}");
+}
+
+/// `position` for every kind of subscribe: `last: N` stands before the
+/// first replayed message, an unrecovered `since` before the first message
+/// it delivers, a recovered one at `since`, an empty room at `0-0`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_subscription_says_its_position() {
+    let setup = setup(5, []);
+    let empty = subscriber(&setup, ReplayRequest::None).await;
+    assert_eq!(empty.frames.lock().unwrap()[0]["position"], "0-0");
+    let mut ids = Vec::new();
+    for n in 0..8 {
+        ids.push(publish(&setup, n).await.id);
+    }
+    let cases = [
+        (ReplayRequest::None, ids[7]),
+        (ReplayRequest::Last(0), ids[7]),
+        (ReplayRequest::Last(2), ids[5]),
+        // History keeps 5: asking for 9 replays the 5 it holds.
+        (ReplayRequest::Last(9), ids[2]),
+        (ReplayRequest::Since(ids[4]), ids[4]),
+        (ReplayRequest::Since(ids[7]), ids[7]),
+        // Trimmed: not recovered, positioned before what it holds.
+        (ReplayRequest::Since(ids[0]), ids[2]),
+    ];
+    for (replay, want) in cases {
+        let collected = subscriber(&setup, replay).await;
+        let subscribed = collected.frames.lock().unwrap()[0].clone();
+        assert_eq!(subscribed["position"], want.to_string(), "{replay:?}: {subscribed}");
+        let frames = wait_for_messages(&collected, 0).await;
+        if let Some(first) = frames.iter().find(|frame| frame["type"] == "message") {
+            assert_eq!(first["prev"], subscribed["position"], "{replay:?}: {frames:?}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_range_lost_by_history_too_becomes_one_gap() {
     // History keeps 3 messages; live drops publishes 5 to 9, so when 10

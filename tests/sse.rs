@@ -18,7 +18,10 @@ async fn stream_starts_with_retry_then_subscribed_then_messages_with_ids() {
     assert_eq!(events.headers["content-type"], "text/event-stream");
     assert_eq!(events.next_event().await.retry.as_deref(), Some("1000"));
     let subscribed = events.next_named("subscribed").await.json();
-    assert_eq!(subscribed, json!({"type": "subscribed", "room": "lobby", "replay": 0}));
+    assert_eq!(
+        subscribed,
+        json!({"type": "subscribed", "room": "lobby", "replay": 0, "position": "0-0"})
+    );
     let (status, ack) = http_publish(&relay, "lobby", json!({"text": "hi"}), None).await;
     assert_eq!(status, 201);
     let message = events.next_named("message").await;
@@ -44,6 +47,7 @@ async fn last_event_id_resumes_exactly_and_wins_over_since() {
     let subscribed = events.next_named("subscribed").await.json();
     assert_eq!(subscribed["recovered"], true);
     assert_eq!(subscribed["replay"], 2);
+    assert_eq!(subscribed["position"], ids[3].as_str(), "Last-Event-ID is the position");
     for (n, expected) in ids[4..].iter().enumerate() {
         let message = events.next_named("message").await;
         assert_eq!(message.id.as_deref(), Some(expected.as_str()), "message {n}");
@@ -61,7 +65,13 @@ async fn last_n_replays_the_newest() {
     }
     let mut events = SseClient::open(&relay.url("/v1/rooms/r/events?last=2"), &[]).await;
     events.next_event().await;
-    assert_eq!(events.next_named("subscribed").await.json()["replay"], 2);
+    let subscribed = events.next_named("subscribed").await.json();
+    assert_eq!(subscribed["replay"], 2);
+    let history = common::history_at(&relay.url(""), "r", 10).await;
+    assert_eq!(
+        subscribed["position"], history[2]["id"],
+        "right before the two replayed"
+    );
     assert_eq!(events.next_named("message").await.json()["body"], 3);
     assert_eq!(events.next_named("message").await.json()["body"], 4);
 }

@@ -140,6 +140,46 @@ async fn resume_with_since_delivers_exactly_what_was_missed_then_live() {
     assert_eq!(next[0]["prev"], acks[9]["id"]);
 }
 
+/// protocol.md, "Positions": a client without a cursor stores `position`
+/// at once, and a reconnect before its first message resumes exactly.
+#[tokio::test]
+async fn a_live_only_subscriber_stores_its_position_and_resumes_exactly_from_it() {
+    let relay = TestRelay::start(&[]).await;
+    let mut publisher = WsClient::connect(&relay).await;
+    let mut acks = Vec::new();
+    for n in 0..3 {
+        acks.push(publisher.publish("room", json!({"n": n}), None).await);
+    }
+    let mut first = WsClient::connect(&relay).await;
+    let subscribed = first.subscribe("room", json!({})).await;
+    assert_eq!(subscribed["position"], acks[2]["id"], "the room's head: {subscribed}");
+    assert!(subscribed.get("recovered").is_none(), "{subscribed}");
+    let position = subscribed["position"].as_str().unwrap().to_owned();
+    drop(first);
+    for n in 3..6 {
+        acks.push(publisher.publish("room", json!({"n": n}), None).await);
+    }
+    let mut again = WsClient::connect(&relay).await;
+    let resumed = again.subscribe("room", json!({"since": position})).await;
+    assert_eq!(resumed["recovered"], true, "{resumed}");
+    assert_eq!(resumed["position"], position.as_str(), "{resumed}");
+    assert_eq!(resumed["replay"], 3, "{resumed}");
+    let replayed = again.messages("room", 3).await;
+    let mut prev = position;
+    for (message, ack) in replayed.iter().zip(&acks[3..]) {
+        assert_eq!(message["id"], ack["id"]);
+        assert_eq!(message["prev"], prev.as_str());
+        prev = message["id"].as_str().unwrap().to_owned();
+    }
+    // `last: N` stands right before the first replayed message.
+    let mut last = WsClient::connect(&relay).await;
+    let subscribed = last.subscribe("room", json!({"last": 2})).await;
+    assert_eq!(subscribed["position"], acks[3]["id"], "{subscribed}");
+    // An empty room stands at 0-0.
+    let subscribed = last.subscribe("empty", json!({})).await;
+    assert_eq!(subscribed["position"], "0-0", "{subscribed}");
+}
+
 #[tokio::test]
 async fn resume_from_every_point_of_the_history_is_exact() {
     let relay = TestRelay::start(&[]).await;

@@ -70,6 +70,7 @@ pub fn subscribed(
     room: &RoomName,
     recovered: Option<bool>,
     replay: usize,
+    position: MessageId,
     presence: Option<&PresenceSnapshot>,
 ) -> String {
     #[derive(Serialize)]
@@ -81,6 +82,7 @@ pub fn subscribed(
         #[serde(skip_serializing_if = "Option::is_none")]
         recovered: Option<bool>,
         replay: usize,
+        position: String,
         #[serde(skip_serializing_if = "Option::is_none")]
         presence: Option<&'a PresenceSnapshot>,
     }
@@ -90,6 +92,7 @@ pub fn subscribed(
         room: room.as_str(),
         recovered,
         replay,
+        position: position.to_string(),
         presence,
     })
 }
@@ -344,8 +347,8 @@ mod tests {
     fn control_frames_omit_absent_optional_fields() {
         let room = RoomName::parse("r").unwrap();
         assert_eq!(
-            subscribed(None, &room, None, 0, None),
-            r#"{"type":"subscribed","room":"r","replay":0}"#
+            subscribed(None, &room, None, 0, MessageId::ZERO, None),
+            r#"{"type":"subscribed","room":"r","replay":0,"position":"0-0"}"#
         );
         assert_eq!(pong(None), r#"{"type":"pong"}"#);
         let text = error(&ErrorFrame {

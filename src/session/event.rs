@@ -79,6 +79,9 @@ pub enum Event {
         recovered: Option<bool>,
         /// How many messages the replay holds.
         replay: usize,
+        /// The id right before the first message delivered (protocol.md,
+        /// "Positions").
+        position: MessageId,
         /// Who is in the room, when presence was asked for.
         presence: Option<PresenceSnapshot>,
     },
@@ -160,8 +163,9 @@ impl Event {
                 room,
                 recovered,
                 replay,
+                position,
                 presence,
-            } => server_frame::subscribed(req.as_ref(), room, *recovered, *replay, presence.as_ref()),
+            } => server_frame::subscribed(req.as_ref(), room, *recovered, *replay, *position, presence.as_ref()),
             Event::Unsubscribed { req, room } => server_frame::unsubscribed(req.as_ref(), room),
             Event::Ack {
                 req,

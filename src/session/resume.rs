@@ -4,14 +4,18 @@
 //!    room is confirmed before history is read. With presence, join the
 //!    room's presence then (its changes ride the live feed, so none is
 //!    missed between the snapshot and the first batch).
-//! 2. Read history after `since` (or the last N), bounded by `max_replay`
-//!    messages and `max_replay_bytes`, and decide `recovered`.
+//! 2. Read history after `since` (or the last N, or only the room's head),
+//!    bounded by `max_replay` messages and `max_replay_bytes`, and decide
+//!    `recovered` and the subscription's `position` (protocol.md,
+//!    "Positions"): the id right before the first message it delivers.
 //! 3. Queue `subscribed`, then the history.
 //! 4. Drain the buffer: skip what was already sent; when a message's `prev`
 //!    is not the last sent id, read the missing range from history first
 //!    (a `gap` only when history lacks it). Then switch to live.
 //!
 //! Subscribing before reading closes the race; the `prev` chain proves it.
+//! Every subscription has a position, a live-only one too, so the room
+//! repairs each one the same way after a live-feed loss.
 //! This is written once for every broker and transport.
 
 use std::sync::Arc;
@@ -51,6 +55,33 @@ pub struct HistoryDecision {
     pub messages: Vec<Arc<crate::broker::StoredMessage>>,
     /// `recovered`, present iff the request had `since`.
     pub recovered: Option<bool>,
+    /// The id right before the first message the subscription delivers:
+    /// `since` when recovered, else the first replayed message's `prev`,
+    /// else the room's newest id (`0-0` for a room that never held one).
+    pub position: MessageId,
+}
+
+/// The id of the newest message a room holds (`0-0` when it holds none):
+/// the `prev` its next message will carry.
+///
+/// # Errors
+/// [`BrokerError`] when history cannot be read.
+pub async fn room_head(broker: &dyn Broker, room: &RoomName) -> Result<MessageId, BrokerError> {
+    Ok(broker
+        .read_before(room, None, 1)
+        .await?
+        .last_id
+        .unwrap_or(MessageId::ZERO))
+}
+
+/// Where a subscription stands: right before its first replayed message,
+/// or at `head` when it replays none.
+fn position_of(messages: &[Arc<crate::broker::StoredMessage>], head: Option<MessageId>) -> MessageId {
+    messages
+        .first()
+        .map(|first| first.prev)
+        .or(head)
+        .unwrap_or(MessageId::ZERO)
 }
 
 /// Reads the history a subscribe asks for and applies the `recovered` rule:
@@ -72,14 +103,17 @@ pub async fn read_requested_history(
         ReplayRequest::None | ReplayRequest::Last(0) => Ok(HistoryDecision {
             messages: Vec::new(),
             recovered: None,
+            position: room_head(broker, room).await?,
         }),
         ReplayRequest::Last(count) => {
             let budget = HistoryBudget {
                 messages: count.min(budget.messages),
                 ..budget
             };
+            let page = history::read_backward(broker, room, None, None, budget).await?;
             Ok(HistoryDecision {
-                messages: history::read_backward(broker, room, None, None, budget).await?.messages,
+                position: position_of(&page.messages, page.last_id),
+                messages: page.messages,
                 recovered: None,
             })
         }
@@ -92,6 +126,7 @@ pub async fn read_requested_history(
             if page.messages.len() > budget.messages || page.cut_by_bytes {
                 let newest = history::read_backward(broker, room, None, Some(since), budget).await?;
                 return Ok(HistoryDecision {
+                    position: position_of(&newest.messages, newest.last_id),
                     messages: newest.messages,
                     recovered: Some(false),
                 });
@@ -101,6 +136,11 @@ pub async fn read_requested_history(
                 None => page.last_id.unwrap_or(MessageId::ZERO) == since,
             };
             Ok(HistoryDecision {
+                position: if recovered {
+                    since
+                } else {
+                    position_of(&page.messages, page.last_id)
+                },
                 messages: page.messages,
                 recovered: Some(recovered),
             })
@@ -175,14 +215,12 @@ pub async fn subscribe_and_resume(
             room: room.clone(),
             recovered: history.recovered,
             replay: replayed,
+            position: history.position,
             presence,
         }),
     )
     .await?;
-    let mut last_sent = match (replay, history.recovered) {
-        (ReplayRequest::Since(since), Some(true)) => Some(since),
-        _ => None,
-    };
+    let mut last_sent = Some(history.position);
     for stored in &history.messages {
         if let Some(message) = live_message(room, stored) {
             last_sent = Some(message.id);

@@ -277,13 +277,19 @@ impl Outgoing {
                 frame
             }
             Event::Subscribed {
-                req, recovered, replay, ..
+                req,
+                recovered,
+                replay,
+                position,
+                ..
             } => {
                 let mut frame = Frame::new(Command::Receipt).with_header("receipt-id", receipt(req)?);
                 if let Some(recovered) = recovered {
                     frame = frame.with_header("recovered", recovered.to_string());
                 }
-                frame.with_header("replay", replay.to_string())
+                frame
+                    .with_header("replay", replay.to_string())
+                    .with_header("position", position.to_string())
             }
             Event::Ack {
                 req,

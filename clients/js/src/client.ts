@@ -594,6 +594,13 @@ export class RelayClient {
       case "subscribed": {
         const room = this.rooms.get(frame.room);
         if (room === undefined) return;
+        // A room without a cursor takes the subscription's position as its
+        // cursor at once: a reconnect before its first message resumes
+        // exactly, and a `last: N` replay chains from it.
+        if (room.continuity.last === undefined && typeof frame.position === "string") {
+          room.continuity.last = frame.position;
+          this.storeCursor(frame.room, frame.position);
+        }
         this.callSafely(() => room.options.onSubscribed?.({ ...(frame.recovered === undefined ? {} : { recovered: frame.recovered }), replay: frame.replay }));
         const snapshot = frame.presence;
         if (room.presence !== undefined && snapshot !== undefined) {
@@ -644,7 +651,6 @@ export class RelayClient {
 
   private async sendSubscribe(room: RoomState): Promise<void> {
     await room.cursorLoaded;
-    if (room.continuity.last === undefined) await this.anchor(room);
     if (this.socket === undefined || this.rooms.get(room.handle.room) !== room) return;
     const req = this.req("s");
     this.subscribeReqs.set(req, room.handle.room);
@@ -654,30 +660,6 @@ export class RelayClient {
     else if (room.options.last !== undefined) frame.last = room.options.last;
     if (room.presence !== undefined) frame.presence = true;
     this.send(frame);
-  }
-
-  /**
-   * A room without a cursor gets one before its first subscribe: the
-   * newest id in its history (`0-0` when empty), read over HTTP, after the
-   * `last` messages asked for are delivered. Subscribing `since` it then
-   * loses nothing published in between, and a reconnect before the first
-   * message still resumes exactly. If history cannot be read, the room is
-   * subscribed live only and anchored at its next subscribe.
-   */
-  private async anchor(room: RoomState): Promise<void> {
-    const wanted = Math.min(Math.max(room.options.last ?? 0, 0), this.maxReplay);
-    let page: HistoryPage;
-    try {
-      page = await this.history(room.handle.room, { limit: Math.max(1, wanted) });
-    } catch {
-      return;
-    }
-    if (room.continuity.last !== undefined || this.rooms.get(room.handle.room) !== room) return;
-    const messages = wanted > 0 ? page.messages : [];
-    for (const message of messages) {
-      if (room.continuity.accept(message).kind === "deliver") this.deliver(room, message);
-    }
-    room.continuity.last = page.messages[page.messages.length - 1]?.id ?? "0-0";
   }
 
   private leave(subscription: Subscription): void {
@@ -706,14 +688,19 @@ export class RelayClient {
         rethrowLater(error);
       }
     }
+    this.storeCursor(message.room, message.id);
+  }
+
+  /** Writes a room's cursor; a failing store is reported, never thrown. */
+  private storeCursor(room: string, id: string): void {
     let written: void | Promise<void>;
     try {
-      written = this.cursors.set(message.room, message.id);
+      written = this.cursors.set(room, id);
     } catch (error) {
-      this.cursorFailed(message.room, error);
+      this.cursorFailed(room, error);
       return;
     }
-    if (written !== undefined) written.catch((error: unknown) => this.cursorFailed(message.room, error));
+    if (written !== undefined) written.catch((error: unknown) => this.cursorFailed(room, error));
   }
 
   private cursorFailed(room: string, error: unknown): void {

@@ -35,6 +35,8 @@ export interface SubscribedFrame {
   room: string;
   recovered?: boolean;
   replay: number;
+  /** The id right before the first message delivered (absent from relays before positions). */
+  position?: string;
   /** Present when the subscribe asked for presence. */
   presence?: { count: number; members: string[] };
 }

@@ -94,6 +94,7 @@ test("stompjs: CONNECT without host, resume headers and receipts, cmid, bodies b
   const subscription = client.subscribe("/topic/chat/room/7", (message) => stomp.push(delivery(message)), { receipt: "sub-1", ack: "client-individual" });
   const subReceipt = await subscribed;
   assert.equal(subReceipt.headers["replay"], "0");
+  assert.equal(subReceipt.headers["position"], "0-0", "a room that never held a message stands at 0-0");
 
   // JSON, text, a JSON string literal (kept as text), unicode and a NUL-free multi-line text.
   const bodies = ['{"text":"hi","n":1}', "plain text, not JSON", '"quoted"', "ünïcødé ✓\nsecond line", "[1,2,3]"];
@@ -149,6 +150,7 @@ test("stompjs: CONNECT without host, resume headers and receipts, cmid, bodies b
   client.subscribe("/topic/chat/room/7", (message) => resumed.push(delivery(message)), { receipt: "resume", since: cursor, id: "again" });
   const resumedHeaders = (await resumeReceipt).headers;
   assert.equal(resumedHeaders["recovered"], "true");
+  assert.equal(resumedHeaders["position"], cursor, "a recovered resume stands at since");
   assert.equal(resumedHeaders["replay"], String(history.length + 2 - 3));
   await waitFor("the replay", () => resumed.length === history.length + 2 - 3);
   assertExactSequence("resumed", [{ id: cursor, prev: stomp[2]!.prev }, ...resumed], (await fullHistory(relay.httpUrl, "chat.room.7", token)).slice(2));

@@ -112,8 +112,8 @@ test("an abnormal close reconnects after a full-jitter wait and resubscribes wit
   client.subscribe("lobby", { onMessage: (message) => seen.push(message.id) });
   await settle();
   const subscribe = socket.sentOfType("subscribe")[0]!;
-  assert.equal(subscribe["since"], "0-0", "a room without a cursor is anchored at its newest id (none yet)");
-  socket.frame({ type: "subscribed", req: subscribe["req"], room: "lobby", replay: 0 });
+  assert.equal(subscribe["since"], undefined, "a room without a cursor subscribes live and takes the position it is given");
+  socket.frame({ type: "subscribed", req: subscribe["req"], room: "lobby", replay: 0, position: "0-0" });
   socket.frame({ type: "message", room: "lobby", id: "5-0", prev: "0-0", from: null, ts: 1, body: 1 });
   socket.frame({ type: "message", room: "lobby", id: "6-0", prev: "5-0", from: null, ts: 1, body: 2 });
   socket.serverClose(1006);
@@ -139,6 +139,39 @@ test("an abnormal close reconnects after a full-jitter wait and resubscribes wit
   second.frame({ type: "message", room: "lobby", id: "6-0", prev: "5-0", from: null, ts: 1, body: 2 });
   second.frame({ type: "message", room: "lobby", id: "7-0", prev: "6-0", from: null, ts: 1, body: 3 });
   assert.deepEqual(seen, ["5-0", "6-0", "7-0"]);
+  client.close();
+});
+
+test("a room without a cursor stores its position at once: a reconnect before its first message resumes from it", async () => {
+  const stored = new Map<string, string>();
+  const { client, states, socket } = await connected({
+    cursors: { get: () => undefined, set: (room: string, id: string) => void stored.set(room, id) },
+  });
+  const seen: string[] = [];
+  client.subscribe("lobby", { last: 2, onMessage: (message) => seen.push(message.id) });
+  await settle();
+  const subscribe = socket.sentOfType("subscribe")[0]!;
+  assert.equal(subscribe["since"], undefined);
+  assert.equal(subscribe["last"], 2, "the replay is the relay's, not an HTTP read");
+  socket.frame({ type: "subscribed", req: subscribe["req"], room: "lobby", replay: 2, position: "3-0" });
+  assert.equal(stored.get("lobby"), "3-0", "the position is the cursor before any message");
+  socket.frame({ type: "message", room: "lobby", id: "4-0", prev: "3-0", from: null, ts: 1, body: 1 });
+  socket.frame({ type: "message", room: "lobby", id: "5-0", prev: "4-0", from: null, ts: 1, body: 2 });
+  assert.deepEqual(seen, ["4-0", "5-0"]);
+  // A second room, dropped before its first message: resumed from its position.
+  client.subscribe("quiet", {});
+  await settle();
+  const quiet = socket.sentOfType("subscribe")[1]!;
+  socket.frame({ type: "subscribed", req: quiet["req"], room: "quiet", replay: 0, position: "9-0" });
+  socket.serverClose(1006);
+  const [, detail] = states[states.length - 1]!;
+  mock.timers.tick(detail.delayMs!);
+  await settle();
+  const second = latest();
+  second.welcome("n2");
+  await settle();
+  const since = Object.fromEntries(second.sentOfType("subscribe").map((frame) => [frame["room"], frame["since"]]));
+  assert.deepEqual(since, { lobby: "5-0", quiet: "9-0" });
   client.close();
 });
 
