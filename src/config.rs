@@ -510,14 +510,14 @@ impl Cli {
             Some(id) => id,
             None => default_node_id(),
         };
-        if let Some(url) = &self.redis_url {
-            if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
-                return Err(invalid(
-                    "REDIS_URL",
-                    "redis-url",
-                    "must start with redis:// or rediss://",
-                ));
-            }
+        if let Some(url) = &self.redis_url
+            && !(url.starts_with("redis://") || url.starts_with("rediss://"))
+        {
+            return Err(invalid(
+                "REDIS_URL",
+                "redis-url",
+                "must start with redis:// or rediss://",
+            ));
         }
         let auth = match (self.auth, &self.redis_url) {
             (Some(mode), _) => mode,

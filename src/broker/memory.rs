@@ -50,10 +50,10 @@ impl RoomHistory {
             if *expires_at > now {
                 break;
             }
-            if let Some((_, cmid)) = self.cmid_expiry_order.pop_front() {
-                if self.committed_cmids.get(&cmid).is_some_and(|(_, _, at)| *at <= now) {
-                    self.committed_cmids.remove(&cmid);
-                }
+            if let Some((_, cmid)) = self.cmid_expiry_order.pop_front()
+                && self.committed_cmids.get(&cmid).is_some_and(|(_, _, at)| *at <= now)
+            {
+                self.committed_cmids.remove(&cmid);
             }
         }
     }
@@ -171,14 +171,14 @@ impl MemoryBroker {
             history.last_id = MessageId::ZERO;
         }
         history.forget_expired_cmids(now);
-        if let Some(cmid) = &request.idempotency_key {
-            if let Some((id, prev, _)) = history.committed_cmids.get(cmid) {
-                return Ok(PublishOutcome {
-                    id: *id,
-                    prev: *prev,
-                    duplicate: true,
-                });
-            }
+        if let Some(cmid) = &request.idempotency_key
+            && let Some((id, prev, _)) = history.committed_cmids.get(cmid)
+        {
+            return Ok(PublishOutcome {
+                id: *id,
+                prev: *prev,
+                duplicate: true,
+            });
         }
         let prev = history.entries.back().map_or(MessageId::ZERO, |last| last.id);
         let id = MessageId::next_after(history.last_id, wall_clock_ms())
@@ -203,10 +203,10 @@ impl MemoryBroker {
             history.cmid_expiry_order.push_back((expires_at, cmid));
         }
         // Still under the room lock: the live feed sees history order.
-        if lock(&self.live_rooms).contains(&request.room) {
-            if let Some(sink) = self.live_sink() {
-                sink.deliver(&request.room, message);
-            }
+        if lock(&self.live_rooms).contains(&request.room)
+            && let Some(sink) = self.live_sink()
+        {
+            sink.deliver(&request.room, message);
         }
         Ok(PublishOutcome {
             id,
@@ -234,11 +234,12 @@ impl MemoryBroker {
         if presence.is_empty() {
             all.remove(room);
         }
-        if !changes.is_empty() && lock(&self.live_rooms).contains(room) {
-            if let Some(sink) = self.live_sink() {
-                for change in changes {
-                    sink.presence(room, change);
-                }
+        if !changes.is_empty()
+            && lock(&self.live_rooms).contains(room)
+            && let Some(sink) = self.live_sink()
+        {
+            for change in changes {
+                sink.presence(room, change);
             }
         }
         result
@@ -352,10 +353,10 @@ impl Broker for MemoryBroker {
     }
 
     async fn signal(&self, room: &RoomName, frame: Bytes) -> Result<(), BrokerError> {
-        if lock(&self.live_rooms).contains(room) {
-            if let Some(sink) = self.live_sink() {
-                sink.signal(room, frame);
-            }
+        if lock(&self.live_rooms).contains(room)
+            && let Some(sink) = self.live_sink()
+        {
+            sink.signal(room, frame);
         }
         Ok(())
     }

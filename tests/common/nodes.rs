@@ -95,10 +95,10 @@ impl RelayProcess {
                 .unwrap_or_else(|| panic!("{node_id} exited before listening"))
                 .expect("log line");
             log.lock().unwrap().push(line.clone());
-            if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line) {
-                if let Some(listen) = entry["listen"].as_str() {
-                    break listen.to_owned();
-                }
+            if let Ok(entry) = serde_json::from_str::<serde_json::Value>(&line)
+                && let Some(listen) = entry["listen"].as_str()
+            {
+                break listen.to_owned();
             }
         };
         let name = node_id.to_owned();
