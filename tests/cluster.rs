@@ -551,3 +551,67 @@ async fn a_manual_failover_a_pubsub_kill_and_a_frozen_primary_each_heal() {
     let stored = acks[&room].len();
     eprintln!("{room}: {stored} acked across a manual failover, a pubsub kill and a 3 s freeze");
 }
+
+/// A room's slot moved away and back while one connection publishes to it.
+/// Each move makes a publish meet `MOVED` on the old primary (a failure
+/// there, which fences the connection's later publishes to the room on
+/// that primary until it comes again) and go through on the new one. The
+/// fence must be lifted wherever it was set: before the fences were shared
+/// across the primaries' publishers, the room's return to its first
+/// primary met the stale fence there, and every publish of the connection
+/// to the room was refused for 30 s (found by CI in
+/// `a_manual_failover_a_pubsub_kill_and_a_frozen_primary_each_heal`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slot_moved_away_and_back_never_fences_a_connection_out_of_its_room() {
+    let cluster = tokio::task::spawn_blocking(TestCluster::start_primaries_only)
+        .await
+        .unwrap();
+    let rooms = rooms_on_every_shard(&cluster, 1);
+    let (room, home) = rooms[0].clone();
+    let away = rooms[1].1;
+    let slot = cluster.keyslot(&room);
+    let node = RelayProcess::spawn(&cluster.seed_url(), "mover", CLUSTER_MODE);
+    let mut client = WsClient::connect_url(&node.ws_url()).await;
+    let mut sent = 0_u64;
+    let mut acked = Vec::new();
+    let mut publish_within = async |client: &mut WsClient, limit: Duration| {
+        let started = Instant::now();
+        let cmid = format!("m-{sent}");
+        let mut attempt = 0;
+        loop {
+            let req = format!("{cmid}#{attempt}");
+            client
+                .send_json(json!({"type": "publish", "room": room, "body": {"n": sent}, "cmid": cmid, "req": req}))
+                .await;
+            let reply = client
+                .wait_for("publish reply", |frame| frame["req"] == req.as_str())
+                .await;
+            if reply["type"] == "ack" {
+                acked.push(reply["id"].as_str().unwrap().to_owned());
+                sent += 1;
+                return;
+            }
+            assert_eq!(reply["code"], "unavailable", "{reply}");
+            assert!(
+                started.elapsed() < limit,
+                "publish {cmid} still refused after {:?}: {reply}",
+                started.elapsed()
+            );
+            attempt += 1;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    for _ in 0..5 {
+        publish_within(&mut client, Duration::from_secs(5)).await;
+    }
+    for (from, to) in [(home, away), (away, home), (home, away), (away, home)] {
+        let cluster = &cluster;
+        tokio::task::block_in_place(|| cluster.migrate_slot(slot, from, to));
+        for _ in 0..5 {
+            publish_within(&mut client, Duration::from_secs(5)).await;
+        }
+    }
+    let history = common::history_at(&node.url(""), &room, 100).await;
+    let stored: Vec<&str> = history.iter().map(|message| message["id"].as_str().unwrap()).collect();
+    assert_eq!(stored, acked, "every publish stored once, in order");
+}

@@ -378,6 +378,7 @@ impl RedisBroker {
             keys.clone(),
             "PUBLISH",
             live.losses.clone(),
+            publisher::SharedFences::default(),
             tasks,
         );
         let broker = Arc::new(Self {

@@ -27,7 +27,12 @@
 //! `cmid`), or for [`FENCE_LIFETIME`]: they cannot overtake it, and a
 //! client that retries what failed, in order, gets them all committed in
 //! order. A publish without a `cmid` cannot be told again and sets no
-//! fence.
+//! fence. On a cluster the fences are shared by the publishers of every
+//! primary: a room's publish that failed on one primary and was sent
+//! again on another (a failover, a slot's move) lifts its fence wherever
+//! it was set, or the room's return to the first primary would meet a
+//! stale fence there and refuse the connection's publishes for
+//! [`FENCE_LIFETIME`].
 //!
 //! **Replicas** (`RELAY_REDIS_MIN_REPLICAS_ACKED`): a pipeline ends with
 //! `WAIT n`, one round trip for every publish in it; publishes written but
@@ -122,6 +127,7 @@ impl Publisher {
         keys: KeyScheme,
         publish_command: &str,
         losses: Arc<AtomicU64>,
+        fences: SharedFences,
         tasks: &Arc<NodeTasks>,
     ) -> Self {
         let (jobs, queue) = mpsc::unbounded_channel();
@@ -131,7 +137,7 @@ impl Publisher {
             replicas: retention.replicas_acked,
             losses,
         };
-        tasks.spawn("redis publisher", run(queue, connection, task));
+        tasks.spawn("redis publisher", run(queue, connection, task, fences));
         Self { jobs }
     }
 
@@ -188,6 +194,8 @@ pub(super) struct ShardPublishers {
     keys: KeyScheme,
     tasks: Arc<NodeTasks>,
     by_primary: std::sync::Mutex<std::collections::HashMap<String, Arc<Publisher>>>,
+    /// The fences of every primary's publisher (see the module docs).
+    fences: SharedFences,
     /// Rooms held by a publish being sent again: the gate its later
     /// publishes queue on (a fair lock: first come, first through).
     held_rooms: std::sync::Mutex<HashMap<RoomName, Arc<tokio::sync::Mutex<()>>>>,
@@ -206,6 +214,7 @@ impl ShardPublishers {
             keys,
             tasks: tasks.clone(),
             by_primary: std::sync::Mutex::new(std::collections::HashMap::new()),
+            fences: SharedFences::default(),
             held_rooms: std::sync::Mutex::new(HashMap::new()),
         })
     }
@@ -265,6 +274,7 @@ impl ShardPublishers {
                     "SPUBLISH",
                     // Its own failures tell it of a lost connection.
                     Arc::default(),
+                    self.fences.clone(),
                     tasks,
                 ))
             })
@@ -354,8 +364,32 @@ impl ShardPublishers {
     }
 }
 
-/// The fences of a publisher: per connection and room, the key of the
-/// publish that failed first, and since when (see the module docs).
+/// The fences of a publisher (of every primary's, on a cluster): per
+/// connection and room, the key of the publish that failed first, and
+/// since when (see the module docs). Each call locks it briefly.
+#[derive(Default, Clone)]
+pub(super) struct SharedFences(Arc<std::sync::Mutex<Fences>>);
+
+impl SharedFences {
+    fn allow(&self, job: &PublishJob) -> bool {
+        super::lock(&self.0).allow(job)
+    }
+
+    fn failed(&self, job: &PublishJob) {
+        super::lock(&self.0).failed(job);
+    }
+
+    fn forget_old(&self) {
+        super::lock(&self.0).forget_old();
+    }
+
+    /// Answers `job` with `error` and records the failure.
+    fn fail(&self, job: PublishJob, error: BrokerError) {
+        self.failed(&job);
+        let _ = job.reply.send(Err(error));
+    }
+}
+
 #[derive(Default)]
 struct Fences(HashMap<(u64, RoomName), (String, Instant)>);
 
@@ -398,12 +432,6 @@ impl Fences {
             self.0.retain(|_, (_, since)| since.elapsed() < FENCE_LIFETIME);
         }
     }
-
-    /// Answers `job` with `error` and records the failure.
-    fn fail(&mut self, job: PublishJob, error: BrokerError) {
-        self.failed(&job);
-        let _ = job.reply.send(Err(error));
-    }
 }
 
 /// How a pipeline ended, for what the task does next.
@@ -416,11 +444,15 @@ enum BatchEnd {
     Dropped,
 }
 
-async fn run(mut jobs: mpsc::UnboundedReceiver<PublishJob>, mut connection: ConnectionManager, task: Task) {
+async fn run(
+    mut jobs: mpsc::UnboundedReceiver<PublishJob>,
+    mut connection: ConnectionManager,
+    task: Task,
+    fences: SharedFences,
+) {
     let mut silent = false;
     let mut suspect = false;
     let mut losses_seen = task.losses.load(Ordering::Acquire);
-    let mut fences = Fences::default();
     while let Some(first) = jobs.recv().await {
         if silent {
             wait_for_an_answer(&mut connection).await;
@@ -482,7 +514,7 @@ async fn run(mut jobs: mpsc::UnboundedReceiver<PublishJob>, mut connection: Conn
                 continue;
             }
         }
-        match publish_batch(&mut connection, &task, claimed, &mut fences).await {
+        match publish_batch(&mut connection, &task, claimed, &fences).await {
             BatchEnd::Answered => {}
             BatchEnd::Silent => silent = true,
             BatchEnd::Dropped => suspect = true,
@@ -536,7 +568,7 @@ async fn publish_batch(
     connection: &mut ConnectionManager,
     task: &Task,
     mut batch: Vec<PublishJob>,
-    fences: &mut Fences,
+    fences: &SharedFences,
 ) -> BatchEnd {
     for attempt in 0..2 {
         let mut pipe = redis::pipe();
