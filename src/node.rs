@@ -63,6 +63,9 @@ impl Node {
     ) -> Arc<Self> {
         let mut metrics = Metrics::new(&settings.node_id, broker.kind());
         broker.register_metrics(metrics.registry_mut());
+        metrics
+            .connection_limit
+            .set(i64::try_from(settings.max_connections).unwrap_or(i64::MAX));
         let metrics = Arc::new(metrics);
         let hub = RoomHub::new(
             broker.clone(),

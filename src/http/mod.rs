@@ -114,19 +114,14 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     if node.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining\n").into_response();
     }
-    // On a cluster the body lists each shard; the node is ready while any
-    // answers (every node shares the shards: a 503 would take the whole
-    // fleet out of the load balancer), and rooms of a shard that is down
-    // answer `unavailable` on their own.
-    let shards = node.broker.shards().await;
+    let (ready, shards) = broker_ready(&node).await;
     if shards.is_empty() {
-        if !node.broker.is_ready().await {
+        if !ready {
             return (StatusCode::SERVICE_UNAVAILABLE, "broker unreachable\n").into_response();
         }
         return "ready\n".into_response();
     }
     let mut body = String::new();
-    let ready = shards.iter().any(|shard| shard.up);
     body.push_str(if ready { "ready\n" } else { "broker unreachable\n" });
     for shard in &shards {
         let state = if shard.up { "up" } else { "down" };
@@ -140,7 +135,22 @@ async fn readyz(State(node): State<Arc<Node>>) -> Response {
     (status, body).into_response()
 }
 
+/// Whether the broker answers, with each shard's state on a cluster. On a
+/// cluster the node is ready while any primary answers (every node shares
+/// the shards: a 503 would take the whole fleet out of the load balancer),
+/// and rooms of a shard that is down answer `unavailable` on their own.
+async fn broker_ready(node: &Node) -> (bool, Vec<crate::broker::ShardState>) {
+    let shards = node.broker.shards().await;
+    if shards.is_empty() {
+        return (node.broker.is_ready().await, shards);
+    }
+    (shards.iter().any(|shard| shard.up), shards)
+}
+
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
+    let (broker_up, _) = broker_ready(&node).await;
+    node.metrics.broker_up.set(i64::from(broker_up));
+    node.metrics.draining.set(i64::from(node.is_draining()));
     (
         [(
             header::CONTENT_TYPE,

@@ -100,7 +100,19 @@ pub struct Metrics {
     pub signals_sent: Counter,
     /// `presence` frames queued to this node's watchers.
     pub presence_frames: Counter,
+    /// `RELAY_MAX_CONNECTIONS`, for alerts on a fleet near its cap.
+    pub connection_limit: Gauge,
+    /// 1 while the node drains (set when `/metrics` is read).
+    pub draining: Gauge,
+    /// 1 while the broker answers (probed when `/metrics` is read).
+    pub broker_up: Gauge,
 }
+
+/// The close codes `relay_closes_total` counts by name (the rest are
+/// `other`).
+const CLOSE_CODES: [&str; 11] = [
+    "1000", "1002", "1003", "1007", "1008", "1009", "1011", "1012", "1013", "4000", "4001",
+];
 
 impl Metrics {
     /// Registers every metric.
@@ -193,6 +205,10 @@ impl Metrics {
             "Connections closed by the server, by WebSocket close code",
             closes.clone(),
         );
+        // Every code starts at zero, so that `increase()` sees the first close.
+        for code in CLOSE_CODES {
+            let _ = closes.get_or_create(&CloseLabel { code });
+        }
         let live_repairs = Counter::default();
         registry.register(
             "relay_live_repairs",
@@ -222,6 +238,24 @@ impl Metrics {
             "relay_presence_frames",
             "Presence frames queued to watchers on this node (at most one per room per watcher per second)",
             presence_frames.clone(),
+        );
+        let connection_limit = Gauge::default();
+        registry.register(
+            "relay_connection_limit",
+            "RELAY_MAX_CONNECTIONS: the streaming connections this node admits",
+            connection_limit.clone(),
+        );
+        let draining = Gauge::default();
+        registry.register(
+            "relay_draining",
+            "1 while the node drains (SIGTERM), else 0",
+            draining.clone(),
+        );
+        let broker_up = Gauge::default();
+        registry.register(
+            "relay_broker_up",
+            "1 while the broker answers (on a cluster: any primary), probed at each scrape",
+            broker_up.clone(),
         );
         let info = Family::<InfoLabels, Gauge>::default();
         registry.register(
@@ -255,6 +289,9 @@ impl Metrics {
             gaps,
             signals_sent,
             presence_frames,
+            connection_limit,
+            draining,
+            broker_up,
         }
     }
 
@@ -274,20 +311,12 @@ impl Metrics {
 
     /// Counts a close initiated by the server.
     pub fn count_close(&self, code: u16) {
-        let code = match code {
-            1000 => "1000",
-            1002 => "1002",
-            1003 => "1003",
-            1007 => "1007",
-            1008 => "1008",
-            1009 => "1009",
-            1011 => "1011",
-            1012 => "1012",
-            1013 => "1013",
-            4000 => "4000",
-            4001 => "4001",
-            _ => "other",
-        };
+        let text = code.to_string();
+        let code = CLOSE_CODES
+            .iter()
+            .copied()
+            .find(|known| *known == text)
+            .unwrap_or("other");
         self.closes.get_or_create(&CloseLabel { code }).inc();
     }
 

@@ -362,11 +362,7 @@ async fn run_link(feed: Weak<ShardedFeed>, link: Arc<ShardLink>) {
         lock(&link.leaving).clear();
         *lock(&link.connection) = Some(connection.clone());
         link.up.send_replace(true);
-        live.shards
-            .metrics
-            .up
-            .get_or_create(&ShardMetrics::label(&link.address))
-            .set(1);
+        live.shards.metrics.mark_up(&link.address);
         backoff = RECONNECT_MIN;
         if reconnected && !rooms.is_empty() {
             tracing::info!(shard = %link.address, rooms = rooms.len(), "live feed from a Redis primary reconnected; catching rooms up from history");

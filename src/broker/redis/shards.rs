@@ -71,6 +71,15 @@ impl ShardMetrics {
         }
     }
 
+    /// Marks a shard's live feed up; its counters and histogram start at
+    /// zero then, so that a dashboard's `increase()` sees the first event.
+    pub(super) fn mark_up(&self, shard: &str) {
+        let label = Self::label(shard);
+        self.up.get_or_create(&label).set(1);
+        let _ = self.resyncs.get_or_create(&label);
+        let _ = self.publish_seconds.get_or_create(&label);
+    }
+
     pub(super) fn register(&self, registry: &mut prometheus_client::registry::Registry) {
         registry.register(
             "relay_redis_shard_up",
