@@ -48,6 +48,28 @@ struct Acked {
     latency: Duration,
 }
 
+/// Publishes `{"n": n}` to `room` with `cmid`, retried on `unavailable`
+/// every 100 ms until acked, for at most `attempts` tries; the ack.
+async fn publish_until_acked(client: &mut WsClient, room: &str, n: u64, cmid: &str, attempts: u32) -> Value {
+    let mut attempt = 0;
+    loop {
+        let req = format!("{cmid}#{attempt}");
+        client
+            .send_json(json!({"type": "publish", "room": room, "body": {"n": n}, "cmid": cmid, "req": req}))
+            .await;
+        let reply = client
+            .wait_for("publish reply", |frame| frame["req"] == req.as_str())
+            .await;
+        if reply["type"] == "ack" {
+            return reply;
+        }
+        assert_eq!(reply["code"], "unavailable", "only unavailable is retried: {reply}");
+        attempt += 1;
+        assert!(attempt < attempts, "{cmid} not acked in {attempts} tries: {reply}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// Publishes `total` messages to `room` one after another, each with a
 /// cmid and retried on `unavailable` until acked; pauses `pause` between.
 async fn publisher(url: String, room: String, total: usize, pause: Duration) -> Vec<Acked> {
@@ -55,24 +77,7 @@ async fn publisher(url: String, room: String, total: usize, pause: Duration) -> 
     let mut acked = Vec::with_capacity(total);
     for n in 0..total {
         let sent = Instant::now();
-        let cmid = format!("{room}-{n}");
-        let mut attempt = 0;
-        loop {
-            let req = format!("{cmid}#{attempt}");
-            client
-                .send_json(json!({"type": "publish", "room": room, "body": {"n": n}, "cmid": cmid, "req": req}))
-                .await;
-            let reply = client
-                .wait_for("publish reply", |frame| frame["req"] == req.as_str())
-                .await;
-            if reply["type"] == "ack" {
-                break;
-            }
-            assert_eq!(reply["code"], "unavailable", "only unavailable is retried: {reply}");
-            attempt += 1;
-            assert!(attempt < 300, "{cmid} never acked");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        publish_until_acked(&mut client, &room, n as u64, &format!("{room}-{n}"), 300).await;
         acked.push(Acked {
             sent,
             latency: sent.elapsed(),
@@ -572,44 +577,21 @@ async fn a_slot_moved_away_and_back_never_fences_a_connection_out_of_its_room() 
     let slot = cluster.keyslot(&room);
     let node = RelayProcess::spawn(&cluster.seed_url(), "mover", CLUSTER_MODE);
     let mut client = WsClient::connect_url(&node.ws_url()).await;
-    let mut sent = 0_u64;
+    // Each publish must be acked within 5 s (50 tries 100 ms apart); a
+    // stale fence refused them for 30 s.
     let mut acked = Vec::new();
-    let mut publish_within = async |client: &mut WsClient, limit: Duration| {
-        let started = Instant::now();
-        let cmid = format!("m-{sent}");
-        let mut attempt = 0;
-        loop {
-            let req = format!("{cmid}#{attempt}");
-            client
-                .send_json(json!({"type": "publish", "room": room, "body": {"n": sent}, "cmid": cmid, "req": req}))
-                .await;
-            let reply = client
-                .wait_for("publish reply", |frame| frame["req"] == req.as_str())
-                .await;
-            if reply["type"] == "ack" {
-                acked.push(reply["id"].as_str().unwrap().to_owned());
-                sent += 1;
-                return;
-            }
-            assert_eq!(reply["code"], "unavailable", "{reply}");
-            assert!(
-                started.elapsed() < limit,
-                "publish {cmid} still refused after {:?}: {reply}",
-                started.elapsed()
-            );
-            attempt += 1;
-            tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut publish_five = async |client: &mut WsClient| {
+        for _ in 0..5 {
+            let n = acked.len() as u64;
+            let ack = publish_until_acked(client, &room, n, &format!("m-{n}"), 50).await;
+            acked.push(ack["id"].as_str().unwrap().to_owned());
         }
     };
-    for _ in 0..5 {
-        publish_within(&mut client, Duration::from_secs(5)).await;
-    }
+    publish_five(&mut client).await;
     for (from, to) in [(home, away), (away, home), (home, away), (away, home)] {
         let cluster = &cluster;
         tokio::task::block_in_place(|| cluster.migrate_slot(slot, from, to));
-        for _ in 0..5 {
-            publish_within(&mut client, Duration::from_secs(5)).await;
-        }
+        publish_five(&mut client).await;
     }
     let history = common::history_at(&node.url(""), &room, 100).await;
     let stored: Vec<&str> = history.iter().map(|message| message["id"].as_str().unwrap()).collect();
